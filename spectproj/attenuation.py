@@ -1,0 +1,32 @@
+"""The midpoint attenuation rule along a ray.
+
+For samples ordered from far (index 0) to near the detector (last index) with step Δ (mm)::
+
+    weight_i = Δ · exp(−Δ · (Σ_{j > i} μ_j + μ_i / 2))
+
+so that the expected bin value is ``Σ_i a_i · weight_i`` (see ``docs/conventions.md``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def survival_exponent(mu: torch.Tensor, step_mm: float, dim: int = -1) -> torch.Tensor:
+    """Optical depth ``Δ·(Σ_{j nearer} μ_j + μ_i/2)`` of each sample (dimensionless).
+
+    ``mu`` (1/mm) is ordered far → near along ``dim``; the result has the same shape.
+    """
+    # Σ_{j>i} μ_j + μ_i/2 = total − Σ_{j<=i} μ_j + μ_i/2 : one cumulative sum, no flips.
+    total = mu.sum(dim=dim, keepdim=True)
+    return step_mm * (total - torch.cumsum(mu, dim=dim) + 0.5 * mu)
+
+
+def depth_weights(mu: torch.Tensor | None, step_mm: float, dim: int = -1) -> torch.Tensor | None:
+    """Integration weights ``Δ·exp(−optical depth)`` in mm, or ``None`` when ``mu`` is ``None``.
+
+    With no attenuation every weight is simply Δ; callers then multiply by the scalar instead.
+    """
+    if mu is None:
+        return None
+    return step_mm * torch.exp(-survival_exponent(mu, step_mm, dim))

@@ -1,0 +1,646 @@
+"""The SPECT projector: forward projection and its exact adjoint, for voxel grids and fields.
+
+Pipeline per view (see ``docs/projector.md``)::
+
+    activity (grid or field) ──sample on the view lattice──▶ [V, S, R, B, Z]
+    μ (grid or field)        ──sample, midpoint rule─────▶ weights [V, S, R, Z]   (cached)
+    integrate over depth (optional collimator blur per plane) ──▶ native [V, R, B, Z]
+    rebin lattice bins/slices to detector pixels ──▶ projections [B, V, rows, bins]
+
+Axis-aligned views of a voxel grid take a fast path (a weighted sum over the volume's own y or x
+axis, no copies); ``reference=True`` sends them through the general lattice path instead, which
+the tests compare it with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import nn
+
+from spectproj._validate import check_mu_values, check_volume
+from spectproj.attenuation import depth_weights
+from spectproj.collimator import CollimatorResponse, gaussian_blur_matrices
+from spectproj.detector import rebin_matrix
+from spectproj.geometry import ParallelGeometry
+from spectproj.integration import integrate, integrate_adjoint
+from spectproj.lattice import ViewLattice, from_lattice, quadrant_axes, to_lattice, view_lattice
+from spectproj.sampling import GridField, SparseApply, bilinear_matrix
+
+Field = Callable[[torch.Tensor], torch.Tensor]
+VolumeOrField = Union[torch.Tensor, Field]  # noqa: UP007 - a runtime alias
+
+DEFAULT_CHUNK_ELEMENTS = 2**25
+DEFAULT_CHUNK_POINTS = 2**20
+
+
+class SPECTProjector(nn.Module):
+    """Forward projector ``A`` and back-projector ``Aᵀ`` for one geometry and attenuation map.
+
+    Parameters
+    ----------
+    geometry:
+        Grid, angles and detector (:class:`~spectproj.geometry.ParallelGeometry`).
+    mu:
+        Attenuation map in 1/mm: a tensor ``[Z, Y, X]`` on ``geometry.grid``, a callable mapping
+        points ``[..., 3]`` (x, y, z mm) to ``[...]``, or ``None`` (no attenuation).
+    collimator:
+        Depth-dependent blur (:class:`~spectproj.collimator.CollimatorResponse`) or ``None``
+        (default, no blur). Needs ``geometry.radius_mm``.
+    dtype, device:
+        Of the cached attenuation weights; inputs must match (``.to()`` moves the projector).
+    max_chunk_elements:
+        Oblique views are processed in chunks of at most this many lattice samples per batch item.
+
+    The attenuation weights are computed once, here. If ``mu`` requires grad they carry its graph:
+    build a new projector (or call :func:`project`) for each step that differentiates through μ.
+    """
+
+    def __init__(
+        self,
+        geometry: ParallelGeometry,
+        mu: VolumeOrField | None = None,
+        collimator: CollimatorResponse | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        if not isinstance(geometry, ParallelGeometry):
+            raise TypeError(f"geometry must be a ParallelGeometry, got {type(geometry).__name__}")
+        if collimator is not None and not isinstance(collimator, CollimatorResponse):
+            raise TypeError(
+                f"collimator must be a CollimatorResponse or None, got {type(collimator).__name__}"
+            )
+        if collimator is not None and geometry.radius_mm is None:
+            raise ValueError(
+                "geometry.radius_mm (mm) is required for the collimator blur, got None"
+            )
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        self.geometry = geometry
+        self.collimator = collimator
+        # An empty tensor that follows .to(): it tells the projector's dtype and device.
+        self.register_buffer("_probe", torch.zeros(0, dtype=dtype, device=device), persistent=False)
+        self.lattices = [view_lattice(geometry, v) for v in range(geometry.n_views)]
+        grid = geometry.grid
+        mu_t = _prepare_mu(mu, grid.shape, dtype, device)
+        self._mu_field: Field | None = mu if (mu is not None and mu_t is None) else None
+        self._mu_grid = mu_t
+
+        # Axis-aligned views: weights in the volume's own orientation, [Va, Z, Y, X].
+        self.aligned_views = [
+            v for v in range(geometry.n_views) if self.lattices[v].quadrant is not None
+        ]
+        aligned_w = [self._aligned_lattice_weights(v) for v in self.aligned_views]
+        if mu is not None and aligned_w:
+            stacked = torch.stack(
+                [
+                    from_lattice(w, self.lattices[v].quadrant)
+                    for v, w in zip(self.aligned_views, aligned_w, strict=True)
+                ]  # type: ignore[arg-type]
+            )
+            self.register_buffer("aligned_weights", stacked, persistent=False)
+        else:
+            self.aligned_weights = None
+
+        # Oblique views: chunks sharing one lattice shape, each with its sparse sampling matrix.
+        oblique = [v for v in range(geometry.n_views) if self.lattices[v].quadrant is None]
+        self.oblique_chunks: list[list[int]] = []
+        if oblique:
+            s, r = self.lattices[oblique[0]].shape
+            per_view = max(1, s * r * grid.shape[0])
+            size = max(1, int(max_chunk_elements) // per_view)
+            self.oblique_chunks = [oblique[i : i + size] for i in range(0, len(oblique), size)]
+        for c, views in enumerate(self.oblique_chunks):
+            points = torch.cat([self.lattices[v].inplane_points_mm().reshape(-1, 2) for v in views])
+            (crow, col, val), (crow_t, col_t, val_t), _ = bilinear_matrix(grid, points)
+            self.register_buffer(f"_obl{c}_crow", crow.to(device), persistent=False)
+            self.register_buffer(f"_obl{c}_col", col.to(device), persistent=False)
+            self.register_buffer(
+                f"_obl{c}_val", val.to(dtype=dtype, device=device), persistent=False
+            )
+            self.register_buffer(f"_obl{c}_crow_t", crow_t.to(device), persistent=False)
+            self.register_buffer(f"_obl{c}_col_t", col_t.to(device), persistent=False)
+            self.register_buffer(
+                f"_obl{c}_val_t", val_t.to(dtype=dtype, device=device), persistent=False
+            )
+            if mu is not None:
+                w = self._oblique_weights(c)
+                self.register_buffer(f"_obl{c}_weights", w, persistent=False)  # [Vc, S, R, Z]
+
+        # Detector rebinning: rows (common) and bins (per view); None = identity.
+        rows = rebin_matrix(
+            grid.centres_mm(0),
+            grid.spacing_mm[0],
+            geometry.detector_centres_mm(0),
+            geometry.pixel_size_mm[0],
+        )  # type: ignore[index]
+        self.register_buffer(
+            "rebin_rows",
+            None if rows is None else rows.to(dtype=dtype, device=device),
+            persistent=False,
+        )
+        self._rebin_bins: dict[int, str] = {}
+        for v, lat in enumerate(self.lattices):
+            m = rebin_matrix(
+                torch.tensor(lat.r_mm, dtype=torch.float64), lat.step_r_mm,
+                geometry.detector_centres_mm(1), geometry.pixel_size_mm[1],  # type: ignore[index]
+            )  # fmt: skip
+            if m is not None:
+                self._rebin_bins[v] = f"_rebin_bins{v}"
+                self.register_buffer(
+                    f"_rebin_bins{v}", m.to(dtype=dtype, device=device), persistent=False
+                )
+        self._blur_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point dtype of the cached weights and matrices (inputs must match)."""
+        return self._probe.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the cached weights and matrices (inputs must match)."""
+        return self._probe.device
+
+    def forward(
+        self,
+        activity: VolumeOrField,
+        *,
+        reference: bool = False,
+        n_samples: int | None = None,
+        jitter: bool = False,
+        generator: torch.Generator | None = None,
+        chunk_points: int = DEFAULT_CHUNK_POINTS,
+    ) -> torch.Tensor:
+        """Project ``activity`` to ``[B?, V, rows, bins]`` (line integrals, activity·mm).
+
+        ``activity`` is a volume ``[Z, Y, X]`` / ``[B, Z, Y, X]`` on the grid, or a field (a
+        callable mapping points ``[..., 3]`` (x, y, z mm) to activity ``[...]``).
+
+        Field options: ``n_samples`` depth samples per ray (default: the lattice's, one per voxel
+        for axis-aligned views), ``jitter`` shifts each ray's samples by a random fraction of a step
+        (stratified sampling for training; uses ``generator``), and ``chunk_points`` bounds how
+        many points the field sees per call. ``reference=True`` disables the axis-aligned fast
+        path for volumes (for tests).
+        """
+        if isinstance(activity, torch.Tensor):
+            return self._project_volume(activity, reference=reference)
+        if callable(activity):
+            return self._project_field(activity, n_samples, jitter, generator, chunk_points)
+        raise TypeError(
+            f"activity must be a torch.Tensor or a callable, got {type(activity).__name__}"
+        )
+
+    def adjoint(self, projections: torch.Tensor, *, reference: bool = False) -> torch.Tensor:
+        """Back-project ``[B?, V, rows, bins]`` to ``[B?, Z, Y, X]``: the transpose of forward."""
+        g = self.geometry
+        rows, bins = g.detector_shape  # type: ignore[misc]
+        if not isinstance(projections, torch.Tensor) or not projections.is_floating_point():
+            raise TypeError("projections must be a floating-point torch.Tensor")
+        expected = [g.n_views, rows, bins]
+        if projections.dim() not in (3, 4) or list(projections.shape[-3:]) != expected:
+            raise ValueError(
+                f"projections must have shape [V, rows, bins] = {expected} or [B, V, rows, bins], "
+                f"got {list(projections.shape)}"
+            )
+        self._check_tensor(projections, "projections")
+        batched = projections.dim() == 4
+        p = projections if batched else projections.unsqueeze(0)
+        nb = p.shape[0]
+        parts = []
+        for v in self.aligned_views:
+            native = self._rebin_adjoint(p[:, v : v + 1], [v])[:, 0]  # [B, Z, R]
+            parts.append(self._aligned_adjoint(native, v, reference))
+        for c, views in enumerate(self.oblique_chunks):
+            native = self._rebin_adjoint(p[:, views], views)  # [B, Vc, Z, R]
+            lattice = self._integrate_adjoint_chunk(native, views, self._chunk_weights(c))
+            parts.append(self._unsample_oblique(lattice, c, nb))
+        volume = parts[0]
+        for part in parts[1:]:
+            volume = volume + part
+        return volume if batched else volume[0]
+
+    # -- volumes ---------------------------------------------------------------------------------
+    def _project_volume(self, activity: torch.Tensor, *, reference: bool) -> torch.Tensor:
+        a = check_volume("activity", activity, self.geometry.grid.shape)
+        self._check_tensor(a, "activity")
+        per_view: dict[int, torch.Tensor] = {}
+        for v in self.aligned_views:
+            per_view[v] = self._rebin(self._aligned_forward(a, v, reference).unsqueeze(1), [v])[
+                :, 0
+            ]
+        for c, views in enumerate(self.oblique_chunks):
+            samples = self._sample_oblique(a, c, len(views))
+            native = self._integrate_chunk(samples, views, self._chunk_weights(c))
+            out = self._rebin(native, views)
+            for k, v in enumerate(views):
+                per_view[v] = out[:, k]
+        proj = torch.stack([per_view[v] for v in range(self.geometry.n_views)], dim=1)
+        return proj if activity.dim() == 4 else proj[0]
+
+    def _aligned_forward(self, a: torch.Tensor, v: int, reference: bool) -> torch.Tensor:
+        """Native projection ``[B, Z, R]`` of axis-aligned view ``v``."""
+        lat = self.lattices[v]
+        q = lat.quadrant
+        k = self.aligned_views.index(v)
+        w_vol = None if self.aligned_weights is None else self.aligned_weights[k]
+        if reference or self.collimator is not None:
+            if reference:
+                samples = self._reference_samples(a, v)
+            else:
+                samples = to_lattice(a, q).permute(2, 3, 0, 1).unsqueeze(0)  # type: ignore[arg-type]
+            w = None if w_vol is None else to_lattice(w_vol, q).permute(1, 2, 0).unsqueeze(0)  # type: ignore[arg-type]
+            native = self._integrate_chunk(samples, [v], w)  # [B, 1, Z, R]
+            return native[:, 0]
+        depth_dim, _, _, bins_rev = quadrant_axes(q)  # type: ignore[arg-type]
+        summed = (
+            (a * w_vol).sum(dim=depth_dim)
+            if w_vol is not None
+            else a.sum(dim=depth_dim) * lat.step_s_mm
+        )
+        return torch.flip(summed, (-1,)) if bins_rev else summed
+
+    def _aligned_adjoint(self, native: torch.Tensor, v: int, reference: bool) -> torch.Tensor:
+        """Transpose of :meth:`_aligned_forward`: ``[B, Z, R] → [B, Z, Y, X]``."""
+        lat = self.lattices[v]
+        q = lat.quadrant
+        k = self.aligned_views.index(v)
+        w_vol = None if self.aligned_weights is None else self.aligned_weights[k]
+        if reference or self.collimator is not None:
+            w = None if w_vol is None else to_lattice(w_vol, q).permute(1, 2, 0).unsqueeze(0)  # type: ignore[arg-type]
+            lattice = self._integrate_adjoint_chunk(native.unsqueeze(1), [v], w)  # [1, S, R, B, Z]
+            if reference:
+                return self._reference_unsample(lattice, v)
+            return from_lattice(lattice[0].permute(2, 3, 0, 1), q)  # type: ignore[arg-type]
+        depth_dim, _, _, bins_rev = quadrant_axes(q)  # type: ignore[arg-type]
+        n = torch.flip(native, (-1,)) if bins_rev else native
+        spread = n.unsqueeze(depth_dim)
+        return (
+            spread * w_vol
+            if w_vol is not None
+            else spread.expand(-1, *self.geometry.grid.shape) * lat.step_s_mm
+        )
+
+    def _reference_matrix(self, v: int) -> tuple[tuple, tuple, tuple[int, int]]:
+        points = self.lattices[v].inplane_points_mm().reshape(-1, 2)
+        parts, parts_t, shape = bilinear_matrix(self.geometry.grid, points)
+        dev, dt = self.device, self.dtype
+        parts = (parts[0].to(dev), parts[1].to(dev), parts[2].to(dtype=dt, device=dev))
+        parts_t = (parts_t[0].to(dev), parts_t[1].to(dev), parts_t[2].to(dtype=dt, device=dev))
+        return parts, parts_t, shape
+
+    def _reference_samples(self, a: torch.Tensor, v: int) -> torch.Tensor:
+        """Bilinear samples of ``a`` on view ``v``'s lattice, ``[1, S, R, B, Z]`` (plain twin)."""
+        parts, parts_t, shape = self._reference_matrix(v)
+        nb, z, y, x = a.shape
+        cols = a.reshape(nb * z, y * x).t()
+        s, r = self.lattices[v].shape
+        return SparseApply.apply(cols, parts, parts_t, shape).reshape(1, s, r, nb, z)
+
+    def _reference_unsample(self, lattice: torch.Tensor, v: int) -> torch.Tensor:
+        parts, parts_t, shape = self._reference_matrix(v)
+        _, s, r, nb, z = lattice.shape
+        _, y, x = self.geometry.grid.shape
+        cols = SparseApply.apply(
+            lattice.reshape(s * r, nb * z), parts_t, parts, (shape[1], shape[0])
+        )
+        return cols.t().reshape(nb, z, y, x)
+
+    def _chunk_parts(self, c: int) -> tuple[tuple, tuple, tuple[int, int]]:
+        parts = tuple(getattr(self, f"_obl{c}_{n}") for n in ("crow", "col", "val"))
+        parts_t = tuple(getattr(self, f"_obl{c}_{n}") for n in ("crow_t", "col_t", "val_t"))
+        views = self.oblique_chunks[c]
+        s, r = self.lattices[views[0]].shape
+        _, y, x = self.geometry.grid.shape
+        return parts, parts_t, (len(views) * s * r, y * x)
+
+    def _sample_oblique(self, a: torch.Tensor, c: int, n_views: int) -> torch.Tensor:
+        """``[B, Z, Y, X] → [Vc, S, R, B, Z]`` by the chunk's bilinear matrix."""
+        parts, parts_t, shape = self._chunk_parts(c)
+        nb, z, y, x = a.shape
+        cols = a.reshape(nb * z, y * x).t()
+        s, r = self.lattices[self.oblique_chunks[c][0]].shape
+        return SparseApply.apply(cols, parts, parts_t, shape).reshape(n_views, s, r, nb, z)
+
+    def _unsample_oblique(self, lattice: torch.Tensor, c: int, nb: int) -> torch.Tensor:
+        """Transpose of :meth:`_sample_oblique`: ``[Vc, S, R, B, Z] → [B, Z, Y, X]``."""
+        parts, parts_t, shape = self._chunk_parts(c)
+        z, y, x = self.geometry.grid.shape
+        cols = SparseApply.apply(
+            lattice.reshape(shape[0], nb * z), parts_t, parts, (shape[1], shape[0])
+        )
+        return cols.t().reshape(nb, z, y, x)
+
+    def _chunk_weights(self, c: int) -> torch.Tensor | None:
+        return getattr(self, f"_obl{c}_weights", None)
+
+    # -- the shared integration ----------------------------------------------------------------
+    def _integrate_chunk(
+        self,
+        samples: torch.Tensor,
+        views: list[int],
+        weights: torch.Tensor | None,
+        lattices: list[ViewLattice] | None = None,
+    ) -> torch.Tensor:
+        """``[Vc, S, R, B, Z]`` samples → native ``[B, Vc, Z, R]``."""
+        lats = lattices or [self.lattices[v] for v in views]
+        blur_r, blur_z = self._blur_matrices(lats, samples.shape[2])
+        native = integrate(samples, weights, lats[0].step_s_mm, blur_r, blur_z)  # [Vc, R, B, Z]
+        return native.permute(2, 0, 3, 1)
+
+    def _integrate_adjoint_chunk(
+        self, native: torch.Tensor, views: list[int], weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Transpose of :meth:`_integrate_chunk`: ``[B, Vc, Z, R]`` → ``[Vc, S, R, B, Z]``."""
+        lats = [self.lattices[v] for v in views]
+        s, r = lats[0].shape
+        blur_r, blur_z = self._blur_matrices(lats, r)
+        return integrate_adjoint(
+            native.permute(1, 3, 0, 2), weights, lats[0].step_s_mm, s, blur_r, blur_z
+        )
+
+    def _blur_matrices(
+        self, lattices: list[ViewLattice], n_bins: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.collimator is None:
+            return None, None
+        combs = {lat.s_mm for lat in lattices}
+        per_view = [lattices[0].s_mm] if len(combs) == 1 else [lat.s_mm for lat in lattices]
+        key = (tuple(per_view), n_bins, lattices[0].step_r_mm, self.dtype, self.device)
+        if key not in self._blur_cache:
+            radius = self.geometry.radius_mm
+            s = torch.tensor(per_view, dtype=torch.float64, device=self.device)  # [V|1, S]
+            sigma = self.collimator.sigma_mm(radius - s)  # type: ignore[operator]
+            grid = self.geometry.grid
+            blur_r = gaussian_blur_matrices(sigma, n_bins, lattices[0].step_r_mm)
+            blur_z = gaussian_blur_matrices(sigma, grid.shape[0], grid.spacing_mm[0])
+            if len(self._blur_cache) >= 8:
+                self._blur_cache.clear()
+            self._blur_cache[key] = (blur_r.to(self.dtype), blur_z.to(self.dtype))
+        return self._blur_cache[key]
+
+    # -- detector --------------------------------------------------------------------------------
+    def _rebin(self, native: torch.Tensor, views: list[int]) -> torch.Tensor:
+        """Native ``[B, Vc, Z, R]`` → detector ``[B, Vc, rows, bins]``."""
+        out = native if self.rebin_rows is None else torch.matmul(self.rebin_rows, native)
+        mats = [self._rebin_bins.get(v) for v in views]
+        if all(m is None for m in mats):
+            return out
+        cols = []
+        for k, name in enumerate(mats):
+            view = out[:, k]
+            cols.append(view if name is None else view @ getattr(self, name).t())
+        return torch.stack(cols, dim=1)
+
+    def _rebin_adjoint(self, p: torch.Tensor, views: list[int]) -> torch.Tensor:
+        """Transpose of :meth:`_rebin`: ``[B, Vc, rows, bins]`` → native ``[B, Vc, Z, R]``."""
+        mats = [self._rebin_bins.get(v) for v in views]
+        if not all(m is None for m in mats):
+            p = torch.stack(
+                [
+                    p[:, k] if name is None else p[:, k] @ getattr(self, name)
+                    for k, name in enumerate(mats)
+                ],
+                dim=1,
+            )
+        return p if self.rebin_rows is None else torch.matmul(self.rebin_rows.t(), p)
+
+    # -- fields ----------------------------------------------------------------------------------
+    def _project_field(
+        self,
+        field: Field,
+        n_samples: int | None,
+        jitter: bool,
+        generator: torch.Generator | None,
+        chunk_points: int,
+    ) -> torch.Tensor:
+        if n_samples is not None and (
+            isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
+        ):
+            raise ValueError(f"n_samples must be a positive integer or None, got {n_samples!r}")
+        if not isinstance(chunk_points, int) or chunk_points < 1:
+            raise ValueError(f"chunk_points must be a positive integer, got {chunk_points!r}")
+        g = self.geometry
+        dt, dev = self.dtype, self.device
+        per_view: dict[int, torch.Tensor] = {}
+        for v in range(g.n_views):
+            if v in per_view:
+                continue
+            lat = _resampled(self.lattices[v], n_samples)
+            shift = None
+            if jitter:
+                r = lat.shape[1]
+                shift = (
+                    torch.rand(r, g.grid.shape[0], generator=generator, dtype=torch.float64) - 0.5
+                )
+                shift = shift.to(dev) * lat.step_s_mm  # [R, Z] per-ray shift (mm)
+            points = _lattice_points(lat, g, shift, dt, dev)  # [S, R, Z, 3]
+            act = _evaluate(field, points, chunk_points, "activity field")
+            cached = n_samples is None and shift is None
+            mu_samples = (
+                None
+                if cached or (self._mu_grid is None and self._mu_field is None)
+                else self._mu_at(points)
+            )
+            opposed = g.opposed_view(v)
+            todo = [(v, act, mu_samples, lat)]
+            if opposed is not None and opposed != v:
+                flip = (0, 1)
+                mu_o = None if mu_samples is None else torch.flip(mu_samples, flip)
+                todo.append(
+                    (
+                        opposed,
+                        torch.flip(act, flip),
+                        mu_o,
+                        _resampled(self.lattices[opposed], n_samples),
+                    )
+                )
+            for view, a_s, mu_s, view_lat in todo:
+                if mu_s is not None:
+                    weights = depth_weights(mu_s, view_lat.step_s_mm, dim=0).unsqueeze(0)
+                else:
+                    weights = self._cached_lattice_weights(view) if cached else None
+                samples = a_s.unsqueeze(0).unsqueeze(3)  # [1, S, R, 1, Z]
+                native = self._integrate_chunk(samples, [view], weights, [view_lat])  # [1, 1, Z, R]
+                per_view[view] = self._rebin(native, [view])[0, 0]
+        return torch.stack([per_view[v] for v in range(g.n_views)])
+
+    def _cached_lattice_weights(self, v: int) -> torch.Tensor | None:
+        """Cached weights of view ``v`` on its own lattice, ``[1, S, R, Z]`` (None: no μ)."""
+        lat = self.lattices[v]
+        if lat.quadrant is not None:
+            if self.aligned_weights is None:
+                return None
+            w_vol = self.aligned_weights[self.aligned_views.index(v)]
+            return to_lattice(w_vol, lat.quadrant).permute(1, 2, 0).unsqueeze(0)
+        for c, views in enumerate(self.oblique_chunks):
+            if v in views:
+                w = self._chunk_weights(c)
+                return None if w is None else w[views.index(v)].unsqueeze(0)
+        raise AssertionError("unreachable: every view is aligned or in an oblique chunk")
+
+    def _mu_at(self, points: torch.Tensor) -> torch.Tensor:
+        if self._mu_field is not None:
+            return _evaluate(self._mu_field, points, DEFAULT_CHUNK_POINTS, "mu field")
+        return GridField(self._mu_grid, self.geometry.grid)(points)  # type: ignore[arg-type]
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _aligned_lattice_weights(self, v: int) -> torch.Tensor | None:
+        """Attenuation weights ``[Z, S, R]`` of axis-aligned view ``v`` on its lattice."""
+        lat = self.lattices[v]
+        if self._mu_grid is not None:
+            return depth_weights(to_lattice(self._mu_grid, lat.quadrant), lat.step_s_mm, dim=1)  # type: ignore[arg-type]
+        if self._mu_field is None:
+            return None
+        points = _lattice_points(lat, self.geometry, None, self.dtype, self.device)  # [S, R, Z, 3]
+        mu_s = _evaluate(self._mu_field, points, DEFAULT_CHUNK_POINTS, "mu field")
+        return depth_weights(mu_s, lat.step_s_mm, dim=0).permute(2, 0, 1)
+
+    def _oblique_weights(self, c: int) -> torch.Tensor:
+        """Attenuation weights ``[Vc, S, R, Z]`` of oblique chunk ``c`` (μ sampled as activity)."""
+        views = self.oblique_chunks[c]
+        lats = [self.lattices[v] for v in views]
+        if self._mu_grid is not None:
+            mu_s = self._sample_oblique(self._mu_grid.unsqueeze(0), c, len(views))[..., 0, :]
+        else:
+            pts = torch.stack(
+                [_lattice_points(lat, self.geometry, None, self.dtype, self.device) for lat in lats]
+            )
+            mu_s = _evaluate(self._mu_field, pts, DEFAULT_CHUNK_POINTS, "mu field")  # type: ignore[arg-type]
+        return depth_weights(mu_s, lats[0].step_s_mm, dim=1)
+
+    def _check_tensor(self, t: torch.Tensor, name: str) -> None:
+        if t.dtype != self.dtype:
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but the projector uses {self.dtype}; "
+                f"call .to({t.dtype})"
+            )
+        if t.device != self.device:
+            raise ValueError(
+                f"{name} is on {t.device} but the projector is on {self.device}; call .to()"
+            )
+
+
+def _prepare_mu(
+    mu: VolumeOrField | None,
+    shape: tuple[int, int, int],
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> torch.Tensor | None:
+    if mu is None:
+        return None
+    if isinstance(mu, torch.Tensor):
+        m = check_volume("mu", mu, shape)
+        if m.shape[0] != 1:
+            raise ValueError(f"mu must be one [Z, Y, X] volume, got shape {list(mu.shape)}")
+        check_mu_values("mu", m)
+        return m[0].to(dtype=dtype, device=device)
+    if callable(mu):
+        return None
+    raise TypeError(f"mu must be a torch.Tensor, a callable or None, got {type(mu).__name__}")
+
+
+def _resampled(lat: ViewLattice, n_samples: int | None) -> ViewLattice:
+    """``lat`` with ``n_samples`` depth samples over the same depth range (or ``lat`` itself)."""
+    s = len(lat.s_mm)
+    if n_samples is None or n_samples == s:
+        return lat
+    length = s * lat.step_s_mm
+    centre = 0.5 * (lat.s_mm[0] + lat.s_mm[-1])
+    step = length / n_samples
+    comb = tuple(centre + (k - (n_samples - 1) / 2) * step for k in range(n_samples))
+    return ViewLattice(lat.angle_deg, lat.quadrant, lat.r_mm, comb, lat.step_r_mm, step)
+
+
+def _lattice_points(
+    lat: ViewLattice,
+    geometry: ParallelGeometry,
+    shift_mm: torch.Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    """``[S, R, Z, 3]`` (x, y, z) positions in mm; ``shift_mm`` ``[R, Z]`` moves each ray's comb."""
+    (ux, uy), (nx, ny) = lat.directions()
+    f64 = {"dtype": torch.float64, "device": device}
+    r = torch.tensor(lat.r_mm, **f64)[None, :, None]
+    s = torch.tensor(lat.s_mm, **f64)[:, None, None]
+    if shift_mm is not None:
+        s = s + shift_mm.to(**f64)[None]
+    z = geometry.grid.centres_mm(0, **f64)[None, None, :]
+    x = r * ux + s * nx
+    y = r * uy + s * ny
+    shape = torch.broadcast_shapes(x.shape, z.shape)
+    return torch.stack([x.expand(shape), y.expand(shape), z.expand(shape)], dim=-1).to(dtype)
+
+
+def _evaluate(field: Field, points: torch.Tensor, chunk_points: int, name: str) -> torch.Tensor:
+    """Evaluate ``field`` on ``points [..., 3]`` in chunks; returns ``[...]``."""
+    flat = points.reshape(-1, 3)
+    outs = []
+    for start in range(0, flat.shape[0], chunk_points):
+        chunk = flat[start : start + chunk_points]
+        val = field(chunk)
+        if not isinstance(val, torch.Tensor):
+            raise TypeError(f"{name} must return a torch.Tensor, got {type(val).__name__}")
+        if tuple(val.shape) != (chunk.shape[0],):
+            raise ValueError(
+                f"{name} must map points [N, 3] to values [N]; for N = {chunk.shape[0]} "
+                "it returned "
+                f"shape {list(val.shape)}"
+            )
+        outs.append(val)
+    return torch.cat(outs).reshape(points.shape[:-1]).to(points.dtype)
+
+
+def project(
+    activity: VolumeOrField,
+    geometry: ParallelGeometry,
+    mu: VolumeOrField | None = None,
+    collimator: CollimatorResponse | None = None,
+    **field_options: object,
+) -> torch.Tensor:
+    """Forward-project ``activity`` (volume ``[B?, Z, Y, X]`` or field) to ``[B?, V, rows, bins]``.
+
+    Values are line integrals in activity·mm. ``mu`` (1/mm) is a volume on the grid, a field or
+    ``None``. Builds a :class:`SPECTProjector` (so attenuation is recomputed, and differentiable
+    with respect to ``mu``); reuse a ``SPECTProjector`` for repeated projections.
+    Field options (``n_samples``, ``jitter``, ``generator``, ``chunk_points``) as in
+    :meth:`SPECTProjector.forward`.
+    """
+    dtype, device = _dtype_device(activity, mu)
+    op = SPECTProjector(geometry, mu, collimator, dtype=dtype, device=device)
+    return op(activity, **field_options)  # type: ignore[arg-type]
+
+
+def backproject(
+    projections: torch.Tensor,
+    geometry: ParallelGeometry,
+    mu: VolumeOrField | None = None,
+    collimator: CollimatorResponse | None = None,
+) -> torch.Tensor:
+    """Back-project ``[B?, V, rows, bins]`` to ``[B?, Z, Y, X]``, the transpose of :func:`project`.
+
+    ``mu`` and ``collimator`` as in :func:`project`; dtype and device follow ``projections``.
+    """
+    if not isinstance(projections, torch.Tensor):
+        raise TypeError(f"projections must be a torch.Tensor, got {type(projections).__name__}")
+    op = SPECTProjector(
+        geometry, mu, collimator, dtype=projections.dtype, device=projections.device
+    )
+    return op.adjoint(projections)
+
+
+def _dtype_device(*candidates: object) -> tuple[torch.dtype, torch.device]:
+    for c in candidates:
+        if isinstance(c, torch.Tensor) and c.is_floating_point():
+            return c.dtype, c.device
+    return torch.float32, torch.device("cpu")
+
+
+__all__ = ["SPECTProjector", "backproject", "project"]
