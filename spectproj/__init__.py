@@ -16,7 +16,7 @@ from spectproj.attenuation import depth_weights, survival_exponent
 from spectproj.collimator import CollimatorResponse
 from spectproj.geometry import ParallelGeometry
 from spectproj.grid import ImageGrid
-from spectproj.physics import lead_mu_per_mm, water_mu_per_mm
+from spectproj.physics import bone_mu_per_mm, hu_to_mu_per_mm, lead_mu_per_mm, water_mu_per_mm
 from spectproj.projector import SPECTProjector, backproject, project
 from spectproj.sampling import GridField
 
@@ -27,7 +27,9 @@ __all__ = [
     "ParallelGeometry",
     "SPECTProjector",
     "backproject",
+    "bone_mu_per_mm",
     "depth_weights",
+    "hu_to_mu_per_mm",
     "lead_mu_per_mm",
     "project",
     "survival_exponent",

@@ -30,6 +30,8 @@ class ImageGrid:
         Position ``(oz, oy, ox)`` in mm of the volume's centre relative to the rotation axis
         (x = y = 0) and the detector's centre row (z = 0). ``(0, 0, 0)`` (default) centres it.
 
+    Notes
+    -----
     Voxel ``(k, j, i)`` lies at ``x = (i - (X-1)/2)·dx + ox`` and likewise for y and z.
     """
 

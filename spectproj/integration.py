@@ -39,7 +39,7 @@ def integrate_adjoint(
     blur_r: torch.Tensor | None = None,
     blur_z: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Transpose of :func:`integrate`: ``[V, R, B, Z] → [V, S, R, B, Z]`` with ``S = depth``."""
+    """Transpose of ``integrate``: ``[V, R, B, Z] → [V, S, R, B, Z]`` with ``S = depth``."""
     v, r, b, z = native.shape
     spread = native.unsqueeze(1).expand(v, depth, r, b, z)
     if blur_r is not None:

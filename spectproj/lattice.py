@@ -122,7 +122,7 @@ def to_lattice(volume: torch.Tensor, quadrant: int) -> torch.Tensor:
 
 
 def from_lattice(lattice: torch.Tensor, quadrant: int) -> torch.Tensor:
-    """Inverse of :func:`to_lattice`: ``[..., Z, S, R]`` back to ``[..., Z, Y, X]``."""
+    """Inverse of ``to_lattice``: ``[..., Z, S, R]`` back to ``[..., Z, Y, X]``."""
     depth_dim, depth_rev, bins_dim, bins_rev = _QUADRANT_AXES[quadrant]
     out = lattice.transpose(-1, -2) if depth_dim == -1 else lattice
     flips = [d for d, rev in ((depth_dim, depth_rev), (bins_dim, bins_rev)) if rev]

@@ -42,20 +42,22 @@ class SPECTProjector(nn.Module):
     Parameters
     ----------
     geometry:
-        Grid, angles and detector (:class:`~spectproj.geometry.ParallelGeometry`).
+        Grid, angles and detector (``ParallelGeometry``).
     mu:
         Attenuation map in 1/mm: a tensor ``[Z, Y, X]`` on ``geometry.grid``, a callable mapping
         points ``[..., 3]`` (x, y, z mm) to ``[...]``, or ``None`` (no attenuation).
     collimator:
-        Depth-dependent blur (:class:`~spectproj.collimator.CollimatorResponse`) or ``None``
+        Depth-dependent blur (``CollimatorResponse``) or ``None``
         (default, no blur). Needs ``geometry.radius_mm``.
     dtype, device:
         Of the cached attenuation weights; inputs must match (``.to()`` moves the projector).
     max_chunk_elements:
         Oblique views are processed in chunks of at most this many lattice samples per batch item.
 
+    Notes
+    -----
     The attenuation weights are computed once, here. If ``mu`` requires grad they carry its graph:
-    build a new projector (or call :func:`project`) for each step that differentiates through μ.
+    build a new projector (or call ``project``) for each step that differentiates through μ.
     """
 
     def __init__(
@@ -267,7 +269,7 @@ class SPECTProjector(nn.Module):
         return torch.flip(summed, (-1,)) if bins_rev else summed
 
     def _aligned_adjoint(self, native: torch.Tensor, v: int, reference: bool) -> torch.Tensor:
-        """Transpose of :meth:`_aligned_forward`: ``[B, Z, R] → [B, Z, Y, X]``."""
+        """Transpose of ``_aligned_forward``: ``[B, Z, R] → [B, Z, Y, X]``."""
         lat = self.lattices[v]
         q = lat.quadrant
         k = self.aligned_views.index(v)
@@ -329,7 +331,7 @@ class SPECTProjector(nn.Module):
         return SparseApply.apply(cols, parts, parts_t, shape).reshape(n_views, s, r, nb, z)
 
     def _unsample_oblique(self, lattice: torch.Tensor, c: int, nb: int) -> torch.Tensor:
-        """Transpose of :meth:`_sample_oblique`: ``[Vc, S, R, B, Z] → [B, Z, Y, X]``."""
+        """Transpose of ``_sample_oblique``: ``[Vc, S, R, B, Z] → [B, Z, Y, X]``."""
         parts, parts_t, shape = self._chunk_parts(c)
         z, y, x = self.geometry.grid.shape
         cols = SparseApply.apply(
@@ -357,7 +359,7 @@ class SPECTProjector(nn.Module):
     def _integrate_adjoint_chunk(
         self, native: torch.Tensor, views: list[int], weights: torch.Tensor | None
     ) -> torch.Tensor:
-        """Transpose of :meth:`_integrate_chunk`: ``[B, Vc, Z, R]`` → ``[Vc, S, R, B, Z]``."""
+        """Transpose of ``_integrate_chunk``: ``[B, Vc, Z, R]`` → ``[Vc, S, R, B, Z]``."""
         lats = [self.lattices[v] for v in views]
         s, r = lats[0].shape
         blur_r, blur_z = self._blur_matrices(lats, r)
@@ -399,7 +401,7 @@ class SPECTProjector(nn.Module):
         return torch.stack(cols, dim=1)
 
     def _rebin_adjoint(self, p: torch.Tensor, views: list[int]) -> torch.Tensor:
-        """Transpose of :meth:`_rebin`: ``[B, Vc, rows, bins]`` → native ``[B, Vc, Z, R]``."""
+        """Transpose of ``_rebin``: ``[B, Vc, rows, bins]`` → native ``[B, Vc, Z, R]``."""
         mats = [self._rebin_bins.get(v) for v in views]
         if not all(m is None for m in mats):
             p = torch.stack(
@@ -608,10 +610,10 @@ def project(
     """Forward-project ``activity`` (volume ``[B?, Z, Y, X]`` or field) to ``[B?, V, rows, bins]``.
 
     Values are line integrals in activity·mm. ``mu`` (1/mm) is a volume on the grid, a field or
-    ``None``. Builds a :class:`SPECTProjector` (so attenuation is recomputed, and differentiable
+    ``None``. Builds a ``SPECTProjector`` (so attenuation is recomputed, and differentiable
     with respect to ``mu``); reuse a ``SPECTProjector`` for repeated projections.
     Field options (``n_samples``, ``jitter``, ``generator``, ``chunk_points``) as in
-    :meth:`SPECTProjector.forward`.
+    ``forward``.
     """
     dtype, device = _dtype_device(activity, mu)
     op = SPECTProjector(geometry, mu, collimator, dtype=dtype, device=device)
@@ -624,9 +626,9 @@ def backproject(
     mu: VolumeOrField | None = None,
     collimator: CollimatorResponse | None = None,
 ) -> torch.Tensor:
-    """Back-project ``[B?, V, rows, bins]`` to ``[B?, Z, Y, X]``, the transpose of :func:`project`.
+    """Back-project ``[B?, V, rows, bins]`` to ``[B?, Z, Y, X]``, the transpose of ``project``.
 
-    ``mu`` and ``collimator`` as in :func:`project`; dtype and device follow ``projections``.
+    ``mu`` and ``collimator`` as in ``project``; dtype and device follow ``projections``.
     """
     if not isinstance(projections, torch.Tensor):
         raise TypeError(f"projections must be a torch.Tensor, got {type(projections).__name__}")

@@ -1,9 +1,9 @@
 """Sampling volumes at points: bilinear in-plane resampling with an exact adjoint, and fields.
 
-- :func:`bilinear_matrix` builds the sparse matrix that samples the (y, x) plane of a volume at
+- ``bilinear_matrix`` builds the sparse matrix that samples the (y, x) plane of a volume at
   lattice points (zero outside the grid). The projector applies it to every slice at once and its
   transpose in the back-projection, so the adjoint is exact by construction.
-- :class:`GridField` turns a voxel volume into an implicit field (trilinear interpolation), the
+- ``GridField`` turns a voxel volume into an implicit field (trilinear interpolation), the
   form in which a grid can be handed to any code that expects a field.
 """
 
@@ -86,6 +86,8 @@ class GridField:
     volume: ``[Z, Y, X]`` values on ``grid``.
     grid: where the voxels are.
 
+    Notes
+    -----
     Calling it with points ``[..., 3]`` (x, y, z) in mm returns values ``[...]``. Differentiable
     with respect to ``volume`` and the points.
     """

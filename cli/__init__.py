@@ -1,0 +1,1 @@
+"""The ``spect`` command-line tool (a thin layer over `spectproj` and `recon`)."""

@@ -1,0 +1,139 @@
+"""Entry point of the ``spect`` command (console script ``spect = cli.main:app``).
+
+User errors never print a traceback: a bad option, an existing output file, or a
+``ValueError``/``TypeError``/``OSError`` (e.g. ``FileExistsError``) raised below becomes a one-line
+``Error: <message>`` on stderr and a non-zero exit code (2 for command-line usage errors,
+1 otherwise). Set ``SPECT_DEBUG=1`` to get the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+__all__ = ["app", "package_version"]
+
+#: Exceptions reported as ``Error: <message>`` (exit code 1) instead of a traceback
+#: (OSError covers FileExistsError, PermissionError, a full disk, ...).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+
+
+def package_version() -> str:
+    """Version of the installed ``spect`` distribution (``"unknown"`` if not installed)."""
+    try:
+        return version("spect")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# Recent Typer versions vendor click (typer._click), older ones use click itself; either way
+# typer.BadParameter derives from the ClickException used for command-line usage errors.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split()) or "unknown error"
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"Error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+class SpectGroup(TyperGroup):
+    """Top-level command group that turns user errors into one-line messages."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        debug = os.environ.get("SPECT_DEBUG", "") not in ("", "0")
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as e:  # bad option, missing value, ...
+            _fail(e.format_message(), getattr(e, "exit_code", 2))
+        except typer.Abort:
+            _fail("aborted", 1)
+        except USER_ERRORS as e:
+            if debug:
+                raise
+            _fail(str(e), 1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    cls=SpectGroup,
+    name="spect",
+    help="Quantitative SPECT: projector, reconstruction and demos.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"spect {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Show the version and exit.",
+            callback=_version_callback,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Quantitative SPECT: projector, reconstruction and demos."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+@app.command()
+def demo(
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="Folder for ap_pa.png and projections.npz."),
+    ] = Path("spect-demo"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing output files.")
+    ] = False,
+    size: Annotated[
+        int,
+        typer.Option("--size", hidden=True, min=8, max=256, help="Voxels per axis (256 mm cube)."),
+    ] = 64,
+) -> None:
+    """Project a built-in torso phantom to AP and PA views with attenuation.
+
+    Writes FOLDER/ap_pa.png (both views as a nuclear-medicine viewer shows them) and
+    FOLDER/projections.npz, and prints a summary table.
+    """
+    from cli._demo import run_demo  # heavy imports (torch, matplotlib) only when needed
+
+    run_demo(output, force=force, size=size)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,7 @@
+"""Reconstruction and test objects built on `spectproj`.
+
+Modules
+-------
+phantoms_basic
+    Small analytic phantoms (activity and attenuation maps) for demos and tests.
+"""
