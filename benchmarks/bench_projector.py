@@ -1,0 +1,837 @@
+"""Speed of the ``spectproj`` SPECT projector vs PyTomography 3.4.0, with a physics cross-check.
+
+What it measures, in one run, float32, torch threads = all usable cores:
+
+* AP/PA (β = 0 and 180) of a 64³ volume with attenuation, no PSF: forward and back-projection;
+* AP/PA of a 128³ volume, forward and back-projection;
+* 120 views over 360° (β = 0, 3, …, 357) of a 64³ volume, forward and back-projection.
+
+For each, the median wall time (after a warm-up) of PyTomography's ``SPECTSystemMatrix.forward`` /
+``.backward`` (which recompute the attenuation factors on every call) and of ``spectproj``'s
+``SPECTProjector`` call / ``.adjoint`` (attenuation factors computed once, when the operator is
+built, as in iterative reconstruction), and the ratio PyTomography / spect. An extra row per
+configuration times the functional ``spectproj.project`` / ``backproject``, which build the
+attenuation factors on every call, as PyTomography does. The calls of both projectors are
+interleaved round by round, and each timed round first waits (``--max-quiet-wait``, default 30 s)
+until other processes on the machine are idle, since a shared machine's bursts of other work slow
+torch's thread pool down by an order of magnitude.
+
+The cross-check column is the relative L2 difference ‖spect − PyTomography‖ / ‖PyTomography‖ of
+the two projectors' outputs on one smooth phantom (ellipsoids of activity inside a water ellipse
+of μ), after converting PyTomography's layout and units to ours:
+object ``[x, y, z]`` → volume ``[z, y, x]``; projection ``[view, bin, z]`` → ``[view, row=z, bin]``;
+values × the step length in mm (PyTomography's forward sum has no step-length factor; ours is a
+line integral in activity·mm). A point-source probe at the four axis-aligned angles also prints
+where each projector puts the point, to show whether any bin or row flip separates them.
+
+Run it with the reference environment's Python (``bash benchmarks/setup_reference_env.sh``
+builds it)::
+
+    benchmarks/.env-pytomography/bin/python benchmarks/bench_projector.py
+    benchmarks/.env-pytomography/bin/python benchmarks/bench_projector.py --quick   # smoke run
+    benchmarks/.env-pytomography/bin/python benchmarks/bench_projector.py --json out.json
+
+``--pytomography-only`` measures PyTomography alone and never imports ``spectproj``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Water at 140 keV (Tc-99m): 0.1537 1/cm.
+MU_WATER_PER_MM = 0.01537
+
+# Speed-up targets from the issue: (configuration, operation) -> minimum PyTomography/spect ratio.
+TARGETS: dict[tuple[str, str], float] = {
+    ("AP/PA 128³", "forward"): 10.0,
+    ("AP/PA 128³", "back-projection"): 10.0,
+    ("120 views 64³", "forward"): 3.0,
+    ("120 views 64³", "back-projection"): 3.0,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmark case: a cubic volume of ``n`` voxels of ``voxel_mm`` and a set of angles."""
+
+    name: str
+    n: int
+    voxel_mm: float
+    angles_deg: tuple[float, ...]
+    kind: str  # "ap_pa" or "full_circle"
+
+
+CONFIGS: tuple[Config, ...] = (
+    Config("AP/PA 64³", 64, 4.8, (0.0, 180.0), "ap_pa"),
+    Config("AP/PA 128³", 128, 2.4, (0.0, 180.0), "ap_pa"),
+    Config("120 views 64³", 64, 4.8, tuple(3.0 * k for k in range(120)), "full_circle"),
+)
+
+
+@dataclass
+class Timing:
+    """Wall times of one operation, in milliseconds."""
+
+    median_ms: float
+    min_ms: float
+    samples_ms: list[float]
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    config: str
+    operation: str
+    pytomography: Timing | None
+    spect: Timing | None
+    rel_diff: float | None
+    note: str = ""
+    target: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.pytomography is None or self.spect is None:
+            return None
+        return self.pytomography.median_ms / self.spect.median_ms
+
+    @property
+    def speedup_of_minima(self) -> float | None:
+        if self.pytomography is None or self.spect is None:
+            return None
+        return self.pytomography.min_ms / self.spect.min_ms
+
+    @property
+    def target_met(self) -> bool | None:
+        if self.target is None or self.speedup is None:
+            return None
+        return self.speedup >= self.target
+
+
+@dataclass
+class Report:
+    """Everything the run found; written by ``--json``."""
+
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    cross_check: list[dict[str, Any]] = field(default_factory=list)
+    probe: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Machine, timing, phantom
+# --------------------------------------------------------------------------------------------
+
+
+def usable_cores() -> int:
+    """Number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or platform's guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_model": cpu_model(),
+        "cores": usable_cores(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "pytomography": package_version("pytomography"),
+        "kornia": package_version("kornia"),
+        "numpy": np.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cpu_busy_seconds() -> float | None:
+    """CPU time (s) spent by the whole machine since boot, from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def other_processes_load(interval_s: float = 0.25) -> float | None:
+    """Cores' worth of CPU used by *other* processes over the next ``interval_s`` seconds."""
+    busy0, own0 = _cpu_busy_seconds(), sum(os.times()[:2])
+    time.sleep(interval_s)
+    busy1, own1 = _cpu_busy_seconds(), sum(os.times()[:2])
+    if busy0 is None or busy1 is None:
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / interval_s
+
+
+@dataclass
+class QuietGate:
+    """Before each timed round, wait (up to ``max_wait_s``) until other processes are idle.
+
+    On a shared machine another process's burst of work can slow torch's thread pool down by an
+    order of magnitude; waiting for a quiet moment keeps such bursts out of most samples.
+    ``rounds_busy`` counts the rounds that had to start anyway, with others still busy.
+    """
+
+    max_wait_s: float
+    threshold_cores: float = 0.2
+    waited_s: float = 0.0
+    rounds: int = 0
+    rounds_busy: int = 0
+
+    def wait(self) -> None:
+        self.rounds += 1
+        if self.max_wait_s <= 0:
+            return
+        t0 = time.perf_counter()
+        while True:
+            load = other_processes_load()
+            if load is None or load < self.threshold_cores:
+                break
+            if time.perf_counter() - t0 > self.max_wait_s:
+                self.rounds_busy += 1
+                break
+        self.waited_s += time.perf_counter() - t0
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    gate: QuietGate,
+) -> dict[str, Timing]:
+    """Median and minimum wall time of each ``fn()``, over ``repeats`` rounds after ``warmup``.
+
+    The functions are called in turn within each round (the order rotating from round to round),
+    so a slow spell of the machine falls on all of them alike rather than on whichever happened
+    to be measured at the time; ``gate`` holds each round back while other processes are busy.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rnd in range(repeats):
+        gate.wait()
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            t0 = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: Timing(statistics.median(ts), min(ts), ts) for name, ts in samples.items()}
+
+
+def load_average() -> float | None:
+    """The one-minute load average (other processes competing for the cores), if known."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def make_phantom(n: int, voxel_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth phantom on an ``n³`` grid of ``voxel_mm`` voxels, in our layout ``[Z, Y, X]``.
+
+    Returns ``(activity, mu)``: activity (arbitrary units) is a uniform body background plus a
+    few ellipsoids; μ (1/mm) is water inside an elliptic cylinder (the body). Both are smoothed
+    with a Gaussian of one voxel so that interpolation differences between the two projectors
+    stay small at oblique angles.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    half = (n - 1) / 2.0
+    c = (np.arange(n, dtype=np.float64) - half) * voxel_mm
+    fov = n * voxel_mm
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+
+    def ellipsoid(cx: float, cy: float, cz: float, ax: float, ay: float, az: float) -> np.ndarray:
+        # Centres and semi-axes as fractions of the field of view.
+        r2 = ((x - cx * fov) / (ax * fov)) ** 2 + ((y - cy * fov) / (ay * fov)) ** 2
+        return (r2 + ((z - cz * fov) / (az * fov)) ** 2 <= 1.0).astype(np.float64)
+
+    body = ellipsoid(0.0, 0.0, 0.0, 0.40, 0.28, 0.45)
+    activity = 1.0 * body
+    activity += 4.0 * ellipsoid(-0.14, -0.03, 0.10, 0.12, 0.10, 0.12)  # liver-like, patient right
+    activity += 8.0 * ellipsoid(0.16, 0.06, -0.12, 0.05, 0.05, 0.06)  # kidney-like, left, posterior
+    activity += 12.0 * ellipsoid(0.05, -0.15, 0.02, 0.03, 0.03, 0.03)  # small anterior lesion
+    mu = MU_WATER_PER_MM * body
+    activity = gaussian_filter(activity, sigma=1.0, mode="constant")
+    mu = gaussian_filter(mu, sigma=1.0, mode="constant")
+    return activity.astype(np.float32), mu.astype(np.float32)
+
+
+def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """‖ours − reference‖₂ / ‖reference‖₂, in float64."""
+    a = ours.detach().to("cpu", torch.float64)
+    b = reference.detach().to("cpu", torch.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch in cross-check: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+# --------------------------------------------------------------------------------------------
+# PyTomography side (never imports spectproj)
+# --------------------------------------------------------------------------------------------
+
+
+class PyTomographyCase:
+    """PyTomography 3.4.0's ``SPECTSystemMatrix`` with attenuation, no PSF, for one config.
+
+    Takes and returns tensors in *our* layout and units so the two sides can be compared:
+    volume ``[Z, Y, X]``, μ in 1/mm, projections ``[V, rows=Z, bins]`` in activity·mm.
+    """
+
+    def __init__(
+        self,
+        mu_zyx_per_mm: torch.Tensor,
+        voxel_mm: float,
+        angles_deg: tuple[float, ...],
+        device: torch.device,
+    ) -> None:
+        # PyTomography prints a note on stdout when it finds no GPU: keep stdout a clean table.
+        with contextlib.redirect_stdout(sys.stderr):
+            import pytomography
+            from pytomography.metadata.SPECT import SPECTObjectMeta, SPECTProjMeta
+            from pytomography.projectors.SPECT import SPECTSystemMatrix
+            from pytomography.transforms.SPECT import SPECTAttenuationTransform
+
+        pytomography.set_device(device)
+        nz, ny, nx = mu_zyx_per_mm.shape
+        self.device = device
+        self.voxel_mm = voxel_mm
+        d_cm = voxel_mm / 10.0
+        object_meta = SPECTObjectMeta(dr=[d_cm, d_cm, d_cm], shape=(nx, ny, nz))
+        proj_meta = SPECTProjMeta(
+            projection_shape=(nx, nz), dr=[d_cm, d_cm], angles=list(angles_deg)
+        )
+        mu_xyz_per_cm = self.to_object(mu_zyx_per_mm) * 10.0
+        attenuation = SPECTAttenuationTransform(attenuation_map=mu_xyz_per_cm)
+        self.system_matrix = SPECTSystemMatrix(
+            obj2obj_transforms=[attenuation],
+            proj2proj_transforms=[],
+            object_meta=object_meta,
+            proj_meta=proj_meta,
+        )
+
+    # Layout and unit conversions (ours <-> PyTomography's).
+    def to_object(self, volume_zyx: torch.Tensor) -> torch.Tensor:
+        return volume_zyx.permute(2, 1, 0).contiguous().to(self.device)
+
+    @staticmethod
+    def from_object(object_xyz: torch.Tensor) -> torch.Tensor:
+        return object_xyz.permute(2, 1, 0)
+
+    def to_projection(self, proj_vzb: torch.Tensor) -> torch.Tensor:
+        """Ours ``[V, Z, bins]`` in activity·mm → PyTomography ``[V, bins, Z]``, no scaling.
+
+        Only the layout changes: the back-projection is linear, so the unit factor is applied
+        to its result instead (see ``back_projection_in_our_units``).
+        """
+        return proj_vzb.permute(0, 2, 1).contiguous().to(self.device)
+
+    def from_projection(self, proj_vbz: torch.Tensor) -> torch.Tensor:
+        """PyTomography ``[V, bins, Z]`` (sum of voxel values) → ours (line integral, ×mm)."""
+        return proj_vbz.permute(0, 2, 1) * self.voxel_mm
+
+    # The operations that are timed (in PyTomography's own layout).
+    def forward(self, object_xyz: torch.Tensor) -> torch.Tensor:
+        return self.system_matrix.forward(object_xyz)
+
+    def backward(self, proj_vbz: torch.Tensor) -> torch.Tensor:
+        return self.system_matrix.backward(proj_vbz)
+
+    # Results in our layout and units, for the cross-check.
+    def projection_in_our_units(self, activity_zyx: torch.Tensor) -> torch.Tensor:
+        return self.from_projection(self.forward(self.to_object(activity_zyx)))
+
+    def back_projection_in_our_units(self, proj_vzb: torch.Tensor) -> torch.Tensor:
+        # Our operator is voxel_mm · (PyTomography's), so its adjoint is voxel_mm · Hᵀ too.
+        return self.from_object(self.backward(self.to_projection(proj_vzb))) * self.voxel_mm
+
+
+# --------------------------------------------------------------------------------------------
+# spect side (imports spectproj lazily)
+# --------------------------------------------------------------------------------------------
+
+
+class SpectCase:
+    """``spectproj.SPECTProjector`` with attenuation for one config, in our own layout."""
+
+    def __init__(
+        self,
+        mu_zyx_per_mm: torch.Tensor,
+        voxel_mm: float,
+        angles_deg: tuple[float, ...],
+        kind: str,
+        device: torch.device,
+    ) -> None:
+        from spectproj import ImageGrid, ParallelGeometry, SPECTProjector
+
+        grid = ImageGrid(shape=tuple(mu_zyx_per_mm.shape), spacing_mm=(voxel_mm,) * 3)
+        if kind == "ap_pa":
+            geometry = ParallelGeometry.ap_pa(grid)
+        elif kind == "full_circle":
+            geometry = ParallelGeometry.full_circle(grid, len(angles_deg))
+        else:
+            geometry = ParallelGeometry(grid, angles_deg=list(angles_deg))
+        got = [float(a) for a in geometry.angles_deg]
+        if not np.allclose(got, angles_deg, atol=1e-6):
+            raise RuntimeError(
+                f"spectproj geometry angles {got[:4]}… differ from {list(angles_deg[:4])}…"
+            )
+        self.geometry = geometry
+        self.device = device
+        self.mu = mu_zyx_per_mm.to(device)
+        self.operator = SPECTProjector(geometry, mu=self.mu).to(device)
+
+    def forward(self, activity_zyx: torch.Tensor) -> torch.Tensor:
+        return self.operator(activity_zyx)
+
+    def backward(self, proj_vzb: torch.Tensor) -> torch.Tensor:
+        return self.operator.adjoint(proj_vzb)
+
+    def forward_functional(self, activity_zyx: torch.Tensor) -> torch.Tensor:
+        from spectproj import project
+
+        return project(activity_zyx, self.geometry, mu=self.mu)
+
+    def backward_functional(self, proj_vzb: torch.Tensor) -> torch.Tensor:
+        from spectproj import backproject
+
+        return backproject(proj_vzb, self.geometry, mu=self.mu)
+
+
+# --------------------------------------------------------------------------------------------
+# Point-source probe: where each projector puts one voxel, at 0/90/180/270 degrees
+# --------------------------------------------------------------------------------------------
+
+PROBE_N = 32
+PROBE_VOXEL_MM = 4.0
+PROBE_POINT_ZYX = (5, 10, 24)  # off-centre in every axis, so any flip shows
+PROBE_ANGLES = (0.0, 90.0, 180.0, 270.0)
+
+
+def expected_probe_position(beta: float, k: int, j: int, i: int, n: int) -> tuple[int, int]:
+    """(row, bin) that docs/conventions.md gives a point at voxel (k, j, i) on a centred n³ grid."""
+    bins = {0.0: i, 90.0: n - 1 - j, 180.0: n - 1 - i, 270.0: j}
+    return k, bins[beta]
+
+
+def run_probe(device: torch.device, with_spect: bool) -> dict[str, Any]:
+    """Project one voxel (μ = 0) with both projectors; report peak (row, bin) and peak value."""
+    n, d = PROBE_N, PROBE_VOXEL_MM
+    k, j, i = PROBE_POINT_ZYX
+    point = torch.zeros((n, n, n), dtype=torch.float32)
+    point[k, j, i] = 1.0
+    mu = torch.zeros_like(point)
+
+    def peaks(proj_vzb: torch.Tensor) -> list[dict[str, Any]]:
+        out = []
+        for v, beta in enumerate(PROBE_ANGLES):
+            img = proj_vzb[v].detach().to("cpu", torch.float64)
+            row, col = divmod(int(torch.argmax(img)), img.shape[1])
+            out.append(
+                {
+                    "beta": beta,
+                    "row": row,
+                    "bin": col,
+                    "peak": float(img[row, col]),
+                    "sum": float(img.sum()),
+                }
+            )
+        return out
+
+    result: dict[str, Any] = {
+        "grid": f"{n}³, {d} mm voxels, μ = 0",
+        "point_zyx": list(PROBE_POINT_ZYX),
+        "expected": [
+            {"beta": b, "row": pos[0], "bin": pos[1]}
+            for b in PROBE_ANGLES
+            for pos in [expected_probe_position(b, k, j, i, n)]
+        ],
+    }
+    pyt = PyTomographyCase(mu, d, PROBE_ANGLES, device)
+    with torch.no_grad():
+        result["pytomography"] = peaks(pyt.projection_in_our_units(point.to(device)))
+    if with_spect:
+        sp = SpectCase(mu, d, PROBE_ANGLES, "angles", device)
+        with torch.no_grad():
+            result["spect"] = peaks(sp.forward(point.to(device)))
+    return result
+
+
+def format_probe(probe: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Point-source probe ({probe['grid']}, voxel (z, y, x) = {tuple(probe['point_zyx'])}); "
+        "peak (row, bin) in our layout; PyTomography values × voxel mm:",
+        "",
+        "| β | expected (docs) | PyTomography | spect | PyTomography peak | spect peak |",
+        "| ---: | --- | --- | --- | ---: | ---: |",
+    ]
+    for idx, exp in enumerate(probe["expected"]):
+        pyt = probe["pytomography"][idx]
+        sp = probe.get("spect", [None] * len(probe["expected"]))[idx]
+        sp_pos = f"({sp['row']}, {sp['bin']})" if sp else "—"
+        sp_peak = f"{sp['peak']:.4g}" if sp else "—"
+        lines.append(
+            f"| {exp['beta']:.0f} | ({exp['row']}, {exp['bin']}) | ({pyt['row']}, {pyt['bin']}) "
+            f"| {sp_pos} | {pyt['peak']:.4g} | {sp_peak} |"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def repeats_for(config: Config, quick: bool, repeats: int | None) -> tuple[int, int]:
+    """(repeats, warm-up calls) for one config."""
+    if repeats is not None:
+        return repeats, 1
+    if quick:
+        return 2, 1
+    return (7, 2) if config.kind == "full_circle" else (15, 3)
+
+
+def smoothed(volume: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """A 3-D Gaussian smoothing of a volume (for comparing back-projections at low frequency)."""
+    from scipy.ndimage import gaussian_filter
+
+    data = volume.detach().to("cpu", torch.float64).numpy()
+    return torch.from_numpy(gaussian_filter(data, sigma=sigma_voxels, mode="nearest"))
+
+
+def bench_config(
+    config: Config, args: argparse.Namespace, log: Callable[[str], None]
+) -> tuple[list[Row], dict[str, Any]]:
+    """Time and cross-check one configuration; returns the table rows and cross-check details."""
+    device = torch.device(args.device)
+    with_spect = not args.pytomography_only
+    n_rep, warmup = repeats_for(config, args.quick, args.repeats)
+    activity_np, mu_np = make_phantom(config.n, config.voxel_mm)
+    activity = torch.from_numpy(activity_np).to(device)
+    mu = torch.from_numpy(mu_np).to(device)
+
+    pyt = PyTomographyCase(mu, config.voxel_mm, config.angles_deg, device)
+    obj = pyt.to_object(activity)
+    with torch.no_grad():
+        pyt_proj_native = pyt.forward(obj)
+    pyt_proj = pyt.from_projection(pyt_proj_native)
+    fns: dict[str, Callable[[], Any]] = {
+        "pyt_fwd": lambda: pyt.forward(obj),
+        "pyt_bwd": lambda: pyt.backward(pyt_proj_native),
+    }
+
+    details: dict[str, Any] = {
+        "config": config.name,
+        "n": config.n,
+        "voxel_mm": config.voxel_mm,
+        "views": len(config.angles_deg),
+        "repeats": n_rep,
+        "warmup": warmup,
+    }
+    diffs: dict[str, float | None] = {"fwd": None, "bwd": None, "ffun": None, "bfun": None}
+    if with_spect:
+        sp = SpectCase(mu, config.voxel_mm, config.angles_deg, config.kind, device)
+        with torch.no_grad():
+            our_proj = sp.forward(activity)
+            if tuple(our_proj.shape) != tuple(pyt_proj.shape):
+                raise RuntimeError(
+                    f"spect projection shape {tuple(our_proj.shape)} != expected "
+                    f"{tuple(pyt_proj.shape)} [V, rows=Z, bins=X]"
+                )
+            # Both back-project the same projections (ours); values compared in our units.
+            our_bp = sp.backward(our_proj)
+            pyt_bp = pyt.back_projection_in_our_units(our_proj)
+            diffs = {
+                "fwd": rel_diff(our_proj, pyt_proj),
+                "bwd": rel_diff(our_bp, pyt_bp),
+                "ffun": rel_diff(sp.forward_functional(activity), pyt_proj),
+                "bfun": rel_diff(sp.backward_functional(our_proj), pyt_bp),
+            }
+        details.update(
+            forward_rel_diff=diffs["fwd"],
+            forward_sum_ratio=float(our_proj.double().sum() / pyt_proj.double().sum()),
+            back_rel_diff=diffs["bwd"],
+            back_rel_diff_smoothed_1voxel=rel_diff(smoothed(our_bp, 1.0), smoothed(pyt_bp, 1.0)),
+            back_sum_ratio=float(our_bp.double().sum() / pyt_bp.double().sum()),
+        )
+        fns.update(
+            spect_fwd=lambda: sp.forward(activity),
+            spect_bwd=lambda: sp.backward(our_proj),
+            spect_ffun=lambda: sp.forward_functional(activity),
+            spect_bfun=lambda: sp.backward_functional(our_proj),
+        )
+
+    who = "PyTomography and spect, interleaved" if with_spect else "PyTomography"
+    log(f"{config.name}: timing {who} ({n_rep} repeats after {warmup} warm-up)")
+    with torch.no_grad():
+        gate = QuietGate(max_wait_s=args.max_quiet_wait)
+        t = time_interleaved(fns, device, n_rep, warmup, gate)
+    details.update(
+        quiet_wait_s=round(gate.waited_s, 1),
+        rounds=gate.rounds,
+        rounds_started_busy=gate.rounds_busy if args.max_quiet_wait > 0 else None,
+    )
+
+    specs = [
+        ("forward", "pyt_fwd", "spect_fwd", "fwd", "SPECTProjector(x), attenuation cached"),
+        (
+            "back-projection",
+            "pyt_bwd",
+            "spect_bwd",
+            "bwd",
+            "SPECTProjector.adjoint(p), attenuation cached",
+        ),
+        (
+            "forward, functional",
+            "pyt_fwd",
+            "spect_ffun",
+            "ffun",
+            "project(x, geom, mu): attenuation computed per call",
+        ),
+        (
+            "back-projection, functional",
+            "pyt_bwd",
+            "spect_bfun",
+            "bfun",
+            "backproject(p, geom, mu): attenuation computed per call",
+        ),
+    ]
+    if not with_spect:
+        specs = specs[:2]
+    rows = [
+        Row(config.name, op, t[kp], t.get(ks), diffs[kd], note, TARGETS.get((config.name, op)))
+        for op, kp, ks, kd, note in specs
+    ]
+    return rows, details
+
+
+def format_details(details: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "Cross-check details (spect vs PyTomography in our units; sums are spect / PyTomography):",
+        "",
+        "| config | forward rel. diff | forward sum ratio | back-proj. rel. diff "
+        "| … after 1-voxel smoothing | back-proj. sum ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for d in details:
+        lines.append(
+            f"| {d['config']} | {d['forward_rel_diff']:.1e} | {d['forward_sum_ratio']:.6f} "
+            f"| {d['back_rel_diff']:.1e} | {d['back_rel_diff_smoothed_1voxel']:.1e} "
+            f"| {d['back_sum_ratio']:.6f} |"
+        )
+    return lines
+
+
+def fmt_ms(t: Timing | None) -> str:
+    if t is None:
+        return "—"
+    return f"{t.median_ms:.1f}" if t.median_ms >= 10 else f"{t.median_ms:.2f}"
+
+
+def format_table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| config | operation | PyTomography ms | spect ms | speed-up | (of minima) "
+        "| rel. diff | target |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        speed = f"{r.speedup:.1f}×" if r.speedup is not None else "—"
+        speed_min = f"{r.speedup_of_minima:.1f}×" if r.speedup_of_minima is not None else "—"
+        diff = f"{r.rel_diff:.1e}" if r.rel_diff is not None else "—"
+        if r.target is None:
+            target = ""
+        elif r.target_met is None:
+            target = f"≥{r.target:g}×"
+        else:
+            target = f"≥{r.target:g}×: {'met' if r.target_met else 'NOT met'}"
+        lines.append(
+            f"| {r.config} | {r.operation} | {fmt_ms(r.pytomography)} | {fmt_ms(r.spect)} "
+            f"| {speed} | {speed_min} | {diff} | {target} |"
+        )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--repeats", type=int, help="timed repeats per operation (overrides defaults)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--pytomography-only",
+        action="store_true",
+        help="time PyTomography alone; spectproj is not imported",
+    )
+    p.add_argument("--no-probe", action="store_true", help="skip the point-source probe")
+    p.add_argument(
+        "--max-quiet-wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="before each timed round wait up to S seconds for other processes to go idle "
+        "(default 30; 0 = never wait)",
+    )
+    args = p.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(usable_cores())
+    torch.set_default_dtype(torch.float32)
+    with_spect = not args.pytomography_only
+
+    def log(msg: str) -> None:
+        print(f"# {msg}", file=sys.stderr, flush=True)
+
+    machine = machine_info(device)
+    machine["load_average_start"] = load_average()
+    report = Report(
+        machine=machine,
+        settings={
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "dtype": "float32",
+            "statistic": "median wall time after warm-up, calls interleaved",
+            "with_spect": with_spect,
+            "max_quiet_wait_s": args.max_quiet_wait,
+        },
+    )
+    if with_spect:
+        report.machine["spect"] = package_version("spect")
+
+    load = machine["load_average_start"]
+    print(
+        "\n".join(
+            [
+                "# spect vs PyTomography: projector benchmark",
+                "",
+                f"- date: {machine['date']}",
+                f"- CPU: {machine['cpu_model']}, {machine['cores']} cores; "
+                f"device: {machine['device']}"
+                + (f" ({machine['gpu']})" if "gpu" in machine else ""),
+                f"- torch {machine['torch']}, {machine['torch_threads']} threads; "
+                f"PyTomography {machine['pytomography']}, kornia {machine['kornia']}; "
+                f"Python {machine['python']}",
+                "- float32, attenuation on, no PSF; times are medians after warm-up"
+                + (" (quick run: 2 repeats)" if args.quick else ""),
+                f"- 1-min load average at start: {load:.2f}" if load is not None else "",
+                "",
+            ]
+        ),
+        flush=True,
+    )
+
+    details = []
+    for config in CONFIGS:
+        rows, det = bench_config(config, args, log)
+        report.rows.extend(rows)
+        details.append(det)
+    report.cross_check = details
+
+    print("\n".join(format_table(report.rows)))
+    print()
+    print(
+        "speed-up = PyTomography / spect, of the medians (and of the minima). "
+        "rel. diff = ‖spect − PyTomography‖₂ / "
+        "‖PyTomography‖₂ on the same smooth phantom, PyTomography converted to "
+        "[view, row=z, bin] and × voxel mm; back-projections are of the same projections. "
+        "PyTomography recomputes attenuation on every call; the functional rows time spect "
+        "doing the same."
+    )
+    busy = [
+        f"{d['config']}: {d['rounds_started_busy']} of {d['rounds']}"
+        for d in details
+        if d.get("rounds_started_busy")
+    ]
+    print()
+    print(
+        "Timed rounds that started while other processes were busy: "
+        + ("; ".join(busy) if busy else "none")
+        + (" (quiet gate off)" if args.max_quiet_wait <= 0 else "")
+        + "."
+    )
+    if with_spect:
+        print()
+        print("\n".join(format_details(details)))
+    if not args.no_probe:
+        log("point-source probe")
+        report.probe = run_probe(device, with_spect)
+        print()
+        print("\n".join(format_probe(report.probe)))
+    machine["load_average_end"] = load_average()
+    if machine["load_average_end"] is not None:
+        print(f"\n1-min load average at the end: {machine['load_average_end']:.2f}")
+
+    if args.json:
+        payload = asdict(report)
+        for row, obj in zip(report.rows, payload["rows"], strict=True):
+            obj["speedup"] = row.speedup
+            obj["speedup_of_minima"] = row.speedup_of_minima
+            obj["target_met"] = row.target_met
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

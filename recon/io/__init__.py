@@ -1,0 +1,39 @@
+"""Reading and writing studies and results.
+
+Public names
+------------
+Acquisition, Study, Result
+    The in-memory data model (`recon.io.study`).
+write_study, read_study, write_result, read_result, describe, FORMAT_VERSION
+    The HDF5 study and result files (`recon.io.hdf5`, layout in ``docs/file-format.md``).
+StudyFileError
+    Raised for a bad file, with a one-line ``"<file>: <dataset>: <problem>"`` message.
+atomic_output
+    Write any file atomically (temporary file in the same folder, then rename).
+"""
+
+from recon.io.atomic import atomic_output
+from recon.io.errors import StudyFileError
+from recon.io.hdf5 import (
+    FORMAT_VERSION,
+    describe,
+    read_result,
+    read_study,
+    write_result,
+    write_study,
+)
+from recon.io.study import Acquisition, Result, Study
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Acquisition",
+    "Result",
+    "Study",
+    "StudyFileError",
+    "atomic_output",
+    "describe",
+    "read_result",
+    "read_study",
+    "write_result",
+    "write_study",
+]

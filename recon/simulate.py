@@ -1,0 +1,332 @@
+"""Simulated SPECT acquisitions of a phantom: expected counts, scatter and Poisson noise.
+
+The model (units in ``docs/phantoms.md``)::
+
+    primary  = count_scale · A(activity)                 [V, rows, bins] counts
+    scatter  = count_scale · f · G_σ(A(activity)) · ΣA / ΣG_σ(A)
+    expected = primary + scatter
+    counts   ~ Poisson(expected)
+
+``A`` is `spectproj.SPECTProjector` with the phantom's μ (and optionally a collimator blur), its
+output a line integral in (Bq/mL)·mm; ``count_scale`` is the expected counts per unit of it in one
+pixel, one number for every view (``recon.io.study.Acquisition.count_scale``); ``G_σ`` is a wide
+Gaussian blur of every view and ``f`` the scatter fraction (scatter counts / primary counts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import metadata
+
+import torch
+
+from recon.io.study import MBQ_PER_BQ, ML_PER_MM3, Acquisition, Study
+from recon.phantoms.torso import (
+    ENERGY_WINDOWS_KEV,
+    NUCLIDES,
+    TYPICAL_SENSITIVITY_CPS_PER_MBQ,
+    Phantom,
+    nuclide_name,
+)
+from spectproj import CollimatorResponse, ParallelGeometry, SPECTProjector
+from spectproj.collimator import gaussian_blur_matrices
+
+__all__ = ["DEFAULT_SCATTER_SIGMA_MM", "scatter_projections", "simulate_acquisition"]
+
+#: Standard deviation (mm) of the Gaussian that spreads the primary projections into scatter.
+DEFAULT_SCATTER_SIGMA_MM = 25.0
+
+
+def scatter_projections(
+    primary: torch.Tensor,
+    pixel_size_mm: tuple[float, float],
+    scatter_fraction: float,
+    sigma_mm: float = DEFAULT_SCATTER_SIGMA_MM,
+) -> torch.Tensor:
+    """A smooth scatter estimate: the primary blurred by a wide Gaussian, scaled to a fraction.
+
+    Parameters
+    ----------
+    primary : torch.Tensor
+        ``[V, rows, bins]`` primary projections (any unit; the result has the same).
+    pixel_size_mm : tuple of float
+        ``(row height, bin width)`` in mm.
+    scatter_fraction : float
+        Scatter-to-primary ratio ``f`` >= 0: the result sums to ``f · primary.sum()`` (one
+        factor for all views, so each view's scatter is close to ``f`` times its primary).
+    sigma_mm : float
+        Standard deviation of the Gaussian in mm, along rows and bins.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[V, rows, bins]`` scatter, same dtype and device as ``primary``.
+    """
+    if not (math.isfinite(scatter_fraction) and scatter_fraction >= 0):
+        raise ValueError(f"scatter_fraction must be >= 0, got {scatter_fraction!r}")
+    if not (math.isfinite(sigma_mm) and sigma_mm > 0):
+        raise ValueError(f"sigma_mm must be a positive length (mm), got {sigma_mm!r}")
+    if primary.ndim != 3:
+        raise ValueError(f"primary must be [V, rows, bins], got shape {tuple(primary.shape)}")
+    if scatter_fraction == 0:
+        return torch.zeros_like(primary)
+    p = primary.double()
+    rows, bins = p.shape[-2:]
+    sig = torch.tensor(float(sigma_mm), dtype=torch.float64, device=p.device)
+    blur_rows = gaussian_blur_matrices(sig / pixel_size_mm[0], rows, 1.0)  # [rows, rows]
+    blur_bins = gaussian_blur_matrices(sig / pixel_size_mm[1], bins, 1.0)  # [bins, bins]
+    blurred = blur_rows @ p @ blur_bins.T
+    total, total_blurred = p.sum(), blurred.sum()
+    if float(total_blurred) <= 0:
+        return torch.zeros_like(primary)
+    return (blurred * (scatter_fraction * total / total_blurred)).to(primary.dtype)
+
+
+def simulate_acquisition(
+    phantom: Phantom,
+    geometry: ParallelGeometry,
+    *,
+    collimator: str | CollimatorResponse | None = None,
+    scatter_fraction: float = 0.0,
+    scatter_sigma_mm: float = DEFAULT_SCATTER_SIGMA_MM,
+    total_counts: float | None = None,
+    sensitivity_cps_per_mbq: float | None = None,
+    duration_s: float | None = None,
+    isotope: str | None = None,
+    seed: int = 0,
+    noise: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Study:
+    """Simulate a planar or SPECT acquisition of ``phantom``.
+
+    Parameters
+    ----------
+    phantom : recon.phantoms.Phantom
+        Activity (Bq/mL), μ (1/mm) and labels on ``geometry.grid``.
+    geometry : spectproj.ParallelGeometry
+        Views and detector, e.g. ``ParallelGeometry.ap_pa(grid, radius_mm=250.0)`` or
+        ``ParallelGeometry.full_circle(grid, 120, radius_mm=250.0)``.
+    collimator : str or spectproj.CollimatorResponse, optional
+        Collimator blur: a preset name (``"LEHR"``, ``"MEGP"``, ``"HE"``, ...; evaluated at the
+        phantom's energy) or a response; ``None`` for no blur. Needs ``geometry.radius_mm``.
+    scatter_fraction : float
+        Scatter-to-primary ratio ``f``: a smooth scatter term totalling ``f`` × the primary
+        counts is added (see `scatter_projections`) and returned as the study's ``background``.
+    scatter_sigma_mm : float
+        Width (σ, mm) of the scatter blur.
+    total_counts : float, optional
+        Expected total counts (primary + scatter) over **all** views. The one count scale for
+        every view is chosen to give it; the acquisition's sensitivity (or duration) is then
+        derived so that ``Acquisition.count_scale`` equals that scale: from
+        ``sensitivity_cps_per_mbq`` if given, else from ``duration_s``, else from the isotope's
+        `TYPICAL_SENSITIVITY_CPS_PER_MBQ`. Give at most one of the two with ``total_counts``.
+    sensitivity_cps_per_mbq : float, optional
+        Planar sensitivity (counts/s per MBq). Without ``total_counts`` the count scale is
+        ``pixel area · 1e-3 · sensitivity · 1e-6 · duration_s``; it defaults to the isotope's
+        typical value.
+    duration_s : float, optional
+        Acquisition time per view (s); required unless ``total_counts`` is given.
+    isotope : str, optional
+        Nuclide name; by default the one of `NUCLIDES` whose photopeak is the phantom's energy.
+    seed : int
+        Seed of the Poisson noise (a CPU `torch.Generator`): the same seed gives the same counts.
+    noise : bool
+        Draw Poisson counts; ``False`` returns the expected counts.
+    dtype : torch.dtype
+        Dtype of the projector's arithmetic.
+    device : torch.device or str, optional
+        Device of the projection (the noise is always drawn on the CPU, in float64).
+
+    Returns
+    -------
+    recon.io.study.Study
+        ``projections`` ``[V, rows, bins]`` counts (float32); ``background`` ``[V, rows, bins]``
+        expected scatter counts (``None`` without scatter); the acquisition facts; ``mu_per_mm``,
+        ``truth_activity`` (Bq/mL), ``labels`` and ``label_names`` from the phantom; and the
+        provenance (seed, phantom configuration, count scale, software).
+
+    Raises
+    ------
+    ValueError
+        If the geometry's grid is not the phantom's, the count scale is under- or
+        over-determined, or ``total_counts`` is requested for a phantom with no activity.
+    """
+    if not isinstance(phantom, Phantom):
+        raise TypeError(f"phantom must be a Phantom, got {type(phantom).__name__}")
+    if not isinstance(geometry, ParallelGeometry):
+        raise TypeError(f"geometry must be a ParallelGeometry, got {type(geometry).__name__}")
+    if geometry.grid != phantom.grid:
+        raise ValueError(
+            f"geometry.grid {geometry.grid} differs from the phantom's grid {phantom.grid}"
+        )
+    if not (math.isfinite(scatter_fraction) and scatter_fraction >= 0):
+        raise ValueError(f"scatter_fraction must be >= 0, got {scatter_fraction!r}")
+    if total_counts is not None and not (math.isfinite(total_counts) and total_counts > 0):
+        raise ValueError(f"total_counts must be positive, got {total_counts!r}")
+    for name, value in (
+        ("sensitivity_cps_per_mbq", sensitivity_cps_per_mbq),
+        ("duration_s", duration_s),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be positive or None, got {value!r}")
+    energy = float(phantom.energy_keV)
+    isotope = _isotope(isotope, energy)
+    response, collimator_name = _collimator(collimator, energy)
+    if response is not None and geometry.radius_mm is None:
+        raise ValueError("a collimator blur needs geometry.radius_mm (mm), got None")
+
+    # Noise-free projections in (Bq/mL)·mm, then the one count scale.
+    projector = SPECTProjector(
+        geometry,
+        mu=phantom.mu.to(device=device, dtype=dtype),
+        collimator=response,
+        dtype=dtype,
+        device=device,
+    )
+    with torch.no_grad():
+        primary = projector(phantom.activity.to(device=device, dtype=dtype)).double().cpu()
+    scatter = scatter_projections(
+        primary, geometry.pixel_size_mm, scatter_fraction, scatter_sigma_mm
+    )
+
+    area_ml_per_mm = geometry.pixel_size_mm[0] * geometry.pixel_size_mm[1] * ML_PER_MM3
+    sensitivity, duration, scale = _count_scale(
+        primary, scatter, total_counts, sensitivity_cps_per_mbq, duration_s, isotope, area_ml_per_mm
+    )
+    acquisition = Acquisition(
+        angles_deg=geometry.angles_deg,
+        detector_shape=geometry.detector_shape,  # type: ignore[arg-type]
+        pixel_size_mm=geometry.pixel_size_mm,  # type: ignore[arg-type]
+        energy_keV=energy,
+        radius_mm=geometry.radius_mm,
+        isotope=isotope,
+        energy_window_keV=ENERGY_WINDOWS_KEV.get(isotope) if isotope else None,
+        duration_s=duration,
+        sensitivity_cps_per_mbq=sensitivity,
+        collimator=collimator_name,
+    )
+    # The study's count scale is the one used here (up to rounding).
+    if not math.isclose(acquisition.count_scale, scale, rel_tol=1e-9):  # pragma: no cover
+        raise AssertionError("count scale mismatch")
+
+    background = scale * scatter
+    expected = scale * primary + background
+    if noise:
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        counts = torch.poisson(expected, generator=generator)
+    else:
+        counts = expected
+
+    provenance = {
+        "software": f"spect {_version()} (recon.simulate.simulate_acquisition)",
+        "seed": str(int(seed)),
+        "noise": "poisson" if noise else "none (expected counts)",
+        "count_scale": repr(scale),
+        "count_scale_source": "total_counts"
+        if total_counts is not None
+        else "sensitivity×duration",
+        "total_counts_requested": repr(total_counts),
+        "expected_total_counts": repr(float(expected.sum())),
+        "scatter_fraction": repr(float(scatter_fraction)),
+        "scatter_sigma_mm": repr(float(scatter_sigma_mm)) if scatter_fraction > 0 else "",
+        "collimator_response": (
+            ""
+            if response is None
+            else f"sigma0_mm={response.sigma0_mm!r}, slope={response.slope!r}"
+        ),
+        "phantom": json.dumps(phantom.config.to_dict()) if phantom.config is not None else "custom",
+        "phantom_energy_keV": repr(energy),
+    }
+    return Study(
+        projections=counts.to(torch.float32).numpy(),
+        acquisition=acquisition,
+        grid=phantom.grid,
+        mu_per_mm=phantom.mu.detach().cpu().to(torch.float32).numpy(),
+        background=background.to(torch.float32).numpy() if scatter_fraction > 0 else None,
+        truth_activity=phantom.activity.detach().cpu().to(torch.float32).numpy(),
+        labels=phantom.labels.detach().cpu().numpy(),
+        label_names=dict(phantom.label_names),
+        activity_unit="Bq/mL",
+        provenance=provenance,
+    )
+
+
+def _isotope(isotope: str | None, energy_keV: float) -> str | None:
+    if isotope is not None:
+        try:
+            return nuclide_name(isotope)
+        except ValueError:
+            return str(isotope)
+    for name, e in NUCLIDES.items():
+        if abs(e - energy_keV) <= 0.5:
+            return name
+    return None
+
+
+def _collimator(
+    collimator: str | CollimatorResponse | None, energy_keV: float
+) -> tuple[CollimatorResponse | None, str | None]:
+    if collimator is None:
+        return None, None
+    if isinstance(collimator, str):
+        return CollimatorResponse.preset(collimator, energy_keV), collimator.upper()
+    if isinstance(collimator, CollimatorResponse):
+        return collimator, None
+    raise TypeError(
+        f"collimator must be a name, a CollimatorResponse or None, got {type(collimator).__name__}"
+    )
+
+
+def _count_scale(
+    primary: torch.Tensor,
+    scatter: torch.Tensor,
+    total_counts: float | None,
+    sensitivity: float | None,
+    duration: float | None,
+    isotope: str | None,
+    area_ml_per_mm: float,
+) -> tuple[float, float, float]:
+    """``(sensitivity cps/MBq, duration s, count scale)`` with scale = area·sens·1e-6·duration."""
+    per_cps_s = area_ml_per_mm * MBQ_PER_BQ  # count scale per (cps/MBq · s)
+    if total_counts is None:
+        if duration is None:
+            raise ValueError(
+                "give total_counts, or duration_s (s per view) with an optional "
+                "sensitivity_cps_per_mbq"
+            )
+        if sensitivity is None:
+            sensitivity = _typical_sensitivity(isotope)
+        return sensitivity, duration, per_cps_s * sensitivity * duration
+    if sensitivity is not None and duration is not None:
+        raise ValueError(
+            "total_counts fixes the count scale: give at most one of sensitivity_cps_per_mbq "
+            "and duration_s with it"
+        )
+    unit_total = float(primary.sum() + scatter.sum())
+    if not unit_total > 0:
+        raise ValueError("the phantom projects to zero counts; total_counts cannot be reached")
+    scale = float(total_counts) / unit_total
+    if duration is not None:
+        return scale / (per_cps_s * duration), duration, scale
+    if sensitivity is None:
+        sensitivity = _typical_sensitivity(isotope)
+    return sensitivity, scale / (per_cps_s * sensitivity), scale
+
+
+def _typical_sensitivity(isotope: str | None) -> float:
+    if isotope not in TYPICAL_SENSITIVITY_CPS_PER_MBQ:
+        raise ValueError(
+            f"no typical sensitivity for isotope {isotope!r}; give sensitivity_cps_per_mbq"
+        )
+    return TYPICAL_SENSITIVITY_CPS_PER_MBQ[isotope]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("spect")
+    except metadata.PackageNotFoundError:
+        import spectproj
+
+        return spectproj.__version__
