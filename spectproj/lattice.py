@@ -1,8 +1,12 @@
 """The sampling lattice of one view: where the projector samples activity and μ.
 
-Every view is integrated on a lattice ``[Z, S, R]``: the volume's slices (z), depth samples s
-ordered from far to near the detector, and bin positions r along the detector. Both voxel grids and
-implicit fields are sampled on it, then go through the same integration (``integration.py``).
+Every view is integrated on a lattice ``[Z, S, R]``: rows z, depth samples s ordered from far to
+near the detector, and bin positions r along the detector. Both voxel grids and implicit fields are
+sampled on it, then go through the same integration (``integration.py``).
+
+- ``view_lattice``: the lattice of voxel volumes (rows = the grid's slices).
+- ``detector_lattice``: the lattice of fields, one ray through each detector pixel centre (rows and
+  bins = the detector's); it equals ``view_lattice`` whenever the detector matches the grid.
 
 - Axis-aligned views (β = k·90°): the lattice is the voxel grid itself, permuted and flipped
   (``to_lattice``/``from_lattice``), so no interpolation happens.
@@ -16,6 +20,7 @@ n(β) = (−sin β, −cos β); a lattice point is ``x·e_x + y·e_y = r·u + s�
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -43,7 +48,9 @@ class ViewLattice:
     quadrant: ``k`` for β = k·90°, ``None`` for an oblique view.
     r_mm: ``[R]`` bin positions, increasing.
     s_mm: ``[S]`` depth positions along n(β), increasing (far → near the detector).
-    step_r_mm, step_s_mm: lattice spacings; ``step_s_mm`` is the Δ of the attenuation rule.
+    z_mm: ``[Z]`` row positions along z, increasing.
+    step_r_mm, step_s_mm, step_z_mm: lattice spacings; ``step_s_mm`` is the Δ of the
+        attenuation rule.
     """
 
     angle_deg: float
@@ -52,6 +59,8 @@ class ViewLattice:
     s_mm: tuple[float, ...]
     step_r_mm: float
     step_s_mm: float
+    z_mm: tuple[float, ...] = ()
+    step_z_mm: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -91,6 +100,8 @@ def view_lattice(geometry: ParallelGeometry, view: int) -> ViewLattice:
     _, dy, dx = grid.spacing_mm
     _, oy, ox = grid.offset_mm
     provisional = ViewLattice(beta, quadrant, (), (), 1.0, 1.0)
+    z = tuple(grid.centres_mm(0).tolist())
+    dz = grid.spacing_mm[0]
     (ux, uy), (nx, ny) = provisional.directions()
     r_centre = ox * ux + oy * uy
     s_centre = ox * nx + oy * ny
@@ -101,7 +112,7 @@ def view_lattice(geometry: ParallelGeometry, view: int) -> ViewLattice:
         step_r, step_s = spacing[bins_dim], spacing[depth_dim]
         r = _comb(r_centre, count[bins_dim], step_r)
         s = _comb(s_centre, count[depth_dim], step_s)
-        return ViewLattice(beta, quadrant, r, s, step_r, step_s)
+        return ViewLattice(beta, quadrant, r, s, step_r, step_s, z, dz)
     step = min(dx, dy)
     n_bins = geometry.detector_shape[1]  # type: ignore[index]
     bin_width = geometry.pixel_size_mm[1]  # type: ignore[index]
@@ -110,7 +121,20 @@ def view_lattice(geometry: ParallelGeometry, view: int) -> ViewLattice:
     else:
         r = _comb(0.0, math.ceil(n_bins * bin_width / step) + 1, step)
     s = _comb(s_centre, math.ceil(grid.inplane_diagonal_mm / step - 1e-9), step)
-    return ViewLattice(beta, None, r, s, step, step)
+    return ViewLattice(beta, None, r, s, step, step, z, dz)
+
+
+def detector_lattice(geometry: ParallelGeometry, view: int) -> ViewLattice:
+    """The lattice of fields: ``view_lattice``'s depth samples on rays through pixel centres."""
+    lat = view_lattice(geometry, view)
+    rows_mm, bins_mm = geometry.pixel_size_mm  # type: ignore[misc]
+    return dataclasses.replace(
+        lat,
+        r_mm=tuple(geometry.detector_centres_mm(1).tolist()),
+        step_r_mm=bins_mm,
+        z_mm=tuple(geometry.detector_centres_mm(0).tolist()),
+        step_z_mm=rows_mm,
+    )
 
 
 def to_lattice(volume: torch.Tensor, quadrant: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ the tests compare it with.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Union
 
@@ -26,7 +27,14 @@ from spectproj.collimator import CollimatorResponse, gaussian_blur_matrices
 from spectproj.detector import rebin_matrix
 from spectproj.geometry import ParallelGeometry
 from spectproj.integration import integrate, integrate_adjoint
-from spectproj.lattice import ViewLattice, from_lattice, quadrant_axes, to_lattice, view_lattice
+from spectproj.lattice import (
+    ViewLattice,
+    detector_lattice,
+    from_lattice,
+    quadrant_axes,
+    to_lattice,
+    view_lattice,
+)
 from spectproj.sampling import GridField, SparseApply, bilinear_matrix
 
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -88,6 +96,11 @@ class SPECTProjector(nn.Module):
         # An empty tensor that follows .to(): it tells the projector's dtype and device.
         self.register_buffer("_probe", torch.zeros(0, dtype=dtype, device=device), persistent=False)
         self.lattices = [view_lattice(geometry, v) for v in range(geometry.n_views)]
+        self.field_lattices = [detector_lattice(geometry, v) for v in range(geometry.n_views)]
+        self._field_on_voxel_lattice = [
+            _same_comb(f.r_mm, v.r_mm) and _same_comb(f.z_mm, v.z_mm)
+            for f, v in zip(self.field_lattices, self.lattices, strict=True)
+        ]
         grid = geometry.grid
         mu_t = _prepare_mu(mu, grid.shape, dtype, device)
         self._mu_field: Field | None = mu if (mu is not None and mu_t is None) else None
@@ -374,14 +387,23 @@ class SPECTProjector(nn.Module):
             return None, None
         combs = {lat.s_mm for lat in lattices}
         per_view = [lattices[0].s_mm] if len(combs) == 1 else [lat.s_mm for lat in lattices]
-        key = (tuple(per_view), n_bins, lattices[0].step_r_mm, self.dtype, self.device)
+        lat0 = lattices[0]
+        key = (
+            tuple(per_view),
+            n_bins,
+            lat0.step_r_mm,
+            lat0.z_mm,
+            lat0.step_z_mm,
+            self.dtype,
+            self.device,
+        )
         if key not in self._blur_cache:
             radius = self.geometry.radius_mm
             s = torch.tensor(per_view, dtype=torch.float64, device=self.device)  # [V|1, S]
             sigma = self.collimator.sigma_mm(radius - s)  # type: ignore[operator]
-            grid = self.geometry.grid
-            blur_r = gaussian_blur_matrices(sigma, n_bins, lattices[0].step_r_mm)
-            blur_z = gaussian_blur_matrices(sigma, grid.shape[0], grid.spacing_mm[0])
+            lat = lattices[0]
+            blur_r = gaussian_blur_matrices(sigma, n_bins, lat.step_r_mm)
+            blur_z = gaussian_blur_matrices(sigma, len(lat.z_mm), lat.step_z_mm)
             if len(self._blur_cache) >= 8:
                 self._blur_cache.clear()
             self._blur_cache[key] = (blur_r.to(self.dtype), blur_z.to(self.dtype))
@@ -434,44 +456,118 @@ class SPECTProjector(nn.Module):
         for v in range(g.n_views):
             if v in per_view:
                 continue
-            lat = _resampled(self.lattices[v], n_samples)
+            lat = _resampled(self.field_lattices[v], n_samples)
             shift = None
             if jitter:
-                r = lat.shape[1]
-                shift = (
-                    torch.rand(r, g.grid.shape[0], generator=generator, dtype=torch.float64) - 0.5
-                )
-                shift = shift.to(dev) * lat.step_s_mm  # [R, Z] per-ray shift (mm)
-            points = _lattice_points(lat, g, shift, dt, dev)  # [S, R, Z, 3]
+                r_count = lat.shape[1]
+                shift = torch.rand(r_count, len(lat.z_mm), generator=generator, dtype=torch.float64)
+                shift = (shift - 0.5).to(dev) * lat.step_s_mm  # [R, Z] per-ray shift (mm)
+            points = _lattice_points(lat, shift, dt, dev)  # [S, R, Z, 3]
             act = _evaluate(field, points, chunk_points, "activity field")
-            cached = n_samples is None and shift is None
-            mu_samples = (
-                None
-                if cached or (self._mu_grid is None and self._mu_field is None)
-                else self._mu_at(points)
-            )
-            opposed = g.opposed_view(v)
+            cached = n_samples is None and shift is None and self._field_on_voxel_lattice[v]
+            has_mu = self._mu_grid is not None or self._mu_field is not None
+            mu_samples = self._mu_at(points) if has_mu and not cached else None
             todo = [(v, act, mu_samples, lat)]
-            if opposed is not None and opposed != v:
-                flip = (0, 1)
-                mu_o = None if mu_samples is None else torch.flip(mu_samples, flip)
-                todo.append(
-                    (
-                        opposed,
-                        torch.flip(act, flip),
-                        mu_o,
-                        _resampled(self.lattices[opposed], n_samples),
-                    )
-                )
+            opposed = g.opposed_view(v)
+            if opposed is not None and opposed != v:  # the same lines, seen from the other side
+                mu_o = None if mu_samples is None else torch.flip(mu_samples, (0, 1))
+                lat_o = _resampled(self.field_lattices[opposed], n_samples)
+                todo.append((opposed, torch.flip(act, (0, 1)), mu_o, lat_o))
             for view, a_s, mu_s, view_lat in todo:
                 if mu_s is not None:
                     weights = depth_weights(mu_s, view_lat.step_s_mm, dim=0).unsqueeze(0)
                 else:
                     weights = self._cached_lattice_weights(view) if cached else None
                 samples = a_s.unsqueeze(0).unsqueeze(3)  # [1, S, R, 1, Z]
-                native = self._integrate_chunk(samples, [view], weights, [view_lat])  # [1, 1, Z, R]
-                per_view[view] = self._rebin(native, [view])[0, 0]
+                native = self._integrate_chunk(samples, [view], weights, [view_lat])
+                per_view[view] = native[0, 0]  # the field lattice is the detector: no rebinning
         return torch.stack([per_view[v] for v in range(g.n_views)])
+
+    def render_rays(
+        self,
+        field: Field,
+        views: torch.Tensor,
+        rows: torch.Tensor,
+        bins: torch.Tensor,
+        *,
+        n_samples: int | None = None,
+        jitter: bool = False,
+        generator: torch.Generator | None = None,
+        with_opposed: bool = False,
+        chunk_points: int = DEFAULT_CHUNK_POINTS,
+    ) -> torch.Tensor:
+        """Line integrals of ``field`` along chosen detector pixels' rays (no collimator blur).
+
+        Parameters
+        ----------
+        field: callable mapping points ``[N, 3]`` (x, y, z mm) to values ``[N]``.
+        views, rows, bins: integer tensors ``[N]``: view index, detector row and bin of each ray.
+        n_samples: samples per ray (default: the view's lattice, one per voxel along the ray).
+        jitter: shift each ray's samples by a random fraction of a step (uses ``generator``).
+        with_opposed: also return the conjugate view's value for the same line (views at β and
+            β + 180°, bin ``bins - 1 - b`` for a centred detector), from the same field samples.
+
+        Returns
+        -------
+        ``[N]`` values in activity·mm, or ``[N, 2]`` (this view, its opposed view) with
+        ``with_opposed``. Equals the matching pixels of ``forward(field)`` without blur.
+        """
+        if self.collimator is not None:
+            raise ValueError(
+                "render_rays cannot apply the collimator blur (it mixes neighbouring "
+                "rays); project whole views with forward() instead"
+            )
+        g = self.geometry
+        dt, dev = self.dtype, self.device
+        views, rows, bins = (
+            _as_index(t, n, dev)
+            for t, n in (
+                (views, g.n_views),
+                (rows, g.detector_shape[0]),
+                (bins, g.detector_shape[1]),
+            )
+        )  # type: ignore[index]
+        if not (views.shape == rows.shape == bins.shape) or views.dim() != 1:
+            raise ValueError(
+                f"views, rows and bins must be 1D integer tensors of one length, got shapes "
+                f"{list(views.shape)}, {list(rows.shape)}, {list(bins.shape)}"
+            )
+        lats = [_resampled(lat, n_samples) for lat in self.field_lattices]
+        used = sorted(set(views.tolist()))
+        counts = {lats[v].shape[0] for v in used}
+        if len(counts) > 1:
+            raise ValueError(f"views with different sample counts {sorted(counts)}; set n_samples")
+        n_s = counts.pop() if counts else 1
+        per_view = torch.tensor([[*lat.directions()[0], *lat.directions()[1],
+                                  0.5 * (lat.s_mm[0] + lat.s_mm[-1]), lat.step_s_mm]
+                                 for lat in lats], dtype=torch.float64, device=dev)  # fmt: skip
+        ux, uy, nx, ny, s_c, step = per_view[views].unbind(-1)  # each [N]
+        r = g.detector_centres_mm(1, device=dev)[bins]
+        z = g.detector_centres_mm(0, device=dev)[rows]
+        k = torch.arange(n_s, dtype=torch.float64, device=dev) - (n_s - 1) / 2
+        s = s_c[:, None] + k[None, :] * step[:, None]  # [N, S]
+        if jitter:
+            u = torch.rand(s.shape[0], 1, generator=generator, dtype=torch.float64).to(dev)
+            s = s + (u - 0.5) * step[:, None]
+        x = r[:, None] * ux[:, None] + s * nx[:, None]
+        y = r[:, None] * uy[:, None] + s * ny[:, None]
+        points = torch.stack([x, y, z[:, None].expand_as(x)], dim=-1).to(dt)  # [N, S, 3]
+        act = _evaluate(field, points, chunk_points, "activity field")  # [N, S]
+        has_mu = self._mu_grid is not None or self._mu_field is not None
+        mu = self._mu_at(points) if has_mu else None
+        step_t = step.to(dt)[:, None]
+        weights = step_t if mu is None else depth_weights(mu, step_t, dim=1)
+        value = (act * weights).sum(dim=1)
+        if not with_opposed:
+            return value
+        if any(g.opposed_view(v) is None for v in used):
+            raise ValueError("with_opposed needs the view at β + 180° of every requested view")
+        w_opp = (
+            step_t
+            if mu is None
+            else torch.flip(depth_weights(torch.flip(mu, (1,)), step_t, dim=1), (1,))
+        )
+        return torch.stack([value, (act * w_opp).sum(dim=1)], dim=1)
 
     def _cached_lattice_weights(self, v: int) -> torch.Tensor | None:
         """Cached weights of view ``v`` on its own lattice, ``[1, S, R, Z]`` (None: no μ)."""
@@ -500,7 +596,7 @@ class SPECTProjector(nn.Module):
             return depth_weights(to_lattice(self._mu_grid, lat.quadrant), lat.step_s_mm, dim=1)  # type: ignore[arg-type]
         if self._mu_field is None:
             return None
-        points = _lattice_points(lat, self.geometry, None, self.dtype, self.device)  # [S, R, Z, 3]
+        points = _lattice_points(lat, None, self.dtype, self.device)  # [S, R, Z, 3]
         mu_s = _evaluate(self._mu_field, points, DEFAULT_CHUNK_POINTS, "mu field")
         return depth_weights(mu_s, lat.step_s_mm, dim=0).permute(2, 0, 1)
 
@@ -511,9 +607,7 @@ class SPECTProjector(nn.Module):
         if self._mu_grid is not None:
             mu_s = self._sample_oblique(self._mu_grid.unsqueeze(0), c, len(views))[..., 0, :]
         else:
-            pts = torch.stack(
-                [_lattice_points(lat, self.geometry, None, self.dtype, self.device) for lat in lats]
-            )
+            pts = torch.stack([_lattice_points(lat, None, self.dtype, self.device) for lat in lats])
             mu_s = _evaluate(self._mu_field, pts, DEFAULT_CHUNK_POINTS, "mu field")  # type: ignore[arg-type]
         return depth_weights(mu_s, lats[0].step_s_mm, dim=1)
 
@@ -557,12 +651,11 @@ def _resampled(lat: ViewLattice, n_samples: int | None) -> ViewLattice:
     centre = 0.5 * (lat.s_mm[0] + lat.s_mm[-1])
     step = length / n_samples
     comb = tuple(centre + (k - (n_samples - 1) / 2) * step for k in range(n_samples))
-    return ViewLattice(lat.angle_deg, lat.quadrant, lat.r_mm, comb, lat.step_r_mm, step)
+    return dataclasses.replace(lat, s_mm=comb, step_s_mm=step)
 
 
 def _lattice_points(
     lat: ViewLattice,
-    geometry: ParallelGeometry,
     shift_mm: torch.Tensor | None,
     dtype: torch.dtype,
     device: torch.device | str | None,
@@ -574,11 +667,28 @@ def _lattice_points(
     s = torch.tensor(lat.s_mm, **f64)[:, None, None]
     if shift_mm is not None:
         s = s + shift_mm.to(**f64)[None]
-    z = geometry.grid.centres_mm(0, **f64)[None, None, :]
+    z = torch.tensor(lat.z_mm, **f64)[None, None, :]
     x = r * ux + s * nx
     y = r * uy + s * ny
     shape = torch.broadcast_shapes(x.shape, z.shape)
     return torch.stack([x.expand(shape), y.expand(shape), z.expand(shape)], dim=-1).to(dtype)
+
+
+def _same_comb(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(
+        abs(p - q) <= 1e-9 * (1.0 + abs(q)) for p, q in zip(a, b, strict=True)
+    )
+
+
+def _as_index(t: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(t, device=device)
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"ray indices must be integer tensors, got dtype {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+        raise ValueError(
+            f"ray indices must be within [0, {size}), got {int(t.min())}..{int(t.max())}"
+        )
+    return t.long()
 
 
 def _evaluate(field: Field, points: torch.Tensor, chunk_points: int, name: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from spectproj import (
 
 from .helpers import random_volume
 
-SHAPE = (4, 6, 5)
+SHAPE = (4, 5, 5)  # square in-plane, so that every view's lattice is the default detector
 SPACING = (2.0, 2.5, 2.5)
 
 
@@ -131,3 +131,44 @@ def test_field_chunks_do_not_change_the_result():
     torch.testing.assert_close(
         project(f, geom, chunk_points=7), project(f, geom), rtol=1e-6, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("angles", [[0.0, 180.0], [30.0, 210.0, 90.0, 270.0]])
+def test_render_rays_equals_whole_view_projection(angles):
+    grid = ImageGrid(SHAPE, SPACING)
+    geom = ParallelGeometry(grid, angles)
+    f = GridField(random_volume(SHAPE, seed=8), grid)
+    op = SPECTProjector(geom, mu=random_volume(SHAPE, seed=9) * 0.05, dtype=torch.float64)
+    full = op(f)
+    v, r, b = torch.meshgrid(*(torch.arange(n) for n in full.shape), indexing="ij")
+    for view in range(geom.n_views):  # views of one sample count per call
+        rays = op.render_rays(f, v[view].reshape(-1), r[view].reshape(-1), b[view].reshape(-1))
+        torch.testing.assert_close(
+            rays.reshape(full[view].shape), full[view], rtol=1e-12, atol=1e-12
+        )
+    # the opposed view's value of the same line comes from the same samples
+    counting = CountingField(f)
+    pair = op.render_rays(
+        counting, v[0].reshape(-1), r[0].reshape(-1), b[0].reshape(-1), with_opposed=True
+    )
+    assert counting.points == full[0].numel() * SHAPE[1]
+    opposed = geom.opposed_view(0)
+    torch.testing.assert_close(pair[:, 0], full[0].reshape(-1), rtol=1e-12, atol=1e-12)
+    mirrored = full[opposed].flip(-1).reshape(-1)
+    torch.testing.assert_close(pair[:, 1], mirrored, rtol=1e-12, atol=1e-12)
+
+
+def test_render_rays_bad_inputs():
+    grid = ImageGrid(SHAPE, SPACING)
+    op = SPECTProjector(ParallelGeometry(grid, [0.0, 45.0]))
+    f = GridField(random_volume(SHAPE, seed=8, dtype=torch.float32), grid)
+    idx = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"ray indices must be within \[0, 2\), got 0..5"):
+        op.render_rays(f, torch.tensor([0, 5]), idx[:2], idx[:2])
+    with pytest.raises(TypeError, match="ray indices must be integer tensors"):
+        op.render_rays(f, idx.float(), idx, idx)
+    with pytest.raises(ValueError, match="different sample counts"):
+        op.render_rays(f, torch.tensor([0, 1]), idx[:2], idx[:2])
+    with pytest.raises(ValueError, match="needs the view at"):
+        op.render_rays(f, idx, idx, idx, with_opposed=True)
+    assert op.render_rays(f, torch.tensor([0, 1]), idx[:2], idx[:2], n_samples=8).shape == (2,)
