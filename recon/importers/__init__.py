@@ -1,0 +1,46 @@
+"""Importers: other tools' files into the `spect` data model (``recon.io.study``).
+
+Modules
+-------
+interfile
+    Interfile 3.3 volumes and projections (GATE, SIMIND, STIR): read and write.
+patient15
+    The shared Lu-177 DOTATATE patient phantom (Interfile) as volumes or as an AP/PA study.
+pienerf
+    The pieNeRF prototype's CSV manifest of ``.npy`` AP/PA images and CT volumes.
+nifti
+    NIfTI-1 volumes with an RAS affine that viewers (3D Slicer) display correctly.
+
+The orientation choices are documented in ``docs/importers.md``.
+"""
+
+from recon.importers.interfile import (
+    InterfileError,
+    InterfileImage,
+    read_interfile,
+    reorient_from_zyx,
+    reorient_spacing,
+    reorient_to_zyx,
+    write_interfile,
+)
+from recon.importers.nifti import read_nifti, write_nifti
+from recon.importers.patient15 import Patient15, load_patient15, patient15_study
+from recon.importers.pienerf import PieNeRFRow, pienerf_row_to_study, read_pienerf_manifest
+
+__all__ = [
+    "InterfileError",
+    "InterfileImage",
+    "Patient15",
+    "PieNeRFRow",
+    "load_patient15",
+    "patient15_study",
+    "pienerf_row_to_study",
+    "read_interfile",
+    "read_nifti",
+    "read_pienerf_manifest",
+    "reorient_from_zyx",
+    "reorient_spacing",
+    "reorient_to_zyx",
+    "write_interfile",
+    "write_nifti",
+]

@@ -1,0 +1,148 @@
+"""NIfTI-1 volumes with an affine that viewers (3D Slicer, ITK-SNAP, FSLeyes) display correctly.
+
+NIfTI world coordinates are RAS+ (+x toward the patient's right, +y anterior, +z superior); ours
+are DICOM LPS (+x left, +y posterior, +z head), so RAS = (−x, −y, z). Data are stored in
+nibabel's index order ``(i, j, k) = (x, y, z)``, i.e. our ``[Z, Y, X]`` transposed, and the
+affine maps voxel indices to RAS mm with the grid's offset included::
+
+    affine = [[-dx,   0,  0,  dx·(X−1)/2 − ox],
+              [  0, -dy,  0,  dy·(Y−1)/2 − oy],
+              [  0,   0, dz, −dz·(Z−1)/2 + oz],
+              [  0,   0,  0,  1]]
+
+nibabel's ``aff2axcodes`` reads it as ``("L", "P", "S")``: index i increases toward the left.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+
+from recon.io.atomic import atomic_output
+from spectproj import ImageGrid
+
+__all__ = ["grid_affine_ras", "read_nifti", "write_nifti"]
+
+PathLike = str | os.PathLike[str]
+
+#: Largest off-diagonal part of a direction (relative) accepted as axis-aligned.
+_OBLIQUE_TOLERANCE = 1e-4
+
+
+def grid_affine_ras(grid: ImageGrid) -> np.ndarray:
+    """The 4 × 4 affine from NIfTI voxel indices ``(i, j, k) = (x, y, z)`` to RAS+ mm.
+
+    Parameters
+    ----------
+    grid
+        Our grid; voxel ``(k, j, i)`` lies at LPS ``(x, y, z)`` as in ``docs/conventions.md``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[4, 4]`` float64; RAS of voxel ``(i, j, k)`` is ``(−x, −y, z)`` of its LPS position.
+    """
+    nz, ny, nx = grid.shape
+    dz, dy, dx = grid.spacing_mm
+    oz, oy, ox = grid.offset_mm
+    affine = np.diag([-dx, -dy, dz, 1.0])
+    affine[:3, 3] = (dx * (nx - 1) / 2 - ox, dy * (ny - 1) / 2 - oy, -dz * (nz - 1) / 2 + oz)
+    return affine
+
+
+def write_nifti(
+    path: PathLike, volume_zyx: np.ndarray, grid: ImageGrid, *, overwrite: bool = False
+) -> Path:
+    """Write a ``[Z, Y, X]`` volume as NIfTI-1 (``.nii`` or ``.nii.gz``), atomically.
+
+    Parameters
+    ----------
+    path
+        Output file; ``.nii.gz`` is gzip-compressed.
+    volume_zyx
+        ``[Z, Y, X]`` array on ``grid`` (any unit; bool is stored as uint8).
+    grid
+        Its image grid (shape must match).
+    overwrite
+        Replace an existing file; otherwise raise ``FileExistsError``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    volume = np.asarray(volume_zyx)
+    if volume.shape != grid.shape:
+        raise ValueError(f"volume shape {volume.shape} does not match grid shape {grid.shape}")
+    if volume.dtype == np.bool_:
+        volume = volume.astype(np.uint8)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: a NIfTI file name ends with .nii or .nii.gz")
+    affine = grid_affine_ras(grid)
+    image = nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), affine)
+    image.set_qform(affine, code="scanner")
+    image.set_sform(affine, code="scanner")
+    image.header.set_xyzt_units(xyz="mm")
+    payload = image.to_bytes()
+    if path.name.endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(payload)
+    return path
+
+
+def read_nifti(path: PathLike) -> tuple[np.ndarray, ImageGrid]:
+    """Read a NIfTI volume into our ``[Z, Y, X]`` LPS order and its grid.
+
+    Any axis-aligned affine is accepted: the axes are permuted and flipped to LPS. The grid's
+    offset is the LPS position of the volume centre.
+
+    Parameters
+    ----------
+    path
+        ``.nii`` or ``.nii.gz``.
+
+    Returns
+    -------
+    volume_zyx : numpy.ndarray
+        ``[Z, Y, X]`` in the file's dtype (scaled to float if the file has a scale slope).
+    grid : ImageGrid
+        Its grid (spacing and offset in mm).
+
+    Raises
+    ------
+    ValueError
+        Not 3D (after dropping trailing length-1 axes), or an oblique affine.
+    """
+    path = Path(path)
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    current = orientations.io_orientation(affine)
+    transform = orientations.ornt_transform(current, orientations.axcodes2ornt(("L", "P", "S")))
+    data = orientations.apply_orientation(data, transform)
+    affine = affine @ orientations.inv_ornt_aff(transform, image.shape[:3])
+    columns = affine[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    off_diagonal = np.abs(columns - np.diag(np.diag(columns)))
+    if np.any(off_diagonal > _OBLIQUE_TOLERANCE * spacing[None, :]):
+        raise ValueError(f"{path}: oblique affine (rotated axes) is not supported:\n{affine}")
+    shape = data.shape
+    centre_ras = affine @ np.array([(n - 1) / 2 for n in shape] + [1.0])
+    offset_zyx = (centre_ras[2], -centre_ras[1], -centre_ras[0])
+    grid = ImageGrid(
+        (shape[2], shape[1], shape[0]),
+        (float(spacing[2]), float(spacing[1]), float(spacing[0])),
+        tuple(float(o) for o in offset_zyx),  # type: ignore[arg-type]
+    )
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), grid
