@@ -10,10 +10,20 @@ pienerf
     The pieNeRF prototype's CSV manifest of ``.npy`` AP/PA images and CT volumes.
 nifti
     NIfTI-1 volumes with an RAS affine that viewers (3D Slicer) display correctly.
+dicom
+    DICOM NM planar and tomographic projections, and CT series converted to μ (pydicom).
 
-The orientation choices are documented in ``docs/importers.md``.
+The orientation choices are documented in ``docs/importers.md`` and ``docs/dicom.md``.
 """
 
+from recon.importers.dicom import (
+    PlanarImages,
+    ct_to_mu_on_grid,
+    nm_planar_study,
+    read_ct_series,
+    read_nm_planar,
+    read_nm_tomo,
+)
 from recon.importers.interfile import (
     InterfileError,
     InterfileImage,
@@ -29,13 +39,19 @@ from recon.importers.pienerf import PieNeRFRow, pienerf_row_to_study, read_piene
 
 __all__ = [
     "InterfileError",
+    "PlanarImages",
     "InterfileImage",
     "Patient15",
     "PieNeRFRow",
+    "ct_to_mu_on_grid",
     "load_patient15",
+    "nm_planar_study",
     "patient15_study",
     "pienerf_row_to_study",
+    "read_ct_series",
     "read_interfile",
+    "read_nm_planar",
+    "read_nm_tomo",
     "read_nifti",
     "read_pienerf_manifest",
     "reorient_from_zyx",
