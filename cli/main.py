@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from cli.commands import register as _register_commands
+
 __all__ = ["app", "package_version"]
 
 #: Exceptions reported as ``Error: <message>`` (exit code 1) instead of a traceback
@@ -79,7 +81,7 @@ class SpectGroup(TyperGroup):
 app = typer.Typer(
     cls=SpectGroup,
     name="spect",
-    help="Quantitative SPECT: projector, reconstruction and demos.",
+    help="Quantitative SPECT: phantoms, simulation, reconstruction, figures and demos.",
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -133,6 +135,10 @@ def demo(
     from cli._demo import run_demo  # heavy imports (torch, matplotlib) only when needed
 
     run_demo(output, force=force, size=size)
+
+
+# phantom, simulate, project, info, show and the `recon` group (cli/commands/).
+_register_commands(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

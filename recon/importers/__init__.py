@@ -39,10 +39,10 @@ from recon.importers.pienerf import PieNeRFRow, pienerf_row_to_study, read_piene
 
 __all__ = [
     "InterfileError",
-    "PlanarImages",
     "InterfileImage",
     "Patient15",
     "PieNeRFRow",
+    "PlanarImages",
     "ct_to_mu_on_grid",
     "load_patient15",
     "nm_planar_study",
@@ -50,9 +50,9 @@ __all__ = [
     "pienerf_row_to_study",
     "read_ct_series",
     "read_interfile",
+    "read_nifti",
     "read_nm_planar",
     "read_nm_tomo",
-    "read_nifti",
     "read_pienerf_manifest",
     "reorient_from_zyx",
     "reorient_spacing",
