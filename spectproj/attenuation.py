@@ -29,4 +29,9 @@ def depth_weights(mu: torch.Tensor | None, step_mm: float, dim: int = -1) -> tor
     """
     if mu is None:
         return None
-    return step_mm * torch.exp(-survival_exponent(mu, step_mm, dim))
+    if torch.is_grad_enabled() and mu.requires_grad:
+        return step_mm * torch.exp(-survival_exponent(mu, step_mm, dim))
+    # The same arithmetic in place on one buffer: this runs once per geometry on large lattices.
+    w = torch.cumsum(mu, dim=dim)
+    w.sub_(mu.sum(dim=dim, keepdim=True)).sub_(mu, alpha=0.5)  # −(Σ_{j nearer} μ_j + μ_i/2)
+    return w.mul_(step_mm).exp_().mul_(step_mm)

@@ -151,7 +151,7 @@ def test_render_rays_equals_whole_view_projection(angles):
     pair = op.render_rays(
         counting, v[0].reshape(-1), r[0].reshape(-1), b[0].reshape(-1), with_opposed=True
     )
-    assert counting.points == full[0].numel() * SHAPE[1]
+    assert counting.points == full[0].numel() * op.field_lattices[0].shape[0]  # S per ray
     opposed = geom.opposed_view(0)
     torch.testing.assert_close(pair[:, 0], full[0].reshape(-1), rtol=1e-12, atol=1e-12)
     mirrored = full[opposed].flip(-1).reshape(-1)
