@@ -100,3 +100,20 @@ def test_display_helpers_show_head_up_and_align_pa_on_ap():
     # PA as displayed: patient's left (high x) on the viewer's left
     b = point_source(2, 3, SHAPE[2] - 1)
     assert torch.nonzero(project(b, ParallelGeometry.ap_pa(grid))[1])[0, 1].item() == 0
+
+
+def test_field_points_are_x_y_z_in_mm():
+    """A field blob at x = +12 mm (patient left), z = −4 mm lands on AP bin r = +12, row z = −4."""
+    grid = ImageGrid((5, 9, 9), (2.0, 2.0, 2.0))
+    centre = torch.tensor([12.0, 0.0, -4.0], dtype=torch.float64)
+
+    def blob(p):
+        return torch.exp(-((p - centre) ** 2).sum(-1) / 2.0)
+
+    geom = ParallelGeometry.ap_pa(grid, detector_shape=(5, 17), pixel_size_mm=(2.0, 2.0))
+    ap, pa = project(blob, geom)
+    rows, bins = geom.detector_centres_mm(0), geom.detector_centres_mm(1)
+    row, b = divmod(int(torch.argmax(ap)), ap.shape[1])
+    assert (rows[row].item(), bins[b].item()) == (-4.0, 12.0)
+    row, b = divmod(int(torch.argmax(pa)), pa.shape[1])
+    assert (rows[row].item(), bins[b].item()) == (-4.0, -12.0)  # PA: r = −x
