@@ -23,11 +23,16 @@ def poisson_log_likelihood(counts: torch.Tensor, expected: torch.Tensor) -> torc
 
 
 def poisson_deviance(counts: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """2 Σ (y·log(y/ŷ) − (y − ŷ)): zero for a perfect fit, ≈ number of bins for a good one."""
+    """2 Σ (y·log(y/ŷ) − (y − ŷ)): zero for a perfect fit, ≈ number of bins for a good one.
+
+    Infinite when a bin with counts has ŷ = 0 (the data are impossible there).
+    """
     y = counts
     safe = torch.where(expected > 0, expected, torch.ones_like(expected))
     ratio = torch.where(y > 0, y * torch.log(torch.where(y > 0, y, torch.ones_like(y)) / safe), 0.0)
-    return 2.0 * (ratio - (y - expected)).sum()
+    total = 2.0 * (ratio - (y - expected)).sum()
+    impossible = (expected <= 0) & (y > 0)
+    return torch.where(impossible.any(), torch.full_like(total, torch.inf), total)
 
 
 def measurement_ratio(counts: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -161,3 +162,18 @@ def test_bad_inputs():
         em_reconstruct(counts, geom, background=counts[0])
     with pytest.raises(ValueError, match="count_scale must be a positive number"):
         em_reconstruct(counts, geom, count_scale=0.0)
+
+
+def test_poisson_likelihood_and_deviance_values():
+    from recon.poisson import poisson_deviance, poisson_log_likelihood
+
+    y = torch.tensor([0.0, 2.0, 5.0], dtype=torch.float64)
+    mean = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    # Σ y log ŷ − ŷ − log y! = (0 − 1 − 0) + (2 ln 2 − 2 − ln 2) + (5 ln 4 − 4 − ln 120)
+    expected_ll = -1 + (2 * math.log(2) - 2 - math.log(2)) + (5 * math.log(4) - 4 - math.log(120))
+    assert float(poisson_log_likelihood(y, mean)) == pytest.approx(expected_ll, rel=1e-12)
+    # 2 Σ y ln(y/ŷ) − (y − ŷ) = 2 [(0 + 1) + 0 + (5 ln 1.25 − 1)]
+    assert float(poisson_deviance(y, mean)) == pytest.approx(2 * (1 + 5 * math.log(1.25) - 1))
+    impossible = torch.tensor([0.0, 2.0, 4.0], dtype=torch.float64)
+    assert float(poisson_log_likelihood(y, impossible)) == -math.inf
+    assert float(poisson_deviance(y, impossible)) == math.inf
