@@ -174,6 +174,6 @@ def test_poisson_likelihood_and_deviance_values():
     assert float(poisson_log_likelihood(y, mean)) == pytest.approx(expected_ll, rel=1e-12)
     # 2 Σ y ln(y/ŷ) − (y − ŷ) = 2 [(0 + 1) + 0 + (5 ln 1.25 − 1)]
     assert float(poisson_deviance(y, mean)) == pytest.approx(2 * (1 + 5 * math.log(1.25) - 1))
-    impossible = torch.tensor([0.0, 2.0, 4.0], dtype=torch.float64)
+    impossible = torch.tensor([1.0, 0.0, 4.0], dtype=torch.float64)  # ŷ = 0 where y = 2
     assert float(poisson_log_likelihood(y, impossible)) == -math.inf
     assert float(poisson_deviance(y, impossible)) == math.inf
