@@ -1,0 +1,253 @@
+"""``spect recon``: reconstructions of a study file into a result file (``spect recon mlem``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.commands import FORCE_HELP, check_output, help_text, study_collimator
+from cli.progress import iteration_progress, status
+
+__all__ = ["DeviceChoice", "PriorChoice", "app", "mlem", "resolve_device"]
+
+app = typer.Typer(
+    name="recon",
+    help="Reconstruct a study file into a result file.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback(invoke_without_command=True)
+def _group(ctx: typer.Context) -> None:
+    """Reconstruct a study file into a result file."""
+    if ctx.invoked_subcommand is None:  # plain `spect recon`: its help, exit code 0
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+class PriorChoice(str, Enum):
+    """Prior of one-step-late MAP-EM (``none``: plain MLEM/OSEM)."""
+
+    NONE = "none"
+    QUADRATIC = "quadratic"
+    RELATIVE_DIFFERENCE = "relative-difference"
+
+    @property
+    def library_name(self) -> str | None:
+        """The name `recon.mlem.EMConfig` takes (``None``, ``"quadratic"``, ...)."""
+        return None if self is PriorChoice.NONE else self.value.replace("-", "_")
+
+
+class DeviceChoice(str, Enum):
+    """Where the reconstruction runs."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def resolve_device(choice: DeviceChoice) -> Any:
+    """The `torch.device` of ``choice``; a clear error when CUDA is asked for but absent."""
+    import torch
+
+    if choice is DeviceChoice.CUDA and not torch.cuda.is_available():
+        build = torch.version.cuda
+        why = "no CUDA device is visible" if build else "this PyTorch is a CPU-only build"
+        raise ValueError(
+            f"--device cuda: CUDA is not available ({why}; torch {torch.__version__}); "
+            "use --device cpu"
+        )
+    return torch.device(choice.value)
+
+
+def mlem(
+    study_file: Annotated[
+        Path, typer.Argument(metavar="STUDY.h5", help="Study file to reconstruct.")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Result file to write (.h5).")],
+    iterations: Annotated[
+        int, typer.Option("--iterations", min=1, help="Full passes over the data.")
+    ] = 10,
+    subsets: Annotated[
+        int,
+        typer.Option("--subsets", min=1, help="Ordered subsets of interleaved views (1: MLEM)."),
+    ] = 1,
+    prior: Annotated[
+        PriorChoice,
+        typer.Option("--prior", case_sensitive=False, help="One-step-late MAP-EM prior."),
+    ] = PriorChoice.NONE,
+    beta: Annotated[
+        float,
+        typer.Option("--beta", min=0.0, help="Prior weight (needs --prior; in counts)."),
+    ] = 0.0,
+    gamma: Annotated[
+        float,
+        typer.Option(
+            "--gamma", min=0.0, help="Edge preservation of the relative-difference prior."
+        ),
+    ] = 2.0,
+    filter_fwhm_mm: Annotated[
+        float,
+        typer.Option("--filter-fwhm-mm", min=0.0, help="Gaussian post-filter FWHM (mm), 0: none."),
+    ] = 0.0,
+    device: Annotated[
+        DeviceChoice, typer.Option("--device", case_sensitive=False, help="Compute device.")
+    ] = DeviceChoice.CPU,
+    attenuation: Annotated[
+        bool,
+        typer.Option(
+            "--attenuation/--no-attenuation",
+            help="Model attenuation with the study's μ (when it has one).",
+        ),
+    ] = True,
+    collimator: Annotated[
+        bool,
+        typer.Option(
+            "--collimator/--no-collimator",
+            help="Model the collimator blur the study names (when it has a radius).",
+        ),
+    ] = True,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+) -> None:
+    """Reconstruct a study by MLEM, OSEM (--subsets) or one-step-late MAP-EM (--prior).
+
+    The model is counts ~ Poisson(count_scale · A(activity) + background), with the study's
+    geometry, μ, collimator, background (scatter) and count scale, so the result is an
+    activity concentration in the study's unit. The result file records every parameter and
+    the log-likelihood and log-prior of each iteration.
+    """
+    import numpy as np
+    import torch
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from recon.io import Result, read_study, write_result
+    from recon.mlem import EMConfig, em_reconstruct
+
+    check_output(output, force)
+    if prior is PriorChoice.NONE and beta > 0:
+        raise ValueError("--beta is the weight of a prior; give --prior too")
+    if prior is not PriorChoice.NONE and beta == 0:
+        raise ValueError(f"--prior {prior.value} needs --beta > 0")
+    config = EMConfig(
+        iterations=iterations,
+        subsets=subsets,
+        prior=prior.library_name,
+        beta=beta,
+        gamma=gamma,
+        filter_fwhm_mm=filter_fwhm_mm,
+    )
+    torch_device = resolve_device(device)
+    study = read_study(study_file)
+    acq = study.acquisition
+    geometry = study.geometry()
+    if subsets > geometry.n_views:
+        raise ValueError(f"--subsets {subsets} exceeds the study's {geometry.n_views} view(s)")
+    response, collimator_note = study_collimator(study, collimator)
+    use_mu = attenuation and study.mu_per_mm is not None
+    if not attenuation:
+        attenuation_note = "off (--no-attenuation)"
+    elif use_mu:
+        attenuation_note = f"study μ at {acq.energy_keV:g} keV"
+    else:
+        attenuation_note = "none (the study has no μ)"
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=torch_device)
+
+    counts = tensor(study.projections)
+    mu = tensor(study.mu_per_mm) if use_mu else None
+    background = None if study.background is None else tensor(study.background)
+    count_scale = acq.count_scale
+
+    with iteration_progress(iterations, config.method.upper(), fields={"logL": "–"}) as update:
+
+        def callback(iteration: int, activity: torch.Tensor, log_likelihood: float) -> None:
+            update(iteration, logL=f"{log_likelihood:.8g}")
+
+        em = em_reconstruct(
+            counts,
+            geometry,
+            config,
+            mu=mu,
+            collimator=response,
+            background=background,
+            count_scale=count_scale,
+            callback=callback,
+        )
+
+    parameters: dict[str, Any] = dataclasses.asdict(config)
+    parameters.update(
+        {
+            "method": config.method,
+            "study_file": str(study_file),
+            "device": str(torch_device),
+            "dtype": "float32",
+            "count_scale": count_scale,
+            "attenuation": use_mu,
+            "attenuation_note": attenuation_note,
+            "collimator": None if response is None else (acq.collimator or "").upper(),
+            "collimator_sigma0_mm": None if response is None else response.sigma0_mm,
+            "collimator_slope": None if response is None else response.slope,
+            "collimator_note": collimator_note,
+            "radius_mm": acq.radius_mm,
+            "background": background is not None,
+            "n_views": geometry.n_views,
+            "initial": "uniform, projection matches the measured total",
+        }
+    )
+    activity = em.activity.detach().cpu().numpy().astype(np.float32)
+    extras: dict[str, np.ndarray] = {}
+    if filter_fwhm_mm > 0 and em.unfiltered is not None:
+        extras["unfiltered_activity"] = em.unfiltered.detach().cpu().numpy().astype(np.float32)
+    result = Result(
+        activity=activity,
+        grid=study.grid,
+        method=config.method,
+        parameters=parameters,
+        history={
+            "log_likelihood": np.asarray(em.log_likelihood, dtype=np.float64),
+            "log_prior": np.asarray(em.log_prior, dtype=np.float64),
+        },
+        activity_unit=study.activity_unit,
+        extras=extras,
+        study_file=str(study_file),
+    )
+    with status(f"Writing {output}..."):
+        write_result(output, result, overwrite=force)
+
+    table = Table(title=escape(f"{config.method.upper()} of {study_file}"), show_header=False)
+    table.add_column("quantity", style="bold")
+    table.add_column("value")
+    table.add_row("iterations × subsets", f"{iterations} × {subsets}")
+    if config.prior is not None:
+        table.add_row("prior", f"{prior.value}, β = {beta:g}, γ = {gamma:g}")
+    table.add_row("attenuation", attenuation_note)
+    table.add_row("collimator", collimator_note)
+    table.add_row("background", "study background" if background is not None else "none")
+    table.add_row("count scale", f"{count_scale:.6g}")
+    if em.log_likelihood:
+        table.add_row(
+            "log-likelihood",
+            f"{em.log_likelihood[0]:.8g} (iteration 1) → {em.log_likelihood[-1]:.8g}",
+        )
+    if study.activity_unit == "Bq/mL":
+        voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+        total = float(activity.sum(dtype=np.float64)) * voxel_ml * 1e-6
+        text = f"{total:.6g} MBq"
+        if study.truth_activity is not None:
+            truth = float(study.truth_activity.sum(dtype=np.float64)) * voxel_ml * 1e-6
+            text += f" (truth {truth:.6g} MBq)"
+        table.add_row("total activity", text)
+    if filter_fwhm_mm > 0:
+        table.add_row("post-filter", f"Gaussian, FWHM {filter_fwhm_mm:g} mm")
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {output}", highlight=False, markup=False)
+
+
+app.command("mlem", help=help_text(mlem))(mlem)
