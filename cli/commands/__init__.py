@@ -44,7 +44,7 @@ FORCE_HELP = "Overwrite the output file if it exists."
 
 def register(app: typer.Typer) -> None:
     """Add the sub-commands to the top-level ``spect`` app."""
-    from cli.commands import data, recon, show
+    from cli.commands import convert, data, recon, show
 
     for name, function in (
         ("phantom", data.phantom),
@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
     ):
         app.command(name, help=help_text(function))(function)
     app.add_typer(recon.app, name="recon")
+    app.add_typer(convert.app, name="convert")
 
 
 def help_text(function: Any) -> str:
