@@ -1,0 +1,122 @@
+"""Preview figures written during training (Matplotlib Agg, no display, no ``pyplot``).
+
+- `projection_preview`: measured and rendered (expected) counts of two views side by side, as a
+  nuclear-medicine viewer shows them (`spectproj.display.to_viewer`: head at the top), on one
+  colour scale per view pair, so that the count relation of the two views is visible.
+- `depth_preview`: activity and μ along a few detector lines, against the depth coordinate
+  ``s = −x·sin β − y·cos β`` (mm, toward the detector of the first view; ``docs/conventions.md``).
+
+Both write a PNG atomically (`recon.io.atomic_output`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from recon.io.atomic import atomic_output
+from spectproj.display import to_viewer
+
+__all__ = ["depth_preview", "projection_preview"]
+
+
+def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike[str]) -> None:
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def projection_preview(
+    path: str | os.PathLike[str],
+    measured: np.ndarray,
+    rendered: np.ndarray,
+    view_names: Sequence[str],
+    title: str = "",
+) -> None:
+    """Write a PNG of measured (top) and rendered (bottom) counts of a few views.
+
+    Parameters
+    ----------
+    path:
+        PNG file to write (replaced if it exists).
+    measured, rendered:
+        ``[K, rows, bins]`` counts of K views (rendered = expected counts incl. background).
+    view_names:
+        K labels (e.g. ``["AP", "PA"]``).
+    title:
+        Figure title (e.g. the step).
+    """
+    measured = np.asarray(measured, dtype=np.float64)
+    rendered = np.asarray(rendered, dtype=np.float64)
+    k = measured.shape[0]
+    vmax = float(max(measured.max(initial=0.0), rendered.max(initial=0.0))) or 1.0
+    fig = _figure(2.6 * k + 0.8, 5.2)
+    axes = fig.subplots(2, k, squeeze=False)
+    image = None
+    for j in range(k):
+        for i, (label, img) in enumerate((("measured", measured[j]), ("rendered", rendered[j]))):
+            ax = axes[i][j]
+            image = ax.imshow(to_viewer(img), cmap="gray_r", vmin=0.0, vmax=vmax)
+            ax.set_title(f"{view_names[j]} {label}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="counts")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def depth_preview(
+    path: str | os.PathLike[str],
+    depth_mm: np.ndarray,
+    activity: np.ndarray,
+    mu_per_mm: np.ndarray,
+    labels: Sequence[str],
+    activity_unit: str = "Bq/mL",
+    title: str = "",
+) -> None:
+    """Write a PNG of activity (left axis) and μ (right axis) along a few lines.
+
+    Parameters
+    ----------
+    path:
+        PNG file to write (replaced if it exists).
+    depth_mm:
+        ``[K, S]`` depth of each sample (mm).
+    activity:
+        ``[K, S]`` activity at the samples (``activity_unit``).
+    mu_per_mm:
+        ``[K, S]`` μ at the samples (1/mm).
+    labels:
+        K line labels (e.g. ``"AP row 30 bin 12"``).
+    """
+    depth = np.asarray(depth_mm, dtype=np.float64)
+    act = np.asarray(activity, dtype=np.float64)
+    mu = np.asarray(mu_per_mm, dtype=np.float64)
+    k = depth.shape[0]
+    fig = _figure(4.0 * k, 3.2)
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    for j in range(k):
+        ax = axes[j]
+        order = np.argsort(depth[j])
+        ax.plot(depth[j][order], act[j][order], color="tab:red", label="activity")
+        ax.set_xlabel("depth toward the detector (mm)")
+        ax.set_ylabel(f"activity ({activity_unit})", color="tab:red")
+        ax.set_title(labels[j], fontsize=9)
+        twin = ax.twinx()
+        twin.plot(depth[j][order], mu[j][order], color="tab:blue", linestyle="--", label="μ")
+        twin.set_ylabel("μ (1/mm)", color="tab:blue")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
