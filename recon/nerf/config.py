@@ -295,10 +295,7 @@ class TrainConfig:
         FileNotFoundError
             The file does not exist.
         """
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10: the same parser as a package
-            import tomli as tomllib  # type: ignore[no-redef]
+        import tomllib
         with open(path, "rb") as f:
             try:
                 values = tomllib.load(f)
