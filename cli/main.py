@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from cli.commands import evaluate as _evaluate
+from cli.commands import help_text as _help_text
 from cli.commands import register as _register_commands
 
 __all__ = ["app", "package_version"]
@@ -113,32 +116,80 @@ def main(
         raise typer.Exit()
 
 
+class QualityChoice(str, Enum):
+    """How big the demo is: ``fast`` (minutes on a CPU) or ``full`` (pieNeRF's size, a GPU)."""
+
+    FAST = "fast"
+    FULL = "full"
+
+
+class DemoDevice(str, Enum):
+    """Where the demo's reconstructions run (``auto``: CUDA when available)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
 @app.command()
 def demo(
     output: Annotated[
         Path,
-        typer.Option("-o", "--output", help="Folder for ap_pa.png and projections.npz."),
+        typer.Option("-o", "--output", help="Folder for the report, figures and data files."),
     ] = Path("spect-demo"),
+    device: Annotated[
+        DemoDevice,
+        typer.Option(
+            "--device", case_sensitive=False, help="Compute device (auto: CUDA when available)."
+        ),
+    ] = DemoDevice.AUTO,
+    quality: Annotated[
+        QualityChoice | None,
+        typer.Option(
+            "--quality",
+            case_sensitive=False,
+            help="fast: 64³, a few minutes on a CPU; full: 128³ and pieNeRF's network, for a GPU. "
+            "Default: full on CUDA, fast otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite existing output files.")
     ] = False,
     size: Annotated[
-        int,
-        typer.Option("--size", hidden=True, min=8, max=256, help="Voxels per axis (256 mm cube)."),
-    ] = 64,
+        int | None,
+        typer.Option("--size", hidden=True, min=8, max=512, help="Voxels per axis (tests)."),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", hidden=True, min=1, help="NeRF steps (tests)."),
+    ] = None,
 ) -> None:
-    """Project a built-in torso phantom to AP and PA views with attenuation.
+    """Simulate a study of the built-in torso, reconstruct it three ways, and report.
 
-    Writes FOLDER/ap_pa.png (both views as a nuclear-medicine viewer shows them) and
-    FOLDER/projections.npz, and prints a summary table.
+    With no input at all: builds the torso phantom, simulates a noisy anterior/posterior
+    acquisition with attenuation, reconstructs it with a neural field (NeRF), with 2-view MLEM
+    and with the clinical conjugate-view method, scores all three against the truth, and writes
+    FOLDER/report.html (open it in a browser) with its PNG figures, summary.json and
+    summary.md, plus the data: study.h5, nerf.h5 and mlem.h5. Prints the headline numbers.
     """
-    from cli._demo import run_demo  # heavy imports (torch, matplotlib) only when needed
+    from cli._demo import run  # heavy imports (torch, matplotlib) only when needed
 
-    run_demo(output, force=force, size=size)
+    run(
+        output,
+        device=device.value,
+        quality=None if quality is None else quality.value,
+        force=force,
+        size=size,
+        steps=steps,
+    )
 
 
 # phantom, simulate, project, info, show and the `recon` group (cli/commands/).
 _register_commands(app)
+# eval and compare (cli/commands/evaluate.py).
+app.command("eval", help=_help_text(_evaluate.evaluate))(_evaluate.evaluate)
+app.command("compare", help=_help_text(_evaluate.compare))(_evaluate.compare)
 
 
 if __name__ == "__main__":  # pragma: no cover

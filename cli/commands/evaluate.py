@@ -1,0 +1,355 @@
+"""``spect eval`` (one result against the truth) and ``spect compare`` (several results, a report).
+
+Both read the truth from a study file (a simulated study holds ``truth_activity``, labels and
+μ); the numbers come from `recon.metrics.evaluate_volume`, `recon.projection_metrics` and, for
+``compare``, `recon.report` (which also adds the conjugate-view organ activities of an AP/PA
+study).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.commands import FORCE_HELP, check_output
+from cli.progress import status
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from recon.io import Result, Study
+
+__all__ = ["compare", "evaluate", "evaluation_rows", "headline_table", "organ_table"]
+
+#: Columns of the CSV written by ``spect eval --csv``.
+CSV_COLUMNS = ("section", "name", "metric", "value")
+
+
+# -- tables shared with `spect demo` -------------------------------------------------------------
+
+
+def headline_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
+    """A rich table of `recon.report.Comparison.headline` rows, one column per method (so that
+    it fits a terminal of 80 columns)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from recon.report import HEADLINE_COLUMNS, headline_cells
+
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column("metric", style="bold")
+    cells = [headline_cells(row) for row in rows]
+    for column in cells:
+        table.add_column(escape(column[0]), justify="right")
+    for k, name in enumerate(HEADLINE_COLUMNS[1:], start=1):
+        table.add_row(escape(name), *(escape(column[k]) for column in cells))
+    return table
+
+
+def organ_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str) -> Table:
+    """A rich table of `recon.report.Comparison.organ_table` rows: the true activity (MBq) and
+    every column's relative error (the estimates in MBq are in the report and summary.json)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column("organ")
+    table.add_column("truth (MBq)", justify="right")
+    for column in columns:
+        table.add_column(escape(f"{column} error"), justify="right")
+    for row in rows:
+        cells = [str(row["name"]), _fmt(row["true_mbq"], ".4g")]
+        for column in columns:
+            est = row["estimates"].get(column)
+            cells.append("–" if est is None else _pct(est["relative_error"]))
+        table.add_row(*(escape(c) for c in cells))
+    return table
+
+
+def _fmt(value: object, spec: str = ".4g") -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    return format(value, spec)
+
+
+def _pct(value: object) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    return f"{100.0 * value:+.1f} %"
+
+
+# -- spect eval ----------------------------------------------------------------------------------
+
+
+def evaluation_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, object]]:
+    """The numbers of an ``eval`` report as ``(section, name, metric, value)`` rows (the CSV).
+
+    Sections: ``volume`` (nrmse, nrmse_body, psnr_db, ssim), ``total_activity``,
+    ``activity_outside``, ``projection_fit``, ``organ`` (one block per organ) and
+    ``recovery`` (lesions).
+    """
+    metrics = report["metrics"]
+    rows: list[tuple[str, str, str, object]] = []
+    for key in ("nrmse", "nrmse_body", "psnr_db", "ssim"):
+        rows.append(("volume", "", key, metrics.get(key)))
+    for key, value in metrics["total_activity"].items():
+        rows.append(("total_activity", "", key, value))
+    for key, value in (metrics.get("activity_outside") or {}).items():
+        rows.append(("activity_outside", "", key, value))
+    for key, value in (report.get("projection_fit") or {}).items():
+        rows.append(("projection_fit", "", key, value))
+    for organ in metrics.get("organs", []):
+        for key in ("label", "n_voxels", "true_mbq", "estimated_mbq", "relative_error", "cov"):
+            rows.append(("organ", str(organ["name"]), key, organ.get(key)))
+    for name, value in metrics.get("recovery_coefficients", {}).items():
+        rows.append(("recovery", str(name), "recovery_coefficient", value))
+    return rows
+
+
+def _csv_text(rows: Iterable[tuple[str, str, str, object]]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for section, name, metric, value in rows:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            cell = ""
+        elif isinstance(value, float):
+            cell = f"{value:.9g}"
+        else:
+            cell = str(value)
+        writer.writerow([section, name, metric, cell])
+    return text.getvalue()
+
+
+def _check_grids(study: Study, result: Result, result_file: Path, study_file: Path) -> None:
+    if result.grid != study.grid:
+        raise ValueError(
+            f"{result_file}: its grid {tuple(result.grid.shape)} voxels of "
+            f"{tuple(result.grid.spacing_mm)} mm is not the grid of {study_file} "
+            f"({tuple(study.grid.shape)} voxels of {tuple(study.grid.spacing_mm)} mm)"
+        )
+    if study.truth_activity is None:
+        raise ValueError(f"{study_file}: holds no truth activity to compare with")
+
+
+def evaluate(
+    result_file: Annotated[
+        Path, typer.Argument(metavar="RESULT.h5", help="Result file to evaluate.")
+    ],
+    truth: Annotated[
+        Path,
+        typer.Option(
+            "--truth",
+            metavar="STUDY.h5",
+            help="Study file holding the truth activity (and labels, μ, counts).",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", metavar="OUT.json", help="Write every number as JSON."),
+    ] = None,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            metavar="OUT.csv",
+            help="Write every number as CSV (section,name,metric,value).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+) -> None:
+    """Score a reconstruction against the truth of its study.
+
+    Prints the volume metrics (NRMSE over the whole volume and inside the body, PSNR, 3D SSIM,
+    total activity and activity outside the body), the projection-domain fit of the result's
+    expected counts (the study's forward model) and one row per organ (true and estimated
+    activity in MBq, relative error, coefficient of variation), plus lesion recovery
+    coefficients. --output and --csv write the same numbers to files.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from recon.io import read_result, read_study
+    from recon.metrics import evaluate_volume
+    from recon.projection_metrics import projection_fit
+    from recon.report import expected_counts, json_safe, method_label
+
+    for path in (output, csv_file):
+        if path is not None:
+            check_output(path, force)
+    if output is not None and csv_file is not None and output.resolve() == csv_file.resolve():
+        raise ValueError("--output and --csv name the same file")
+    with status(f"Reading {truth} and {result_file}..."):
+        study = read_study(truth)
+        result = read_result(result_file)
+    _check_grids(study, result, result_file, truth)
+    unit = result.activity_unit
+    if unit != study.activity_unit:
+        raise ValueError(
+            f"{result_file} is in {unit}, the truth of {truth} in {study.activity_unit}"
+        )
+    with status("Evaluating..."):
+        metrics = evaluate_volume(
+            result.activity, study.truth_activity, study.labels, study.label_names, study.grid,
+            unit=unit,
+        )  # fmt: skip
+        fit: dict[str, Any] | None
+        try:
+            fit = projection_fit(expected_counts(study, result.activity), study.projections)
+        except ValueError:
+            fit = None
+    report = json_safe(
+        {
+            "result_file": str(result_file),
+            "study_file": str(truth),
+            "method": result.method,
+            "metrics": metrics,
+            "projection_fit": fit,
+        }
+    )
+
+    console = Console()
+    overall = Table(
+        title=escape(f"{method_label(result.method)} result {result_file} vs the truth of {truth}"),
+        show_header=False,
+        title_justify="left",
+    )
+    overall.add_column("metric", style="bold")
+    overall.add_column("value", justify="right")
+    overall.add_row("NRMSE (whole volume)", _fmt(metrics["nrmse"]))
+    overall.add_row("NRMSE (body)", _fmt(metrics["nrmse_body"]))
+    overall.add_row("PSNR", f"{_fmt(metrics['psnr_db'], '.2f')} dB")
+    overall.add_row("SSIM (3D)", _fmt(metrics["ssim"]))
+    total = metrics["total_activity"]
+    overall.add_row(
+        "total activity",
+        f"{_fmt(total['estimate_mbq'])} MBq (truth {_fmt(total['truth_mbq'])} MBq, "
+        f"{_pct(total['relative_error'])})",
+    )
+    outside = metrics.get("activity_outside")
+    if outside:
+        overall.add_row(
+            "activity outside the body",
+            f"{_fmt(outside['mbq'])} MBq ({100.0 * outside['fraction']:.1f} % of the total)",
+        )
+    if fit is not None:
+        overall.add_row(
+            "projection fit",
+            f"deviance / pixel {_fmt(fit['deviance_per_pixel'])}, "
+            f"PSNR {_fmt(fit['psnr'], '.2f')} dB",
+        )
+    console.print(overall)
+
+    if metrics["organs"]:
+        organs = Table(title="Organs", title_justify="left")
+        for name in ("organ", "voxels", "truth (MBq)", "estimate (MBq)", "error", "CoV"):
+            organs.add_column(name, justify="left" if name == "organ" else "right")
+        recovery = metrics.get("recovery_coefficients", {})
+        if recovery:
+            organs.add_column("recovery", justify="right")
+        for row in metrics["organs"]:
+            cells = [
+                str(row["name"]),
+                str(row["n_voxels"]),
+                _fmt(row["true_mbq"]),
+                _fmt(row["estimated_mbq"]),
+                _pct(row["relative_error"]),
+                _fmt(row["cov"], ".3f"),
+            ]
+            if recovery:
+                cells.append(_fmt(recovery.get(row["name"]), ".3f"))
+            organs.add_row(*(escape(c) for c in cells))
+        console.print(organs)
+
+    if output is not None:
+        from recon.io import atomic_output
+
+        with atomic_output(output, overwrite=force) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {output}", highlight=False, markup=False)
+    if csv_file is not None:
+        from recon.io import atomic_output
+
+        with atomic_output(csv_file, overwrite=force) as tmp:
+            tmp.write_text(_csv_text(evaluation_rows(report)), encoding="utf-8")
+        console.print(f"wrote {csv_file}", highlight=False, markup=False)
+
+
+# -- spect compare -------------------------------------------------------------------------------
+
+
+def _method_names(results: Sequence[Result], files: Sequence[Path]) -> list[str]:
+    """Display names: the method (``MLEM``, ``NeRF``...), with the file name where two share it."""
+    from recon.report import method_label
+
+    base = [method_label(r.method) for r in results]
+    names = []
+    for name, path in zip(base, files, strict=True):
+        names.append(name if base.count(name) == 1 else f"{name} ({path.name})")
+    if len(set(names)) != len(names):  # the same file name twice, in different folders
+        names = [f"{n} [{k + 1}]" for k, n in enumerate(names)]
+    return names
+
+
+def compare(
+    study_file: Annotated[
+        Path, typer.Argument(metavar="STUDY.h5", help="Study file holding the truth.")
+    ],
+    result_files: Annotated[
+        list[Path],
+        typer.Argument(metavar="RESULT.h5...", help="Result files to compare (one or more)."),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the report.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing report files.")
+    ] = False,
+) -> None:
+    """Compare reconstructions of a study side by side, in a report folder.
+
+    Writes FOLDER/report.html (one self-contained page: images embedded, opens in any
+    browser), the PNG figures (slices and MIPs of the truth and every result on one colour
+    scale, line profiles, organ-activity errors, the projection-domain fit, convergence
+    curves), summary.json and summary.md. For an AP/PA study with μ and organ labels the
+    conjugate-view organ activities are added as an extra column. Prints the headline numbers.
+    """
+    from rich.console import Console
+
+    from recon.io import read_result, read_study
+    from recon.report import MethodResult, write_report
+    from recon.report import compare as compare_results
+
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output}: exists and is not a folder")
+    with status(f"Reading {study_file} and {len(result_files)} result(s)..."):
+        study = read_study(study_file)
+        results = [read_result(path) for path in result_files]
+    for path, result in zip(result_files, results, strict=True):
+        _check_grids(study, result, path, study_file)
+    names = _method_names(results, result_files)
+    methods = [
+        MethodResult.from_result(r, name, str(path))
+        for r, name, path in zip(results, names, result_files, strict=True)
+    ]
+    with status("Evaluating..."):
+        comparison = compare_results(study, methods, study_file=study_file)
+    with status(f"Writing the report into {output}..."):
+        files = write_report(
+            output,
+            comparison,
+            title=f"Comparison of {len(methods)} reconstruction(s) of {study_file.name}",
+            overwrite=force,
+        )
+    console = Console()
+    console.print(headline_table(comparison.headline(), "Headline numbers"))
+    console.print(organ_table(comparison.organ_table(), comparison.columns(), "Organ activities"))
+    for note in comparison.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    console.print(f"wrote {files.html}", highlight=False, markup=False)
