@@ -13,6 +13,8 @@ show
     ``spect show``: PNG figures of projections and volumes (`recon.figures`).
 recon
     ``spect recon mlem``.
+cohort
+    ``spect train-cohort`` and ``spect recon batch``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ FORCE_HELP = "Overwrite the output file if it exists."
 
 def register(app: typer.Typer) -> None:
     """Add the sub-commands to the top-level ``spect`` app."""
-    from cli.commands import convert, data, recon, show
+    from cli.commands import cohort, convert, data, recon, show
 
     for name, function in (
         ("phantom", data.phantom),
@@ -52,8 +54,10 @@ def register(app: typer.Typer) -> None:
         ("project", data.project),
         ("info", data.info),
         ("show", show.show),
+        ("train-cohort", cohort.train_cohort),
     ):
         app.command(name, help=help_text(function))(function)
+    recon.app.command("batch", help=help_text(cohort.batch))(cohort.batch)
     app.add_typer(recon.app, name="recon")
     app.add_typer(convert.app, name="convert")
 

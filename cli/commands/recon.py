@@ -313,6 +313,18 @@ def nerf(
             "--threads", min=1, help="CPU threads for torch (1 is fastest on a busy machine)."
         ),
     ] = None,
+    prior: Annotated[
+        Path | None,
+        typer.Option(
+            "--prior",
+            metavar="MODEL",
+            help="Cohort model (spect train-cohort): fit only this study's latent code.",
+        ),
+    ] = None,
+    fine_tune: Annotated[
+        bool,
+        typer.Option("--fine-tune", help="With --prior: fine-tune the network for half the steps."),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Reconstruct a study with a neural emission field (pieNeRF-style, exact physics).
@@ -322,7 +334,8 @@ def nerf(
     Defaults: a small hash-grid field on --device cpu, pieNeRF's network on --device cuda;
     --config FILE.toml changes any setting (see docs/nerf.md) and the options above override
     both. Logs, previews and checkpoints go to --out-dir; Ctrl-C writes a checkpoint to
-    --resume from.
+    --resume from. --prior MODEL starts from a cohort model's network and fits only this
+    study's latent code (--fine-tune: then every weight; see docs/cohorts.md).
     """
     import time
 
@@ -358,13 +371,21 @@ def nerf(
     config = dataclasses.replace(config, **changes)
     if resume is not None and not resume.is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+    if fine_tune and prior is None:
+        raise ValueError("--fine-tune needs --prior MODEL (a model from spect train-cohort)")
+    if prior is not None and encoding is not None:
+        raise ValueError("--encoding cannot be changed with --prior: the model fixes it")
 
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_nerf")
-    previous = [n for n in (LAST_CHECKPOINT, "log.csv") if (folder / n).exists()]
+    names = (LAST_CHECKPOINT, "log.csv")
+    if prior is not None:  # a fit with a cohort prior keeps each phase in a sub-folder
+        names = (f"fine-tune/{LAST_CHECKPOINT}", f"code/{LAST_CHECKPOINT}")
+    previous = [n for n in names if (folder / n).exists()]
     if previous and resume is None and not force:
+        last = folder / (previous[0] if prior is not None else LAST_CHECKPOINT)
         raise FileExistsError(
             f"{folder}: holds a previous run ({', '.join(previous)}); use --resume "
-            f"{folder / LAST_CHECKPOINT} to continue it or --force to start over"
+            f"{last} to continue it or --force to start over"
         )
     study = read_study(study_file)
     field = EmissionField(study.grid, config.field)
@@ -381,13 +402,21 @@ def nerf(
             )
 
         try:
-            trained = fit(
-                field, study, config, out_dir=folder, resume=resume, callback=callback,
-                device=torch_device,
-            )  # fmt: skip
+            if prior is not None:
+                from recon.cohort.prior import fit_with_prior
+
+                trained = fit_with_prior(
+                    study, prior, fine_tune, config, out_dir=folder, resume=resume,
+                    callback=callback, device=torch_device,
+                )  # fmt: skip
+            else:
+                trained = fit(
+                    field, study, config, out_dir=folder, resume=resume, callback=callback,
+                    device=torch_device,
+                )  # fmt: skip
         except TrainingInterrupted as stop:
             where = (
-                f"; continue with --resume {folder / LAST_CHECKPOINT}"
+                f"; continue with --resume {stop.checkpoint.parent / LAST_CHECKPOINT}"
                 if stop.checkpoint is not None
                 else ""
             )
@@ -400,7 +429,11 @@ def nerf(
         trained,
         study,
         study_file=study_file,
-        extra_parameters={"study_file": str(study_file), "out_dir": str(folder)},
+        extra_parameters={
+            "study_file": str(study_file),
+            "out_dir": str(folder),
+            **({"prior": trained.prior} if prior is not None else {}),
+        },
     )
     with status(f"Writing {output}..."):
         write_result(output, result, overwrite=force)
@@ -411,8 +444,13 @@ def nerf(
     table = Table(title=f"NeRF of {study_file}", show_header=False)
     table.add_column("quantity", style="bold")
     table.add_column("value")
-    enc = config.field.encoding
-    table.add_row("field", f"{enc}, latent {config.field.latent_dim}")
+    enc = trained.config.field.encoding
+    table.add_row("field", f"{enc}, latent {trained.config.field.latent_dim}")
+    if prior is not None:
+        p = trained.prior
+        table.add_row(
+            "prior", f"{prior}: code {p['code_steps']} steps, fine-tune {p['fine_tune_steps']}"
+        )
     table.add_row("steps", f"{trained.steps_done} × {config.rays_per_step} rays")
     physics = "study μ" if study.mu_per_mm is not None else "no μ (no attenuation)"
     physics += ", background" if study.background is not None else ", no background"

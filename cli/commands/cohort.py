@@ -1,0 +1,363 @@
+"""``spect train-cohort`` (a shared NeRF over many studies, also under ``torchrun``) and
+``spect recon batch`` (many studies, MLEM or NeRF, over several processes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.commands import check_output
+from cli.progress import iteration_progress
+
+__all__ = ["BackendChoice", "BatchMethod", "batch", "train_cohort"]
+
+
+class BackendChoice(StrEnum):
+    """Process-group backend (auto: nccl on CUDA devices, gloo on CPUs)."""
+
+    AUTO = "auto"
+    GLOO = "gloo"
+    NCCL = "nccl"
+
+
+class CohortDevice(StrEnum):
+    """Where each process computes (auto: its CUDA device when there is one)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class BatchMethod(StrEnum):
+    """Reconstruction method of ``spect recon batch``."""
+
+    MLEM = "mlem"
+    NERF = "nerf"
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 for a plain run), before the group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def train_cohort(
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MANIFEST", help="CSV (path[,id][,split]) or a folder of study files."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Cohort model file to write (.pt).")
+    ],
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Optimiser steps (default: preset).")
+    ] = None,
+    rays_per_step: Annotated[
+        int | None,
+        typer.Option(
+            "--rays-per-step",
+            min=1,
+            help="Global batch: lines per step over all processes (a multiple of their number).",
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", min=0, help="Samples per ray; 0: one per voxel (lattice)."),
+    ] = None,
+    latent_dim: Annotated[
+        int | None, typer.Option("--latent-dim", min=1, help="Size of each study's code.")
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", metavar="FILE.toml", help="Training settings (TOML) on the preset."
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            min=0.0,
+            max=0.99,
+            help="Hold out this share of the studies when the manifest marks none 'val'.",
+        ),
+    ] = 0.0,
+    val_steps: Annotated[
+        int, typer.Option("--val-steps", min=0, help="Code-fit steps per held-out study.")
+    ] = 100,
+    backend: Annotated[
+        BackendChoice,
+        typer.Option("--backend", case_sensitive=False, help="torch.distributed backend."),
+    ] = BackendChoice.AUTO,
+    device: Annotated[
+        CohortDevice,
+        typer.Option("--device", case_sensitive=False, help="Compute device of each process."),
+    ] = CohortDevice.AUTO,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", metavar="CKPT", help="Cohort checkpoint to continue from."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            metavar="DIR",
+            help="Folder for logs and checkpoints (default: MODEL stem + '_cohort').",
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite MODEL and start over in a used --out-dir."),
+    ] = False,
+) -> None:
+    """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
+
+    Each step mixes lines of many studies; every study has its own latent code and the
+    network is shared. Run it as it is on one process, or data-parallel on several processes,
+    GPUs or machines with torchrun, e.g. 'torchrun --nproc-per-node 4 $(which spect)
+    train-cohort cohort.csv -o model.pt' (gloo on CPUs, nccl on GPUs; see docs/cohorts.md).
+    The global batch --rays-per-step is split over the processes, so the result does not
+    depend on their number. Only rank 0 writes files: logs and checkpoints in --out-dir, the
+    model in MODEL. Ctrl-C (or SIGTERM) stops every process after the current step with a
+    checkpoint to --resume from. Use the model with 'spect recon nerf STUDY --prior MODEL'.
+    """
+    import math
+    import time
+
+    from recon.cohort.distributed import resolve_device
+    from recon.cohort.training import CohortConfig
+    from recon.cohort.training import train_cohort as run_training
+    from recon.nerf.config import TrainConfig
+    from recon.nerf.training import TrainingDiverged, TrainingInterrupted
+
+    main = _rank() == 0
+    if main:  # only rank 0 writes MODEL and reads --resume (other machines may not see them)
+        check_output(output, force)
+        if resume is not None and not resume.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    on_gpu = resolve_device(device.value, local).type == "cuda"
+    base = TrainConfig.gpu_default() if on_gpu else TrainConfig.cpu_default()
+    train = base if config_file is None else TrainConfig.from_toml(config_file, base)
+    changes: dict[str, Any] = {}
+    if steps is not None:
+        changes["steps"] = steps
+    if rays_per_step is not None:
+        changes["rays_per_step"] = rays_per_step
+    if samples is not None:
+        changes["n_samples"] = None if samples == 0 else samples
+    if seed is not None:
+        changes["seed"] = seed
+    if latent_dim is not None:
+        changes["field"] = dataclasses.replace(train.field, latent_dim=latent_dim)
+    train = dataclasses.replace(train, preview_every=0, **changes)
+    config = CohortConfig(
+        train=train, val_fraction=val_fraction, val_steps=val_steps,
+        backend=backend.value, device=device.value,
+    )  # fmt: skip
+    folder = out_dir if out_dir is not None else output.with_name(output.stem + "_cohort")
+
+    start = time.perf_counter()
+    total = train.steps
+    with _progress(main, total) as update:
+
+        def callback(step: int, total_steps: int, metrics: Any) -> None:
+            psnr = metrics["heldout_psnr"]
+            update(
+                step,
+                loss=f"{metrics['loss']:.4g}",
+                PSNR="–" if psnr != psnr else f"{psnr:.2f} dB",
+            )
+
+        try:
+            result = run_training(
+                manifest, config, folder, resume, model_path=output, overwrite=force,
+                callback=callback,
+            )  # fmt: skip
+        except TrainingInterrupted as stop:
+            if main:
+                typer.echo(f"Interrupted: {stop}", err=True)
+            raise typer.Exit(130) from None
+        except TrainingDiverged as error:
+            raise ValueError(str(error)) from None
+    if not main:
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Cohort model from {manifest}", show_header=False)
+    table.add_column("quantity", style="bold")
+    table.add_column("value")
+    fc = train.field
+    table.add_row("studies", f"{len(result.train_ids)} training, {len(result.val_ids)} held out")
+    table.add_row("field", f"{fc.encoding}, latent {fc.latent_dim} per study")
+    backend_text = "one process" if result.world_size == 1 else f"{result.world_size} processes"
+    table.add_row("processes", f"{backend_text} on {result.device}")
+    table.add_row("steps", f"{result.steps_done} × {train.rays_per_step} lines (global batch)")
+    table.add_row("time", f"{time.perf_counter() - start:.1f} s")
+    if math.isfinite(result.samples_per_s):
+        table.add_row("throughput", f"{result.samples_per_s:.4g} lines/s")
+    if result.losses:
+        table.add_row("loss", f"{result.losses[0]:.4g} (step 1) → {result.losses[-1]:.4g}")
+    if result.heldout:
+        psnr = [h["psnr"] for h in result.heldout if h["psnr"] == h["psnr"]]
+        organ = [h["organ_error"] for h in result.heldout if h.get("organ_error") is not None]
+        text = f"PSNR {sum(psnr) / len(psnr):.2f} dB" if psnr else "–"
+        if organ:
+            text += f", organ-activity error {100 * sum(organ) / len(organ):.1f} %"
+        table.add_row("held-out studies", f"{text} (code fit of {val_steps} steps)")
+    table.add_row("outputs", f"{folder} (logs, checkpoints)")
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {output}", highlight=False, markup=False)
+
+
+class _NoProgress:
+    def __enter__(self) -> Any:
+        return lambda completed, **values: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(main: bool, total: int) -> Any:
+    if not main:
+        return _NoProgress()
+    return iteration_progress(total, "Cohort", fields={"loss": "–", "PSNR": "–"})
+
+
+def batch(
+    studies: Annotated[
+        list[Path], typer.Argument(metavar="STUDY.h5...", help="Study files to reconstruct.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="Folder for the results (STEM.h5) and summary.csv."),
+    ],
+    method: Annotated[
+        BatchMethod, typer.Option("--method", case_sensitive=False, help="Reconstruction method.")
+    ] = BatchMethod.MLEM,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Processes (1: one study after another).")
+    ] = 1,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", min=1, help="MLEM/OSEM iterations (default 10).")
+    ] = None,
+    subsets: Annotated[
+        int | None, typer.Option("--subsets", min=1, help="OSEM subsets (MLEM: 1).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="NeRF steps (default: preset).")
+    ] = None,
+    prior: Annotated[
+        Path | None,
+        typer.Option("--prior", metavar="MODEL", help="Cohort model (NeRF): fit a code."),
+    ] = None,
+    fine_tune: Annotated[
+        bool, typer.Option("--fine-tune", help="With --prior: then fine-tune the network.")
+    ] = False,
+    device: Annotated[
+        CohortDevice,
+        typer.Option(
+            "--device", case_sensitive=False, help="cpu, cuda (all GPUs) or auto (GPUs if any)."
+        ),
+    ] = CohortDevice.CPU,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results.")] = False,
+) -> None:
+    """Reconstruct many studies with MLEM or NeRF, over several processes and GPUs.
+
+    Each STUDY.h5 becomes OUTDIR/STEM.h5. A study that fails (a broken file, bad data) is
+    reported in the summary table and in OUTDIR/summary.csv, and the others go on; the exit
+    code is 1 if any failed. With --workers N the studies run in N processes spread over the
+    devices (--device cuda: every visible GPU).
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from recon.batch import reconstruct_batch
+    from recon.mlem import EMConfig
+    from recon.nerf.config import TrainConfig
+
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"{output}: is a file; -o names the results folder")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"{output}: folder {output.parent} does not exist")
+    if method is BatchMethod.MLEM and (steps is not None or prior is not None or fine_tune):
+        raise ValueError("--steps, --prior and --fine-tune are for --method nerf")
+    if method is BatchMethod.NERF and (iterations is not None or subsets is not None):
+        raise ValueError("--iterations and --subsets are for --method mlem")
+    if fine_tune and prior is None:
+        raise ValueError("--fine-tune needs --prior MODEL")
+    if prior is not None and not prior.is_file():
+        raise FileNotFoundError(f"--prior {prior}: no such model file")
+    devices = {"cpu": None, "cuda": "auto", "auto": "auto"}[device.value]
+    if device is CohortDevice.CUDA:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: CUDA is not available; use --device cpu")
+    mlem = EMConfig(iterations=iterations or 10, subsets=subsets or 1)
+    nerf = None
+    if method is BatchMethod.NERF:
+        on_gpu = devices == "auto" and _cuda_available()
+        nerf = TrainConfig.gpu_default() if on_gpu else TrainConfig.cpu_default()
+        nerf = dataclasses.replace(nerf, preview_every=0, steps=steps or nerf.steps)
+
+    failed = 0
+    with iteration_progress(len(studies), "Batch", fields={"failed": "0"}) as update:
+
+        def callback(done: int, total: int, row: Any) -> None:
+            nonlocal failed
+            failed += 0 if row.ok else 1
+            update(done, failed=str(failed))
+
+        summary = reconstruct_batch(
+            studies, method.value, output, workers=workers, mlem=mlem, nerf=nerf, prior=prior,
+            fine_tune=fine_tune, devices=devices, overwrite=force, callback=callback,
+        )  # fmt: skip
+
+    table = Table(title=escape(f"{method.value.upper()} of {len(studies)} studies"))
+    for name in ("study", "status", "time", "total activity", "vs truth", "organs"):
+        table.add_column(name, overflow="fold")
+    for row in summary.rows:
+        total = "–" if row.total_mbq is None else f"{row.total_mbq:.4g} MBq"
+        truth = "–" if row.total_error is None else f"{100 * row.total_error:+.1f} %"
+        organs = "–" if row.organ_error is None else f"{100 * row.organ_error:.1f} %"
+        status = "[green]ok[/green]" if row.ok else "[red]failed[/red]"
+        name = escape(Path(row.study).name)
+        table.add_row(name, status, f"{row.seconds:.1f} s", total, truth, organs)
+    console = Console()
+    console.print(table)
+    for row in summary.failed:
+        console.print(f"failed: {row.study}: {row.error}", highlight=False, markup=False,
+                      soft_wrap=True)  # fmt: skip
+    console.print(
+        f"{summary.n_ok} of {len(summary.rows)} done in {summary.elapsed_s:.1f} s with "
+        f"{summary.workers} process(es); summary: {output / 'summary.csv'}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    if summary.failed:
+        raise ValueError(
+            f"{len(summary.failed)} of {len(summary.rows)} studies failed "
+            f"(see the table above and {output / 'summary.csv'})"
+        )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
