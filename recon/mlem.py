@@ -157,25 +157,32 @@ def em_reconstruct(
 
     x = _initial_image(initial, full, y, b, count_scale, support)
     result = EMResult(activity=x)
+
+    def record(iteration: int, estimate: torch.Tensor, expected: torch.Tensor) -> None:
+        ll = float(poisson_log_likelihood(y, expected))
+        result.log_likelihood.append(ll)
+        penalty = 0.0
+        if config.prior is not None:
+            penalty = config.beta * float(prior_value(estimate, config.prior, config.gamma))
+        result.log_prior.append(penalty)
+        if callback is not None:
+            callback(iteration, estimate, ll)
+
+    # With one subset the projection that starts iteration k + 1 is that of the estimate after
+    # iteration k: its likelihood is recorded from it, saving one projection per iteration.
+    single = len(ops) == 1
     for it in range(1, config.iterations + 1):
         for op, d, bg, s in zip(ops, data, bgs, sens, strict=True):
             expected = count_scale * op(x) if bg is None else count_scale * op(x) + bg
+            if single and it > 1:
+                record(it - 1, x, expected)
             back = count_scale * op.adjoint(measurement_ratio(d, expected))
             denom = s if config.prior is None else s + config.beta * _prior_gradient(x, config)
             # a voxel this subset does not see (or an unstable OSL denominator) keeps its value
             updated = torch.where(denom > 0, x * back / torch.where(denom > 0, denom, 1.0), x)
             x = torch.where(support, updated, 0.0)
-        expected = count_scale * full(x) + (0.0 if b is None else b)
-        ll = float(poisson_log_likelihood(y, expected))
-        result.log_likelihood.append(ll)
-        penalty = (
-            0.0
-            if config.prior is None
-            else config.beta * float(prior_value(x, config.prior, config.gamma))
-        )
-        result.log_prior.append(penalty)
-        if callback is not None:
-            callback(it, x, ll)
+        if not single or it == config.iterations:
+            record(it, x, count_scale * full(x) + (0.0 if b is None else b))
     result.unfiltered = x
     result.activity = (
         gaussian_filter(x, geometry.grid, config.filter_fwhm_mm) if config.filter_fwhm_mm else x
