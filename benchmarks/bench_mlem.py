@@ -1,0 +1,686 @@
+"""Speed of one MLEM / OSEM iteration in ``spect`` vs PyTomography 3.4.0, with a cross-check.
+
+What it measures, in one run, float32, torch threads = all usable cores, attenuation on, no PSF:
+
+* MLEM, 120 views over 360° of a 64³ volume (4.8 mm voxels);
+* MLEM, AP/PA (β = 0 and 180) of a 128³ volume (2.4 mm voxels);
+* OSEM with 8 subsets, 120 views of 64³.
+
+Per-iteration time. Each package reconstructs the same counts with ``--iterations`` (default 5)
+iterations, and the reconstruction's own per-iteration callback records a timestamp. The
+per-iteration time (s/iter) is the median of the intervals between successive timestamps, pooled
+over the timed rounds: the steady cost of one iteration, one-off setup excluded. Their mean
+equals ``(time of N iterations − time of 1 iteration) / (N − 1)``. The one-off cost of each
+package is the time of the whole call minus N × s/iter.
+
+* PyTomography: ``MLEM(PoissonLogLikelihood(H, g))(N, callback=…)`` (``OSEM(…)(N, 8, …)`` for
+  subsets; the last subset of each iteration is stamped), ``H`` a ``SPECTSystemMatrix`` with a
+  ``SPECTAttenuationTransform`` built beforehand. Each call first computes ``Hᵀ1`` (per subset),
+  so its first iteration costs FP + 2 BP; that is its one-off cost. An iteration is FP + BP +
+  the update.
+* spect: ``recon.mlem.em_reconstruct(counts, geometry, EMConfig(N, subsets), mu=mu,
+  count_scale=1, callback=…)``. Its one-off cost is the setup: building the ``SPECTProjector``
+  operators (which cache the attenuation factors), the sensitivity images and the uniform start
+  image. An iteration is FP + BP + the update, and it records the Poisson log-likelihood in
+  ``EMResult.log_likelihood``. With one subset that reuses the forward projection that starts
+  the next iteration (the callback of iteration k comes after that projection, and the last
+  iteration adds one projection, counted in the one-off cost); with subsets it costs one full
+  forward projection per iteration, which is also timed on its own.
+
+As a check on the callback method, PyTomography's ``PoissonLogLikelihood.compute_gradient`` (one
+FP + one BP) is also timed directly. The two packages' runs are interleaved round by round, and
+each round first waits (``--max-quiet-wait``, default 30 s) until other processes on the machine
+are idle (``benchmarks/_timing.py``). The machine's CPU counters also tell how busy other
+processes were during each sample: the figures are medians over the samples during which they
+used less than 0.25 cores (over the whole reconstruction or round where a sample is too short to
+judge), or over all samples where fewer than 3 qualify; the output says how many were quiet.
+
+Cross-check: both start from a uniform image and run N iterations on the same noise-free counts
+(PyTomography's forward projection of a smooth phantom, scaled to a realistic total; ``--poisson``
+draws seeded Poisson counts instead). PyTomography's model is ``g = H f`` with ``H`` summing
+voxel values along a ray; ours is ``y = count_scale · A x`` with ``A`` a line integral in mm, so
+``A = d · H`` (``d`` = voxel size in mm, layouts converted). MLEM is invariant under rescaling of
+the system matrix (``x ← x · Aᵀ(y / Ax) / Aᵀ1``), and after one iteration from a uniform image
+it no longer depends on that image's level, so with ``count_scale = 1`` the iterates are
+``x_k = f_k / d``. The column reports ‖d · x_N − f_N‖ / ‖f_N‖ in our layout ``[Z, Y, X]``.
+
+Run it with the reference environment's Python (``bash benchmarks/setup_reference_env.sh``
+builds it)::
+
+    benchmarks/.env-pytomography/bin/python benchmarks/bench_mlem.py
+    benchmarks/.env-pytomography/bin/python benchmarks/bench_mlem.py --quick   # smoke run
+    benchmarks/.env-pytomography/bin/python benchmarks/bench_mlem.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from _timing import (
+    CpuMark,
+    QuietGate,
+    Timing,
+    load_average,
+    machine_info,
+    others_load_between,
+    package_version,
+    synchronize,
+    usable_cores,
+)
+from bench_projector import PyTomographyCase, SpectCase, make_phantom, rel_diff
+
+
+@dataclass(frozen=True)
+class EMCase:
+    """One benchmark case: a cubic ``n³`` grid of ``voxel_mm`` voxels, angles and subsets."""
+
+    name: str
+    n: int
+    voxel_mm: float
+    angles_deg: tuple[float, ...]
+    kind: str  # "ap_pa" or "full_circle" (the spectproj geometry preset)
+    subsets: int
+    total_counts: float
+    target: float | None  # minimum PyTomography / spect ratio per iteration (from the issue)
+    repeats: int  # timed rounds (full run)
+
+
+FULL_CIRCLE_120 = tuple(3.0 * k for k in range(120))
+CASES: tuple[EMCase, ...] = (
+    EMCase("120 views 64³, MLEM", 64, 4.8, FULL_CIRCLE_120, "full_circle", 1, 3e6, 3.0, 5),
+    EMCase("AP/PA 128³, MLEM", 128, 2.4, (0.0, 180.0), "ap_pa", 1, 1e6, 10.0, 7),
+    EMCase("120 views 64³, OSEM 8", 64, 4.8, FULL_CIRCLE_120, "full_circle", 8, 3e6, None, 5),
+)
+
+
+@dataclass
+class Row:
+    """One configuration's results."""
+
+    config: str
+    views: int
+    subsets: int
+    iterations: int
+    pytomography_iter: Timing  # steady per-iteration time (all Timing fields are in ms)
+    spect_iter: Timing
+    pytomography_total: Timing  # the whole call of N iterations, H^T 1 included
+    spect_total: Timing  # the whole em_reconstruct call, setup included
+    spect_fp_loglik: Timing  # one full forward projection + Poisson log-likelihood
+    pytomography_gradient: Timing  # PoissonLogLikelihood.compute_gradient alone (FP + BP)
+    rel_diff: float
+    details: dict[str, Any] = field(default_factory=dict)
+    target: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        return self.pytomography_iter.median_ms / self.spect_iter.median_ms
+
+    @property
+    def speedup_of_minima(self) -> float:
+        return self.pytomography_iter.min_ms / self.spect_iter.min_ms
+
+    @property
+    def target_met(self) -> bool | None:
+        return None if self.target is None else self.speedup >= self.target
+
+    @property
+    def pytomography_one_off_ms(self) -> float:
+        """Everything in a run that is not a steady iteration (mostly ``Hᵀ1``)."""
+        return (
+            self.pytomography_total.median_ms - self.iterations * self.pytomography_iter.median_ms
+        )
+
+    @property
+    def spect_one_off_ms(self) -> float:
+        """Everything in a run that is not a steady iteration (mostly the setup)."""
+        return self.spect_total.median_ms - self.iterations * self.spect_iter.median_ms
+
+
+@dataclass
+class Report:
+    """Everything the run found; written by ``--json``."""
+
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# One reconstruction per package, with a timestamp after every full iteration
+# --------------------------------------------------------------------------------------------
+
+
+#: A sample is "disturbed" when other processes used at least this many cores meanwhile.
+BUSY_CORES = 0.25
+#: Below this duration (s) the CPU counters (10 ms ticks) are too coarse to judge one sample;
+#: the load over the whole reconstruction (or round) is used instead.
+MIN_JUDGED_S = 0.3
+
+
+@dataclass
+class RunTimes:
+    """Timestamps of one reconstruction: ``total_ms`` of the whole call, ``intervals_ms``
+    between successive per-iteration callbacks, and the cores' worth of CPU that other processes
+    used during each (``None`` if unknown)."""
+
+    total_ms: float
+    intervals_ms: list[float]
+    total_others_load: float | None
+    intervals_others_load: list[float | None]
+
+
+class _IterationStamps:
+    """Collects ``time.perf_counter()`` at the end of every full iteration.
+
+    Serves as PyTomography's callback (``run(object, n_iter, n_subset)`` after every subset,
+    ``finalize(object)``: only the last subset of an iteration is stamped) and as spect's
+    (``callback(iteration, activity, log_likelihood)``).
+    """
+
+    def __init__(self, device: torch.device, subsets: int = 1) -> None:
+        self.device = device
+        self.subsets = subsets
+        self.marks: list[CpuMark] = []
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self.marks = [CpuMark.now()]
+        self.end: CpuMark | None = None
+
+    def stop(self) -> None:
+        synchronize(self.device)
+        self.end = CpuMark.now()
+
+    def _stamp(self) -> None:
+        synchronize(self.device)
+        self.marks.append(CpuMark.now())
+
+    # PyTomography's Callback interface
+    def run(self, obj: torch.Tensor, n_iter: int, n_subset: int) -> torch.Tensor:
+        if n_subset == self.subsets - 1:
+            self._stamp()
+        return obj
+
+    def finalize(self, obj: torch.Tensor) -> None:
+        return None
+
+    # spect's IterationCallback
+    def __call__(self, iteration: int, activity: torch.Tensor, log_likelihood: float) -> None:
+        self._stamp()
+
+    def times(self, iterations: int) -> RunTimes:
+        if len(self.marks) != iterations + 1 or self.end is None:
+            raise RuntimeError(f"expected {iterations} iteration stamps, got {len(self.marks) - 1}")
+        start = self.marks[0]
+        whole = others_load_between(start, self.end)
+
+        def load(a: CpuMark, b: CpuMark) -> float | None:
+            return others_load_between(a, b) if b.wall - a.wall >= MIN_JUDGED_S else whole
+
+        pairs = list(itertools.pairwise(self.marks[1:]))
+        return RunTimes(
+            total_ms=(self.end.wall - start.wall) * 1e3,
+            intervals_ms=[(b.wall - a.wall) * 1e3 for a, b in pairs],
+            total_others_load=whole,
+            intervals_others_load=[load(a, b) for a, b in pairs],
+        )
+
+
+def run_pytomography(
+    pyt: PyTomographyCase, counts_vbz: torch.Tensor, iterations: int, subsets: int
+) -> tuple[RunTimes, torch.Tensor]:
+    """PyTomography MLEM (1 subset) or OSEM from its all-ones start; returns times and image."""
+    from pytomography.algorithms import MLEM, OSEM
+    from pytomography.likelihoods import PoissonLogLikelihood
+
+    stamps = _IterationStamps(pyt.device, subsets)
+    stamps.start()
+    likelihood = PoissonLogLikelihood(pyt.system_matrix, counts_vbz)
+    if subsets == 1:
+        image = MLEM(likelihood)(iterations, callback=stamps)
+    else:
+        image = OSEM(likelihood)(iterations, subsets, callback=stamps)
+    stamps.stop()
+    return stamps.times(iterations), image
+
+
+def run_spect(
+    sp: SpectCase, counts_vzb: torch.Tensor, iterations: int, subsets: int
+) -> tuple[RunTimes, torch.Tensor, list[float]]:
+    """spect's ``em_reconstruct`` from its default uniform start, ``count_scale = 1``."""
+    from recon.mlem import EMConfig, em_reconstruct
+
+    stamps = _IterationStamps(sp.device)
+    stamps.start()
+    result = em_reconstruct(
+        counts_vzb,
+        sp.geometry,
+        EMConfig(iterations=iterations, subsets=subsets),
+        mu=sp.mu,
+        count_scale=1.0,
+        callback=stamps,
+    )
+    stamps.stop()
+    return stamps.times(iterations), result.activity, result.log_likelihood
+
+
+@dataclass
+class Samples:
+    """Wall times (ms) of one quantity with the other processes' load during each."""
+
+    ms: list[float] = field(default_factory=list)
+    others_load: list[float | None] = field(default_factory=list)
+
+    def add(self, ms: float, others_load: float | None) -> None:
+        self.ms.append(ms)
+        self.others_load.append(others_load)
+
+    def timing(self) -> tuple[Timing, str]:
+        """Median and minimum over the undisturbed samples (a sample whose load is unknown counts
+        as undisturbed), or over all samples if fewer than 3 are undisturbed; also says which."""
+        quiet = [
+            t for t, x in zip(self.ms, self.others_load, strict=True) if x is None or x < BUSY_CORES
+        ]
+        enough = len(quiet) >= min(3, len(self.ms))
+        used = quiet if enough else self.ms
+        note = f"{len(quiet)} quiet of {len(self.ms)}" + ("" if enough else ", all used")
+        return Timing(statistics.median(used), min(used), used), note
+
+
+def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None]) -> Row:
+    """Time and cross-check one case."""
+    from recon.poisson import poisson_log_likelihood
+
+    device = torch.device(args.device)
+    iterations = args.iterations
+    if args.repeats is not None:
+        repeats, warmup = args.repeats, 1
+    else:
+        repeats, warmup = (1, 0) if args.quick else (case.repeats, 1)
+    activity_np, mu_np = make_phantom(case.n, case.voxel_mm)
+    activity = torch.from_numpy(activity_np).to(device)
+    mu = torch.from_numpy(mu_np).to(device)
+
+    pyt = PyTomographyCase(mu, case.voxel_mm, case.angles_deg, device)
+    truth_obj = pyt.to_object(activity)
+    g = pyt.forward(truth_obj)  # [V, bins, Z], sum of voxel values along each ray
+    # The phantom's Gaussian smoothing leaves tails of ~1e-12 counts far from the body: set the
+    # bins below 1e-6 of the maximum to 0 (a real acquisition has whole counts there).
+    g = torch.where(g >= 1e-6 * g.max(), g, 0.0)
+    scale = case.total_counts / float(g.sum())
+    g = g * scale
+    if args.poisson is not None:
+        gen = torch.Generator(device=device).manual_seed(args.poisson)
+        g = torch.poisson(g, generator=gen)
+    counts_vbz = g.contiguous()  # PyTomography's layout
+    counts_vzb = g.permute(0, 2, 1).contiguous()  # ours: [V, rows = Z, bins = X], same values
+    sp = SpectCase(mu, case.voxel_mm, case.angles_deg, case.kind, device)
+    if tuple(sp.geometry.detector_shape) != tuple(counts_vzb.shape[1:]):
+        raise RuntimeError(f"detector {sp.geometry.detector_shape} vs counts {counts_vzb.shape}")
+
+    def loglik_eval() -> float:
+        # A full forward projection and the Poisson log-likelihood, on the phantom: what
+        # em_reconstruct adds to each iteration with subsets, to record EMResult.log_likelihood.
+        return float(poisson_log_likelihood(counts_vzb, 1.0 * sp.forward(activity)))
+
+    def pyt_gradient() -> torch.Tensor:
+        return likelihood.compute_gradient(ones_obj)
+
+    from pytomography.likelihoods import PoissonLogLikelihood
+
+    likelihood = PoissonLogLikelihood(pyt.system_matrix, counts_vbz)
+    likelihood._set_n_subsets(1)  # its H^T 1, needed by compute_gradient, outside the timing
+    ones_obj = torch.ones_like(truth_obj)
+
+    names = ("pytomography", "spect", "loglik", "pyt_gradient")
+    samples = {
+        key: Samples()
+        for key in ("pyt_iter", "our_iter", "pyt_total", "our_total", "loglik", "pyt_gradient")
+    }
+    pyt_runs: list[RunTimes] = []
+    our_runs: list[RunTimes] = []
+    out: dict[str, Any] = {}
+    gate = QuietGate(max_wait_s=args.max_quiet_wait, threshold_cores=BUSY_CORES)
+    log(
+        f"{case.name}: {warmup} warm-up + {repeats} timed rounds of {iterations} iterations, "
+        "PyTomography and spect interleaved"
+    )
+    for rnd in range(warmup + repeats):
+        timed = rnd >= warmup
+        if timed:
+            gate.wait()
+        round_start = CpuMark.now()
+        calls: dict[str, tuple[float, float | None]] = {}
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            if name == "pytomography":
+                t, out["pyt_image"] = run_pytomography(pyt, counts_vbz, iterations, case.subsets)
+                pyt_runs.append(t)
+            elif name == "spect":
+                t, out["our_image"], out["our_ll"] = run_spect(
+                    sp, counts_vzb, iterations, case.subsets
+                )
+                our_runs.append(t)
+            else:
+                fn = loglik_eval if name == "loglik" else pyt_gradient
+                synchronize(device)
+                start = CpuMark.now()
+                fn()
+                synchronize(device)
+                end = CpuMark.now()
+                long_enough = end.wall - start.wall >= MIN_JUDGED_S
+                calls[name] = ((end.wall - start.wall) * 1e3, others_load_between(start, end))
+                if not long_enough:  # judged by the whole round, below
+                    calls[name] = (calls[name][0], None)
+        if not timed:
+            pyt_runs.clear()
+            our_runs.clear()
+            continue
+        round_load = others_load_between(round_start, CpuMark.now())
+        for name, (ms, load) in calls.items():
+            samples[name].add(ms, round_load if load is None else load)
+        for key, run in (("pyt", pyt_runs[-1]), ("our", our_runs[-1])):
+            samples[f"{key}_total"].add(run.total_ms, run.total_others_load)
+            for ms, load in zip(run.intervals_ms, run.intervals_others_load, strict=True):
+                samples[f"{key}_iter"].add(ms, load)
+    timings = {key: smp.timing() for key, smp in samples.items()}
+
+    # Cross-check, in our layout and units: our x_N = PyTomography's f_N / d (see the docstring).
+    theirs = pyt.from_object(out["pyt_image"]).to(torch.float64)
+    ours = out["our_image"].to(torch.float64) * case.voxel_mm
+    truth = activity.to(torch.float64) * scale  # the f that PyTomography's g = H f came from
+    pyt_expected = pyt.forward(out["pyt_image"]).permute(0, 2, 1).double()  # H f_N, our layout
+    pyt_ll = float(poisson_log_likelihood(counts_vzb.double(), pyt_expected))
+    details = {
+        "n": case.n,
+        "voxel_mm": case.voxel_mm,
+        "views": len(case.angles_deg),
+        "subsets": case.subsets,
+        "total_counts": float(counts_vzb.sum()),
+        "poisson_seed": args.poisson,
+        "repeats": repeats,
+        "warmup": warmup,
+        "quiet_wait_s": round(gate.waited_s, 1),
+        "rounds": gate.rounds,
+        "rounds_started_busy": gate.rounds_busy if args.max_quiet_wait > 0 else None,
+        "sum_ratio": float(ours.sum() / theirs.sum()),
+        "pytomography_error_vs_truth": rel_diff(theirs, truth),
+        "spect_error_vs_truth": rel_diff(ours, truth),
+        "spect_log_likelihood": out["our_ll"][-1],
+        "pytomography_log_likelihood": pyt_ll,
+        "samples_used": {key: note for key, (_, note) in timings.items()},
+        "pytomography_runs": [asdict(r) for r in pyt_runs],
+        "spect_runs": [asdict(r) for r in our_runs],
+    }
+    return Row(
+        config=case.name,
+        views=len(case.angles_deg),
+        subsets=case.subsets,
+        iterations=iterations,
+        pytomography_iter=timings["pyt_iter"][0],
+        spect_iter=timings["our_iter"][0],
+        pytomography_total=timings["pyt_total"][0],
+        spect_total=timings["our_total"][0],
+        spect_fp_loglik=timings["loglik"][0],
+        pytomography_gradient=timings["pyt_gradient"][0],
+        rel_diff=rel_diff(ours, theirs),
+        details=details,
+        target=case.target,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_s(ms: float) -> str:
+    s = ms / 1e3
+    return f"{s:.3f}" if s < 10 else f"{s:.1f}"
+
+
+def format_table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| config | PyTomography s/iter | spect s/iter | speed-up | (of minima) | target "
+        "| met? | rel. diff |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in rows:
+        target = "—" if r.target is None else f"≥ {r.target:g}×"
+        met = "—" if r.target_met is None else ("**met**" if r.target_met else "**NOT met**")
+        lines.append(
+            f"| {r.config} | {fmt_s(r.pytomography_iter.median_ms)} "
+            f"| {fmt_s(r.spect_iter.median_ms)} | {r.speedup:.1f}× | {r.speedup_of_minima:.1f}× "
+            f"| {target} | {met} | {r.rel_diff:.1e} |"
+        )
+    return lines
+
+
+def format_one_off(rows: list[Row]) -> list[str]:
+    lines = [
+        "| config | iterations | PyTomography whole run | PyTomography one-off (Hᵀ1) "
+        "| spect whole run | spect one-off (setup) | spect FP + log-likelihood "
+        "| PyTomography `compute_gradient` |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.config} | {r.iterations} | {fmt_s(r.pytomography_total.median_ms)} "
+            f"| {fmt_s(r.pytomography_one_off_ms)} | {fmt_s(r.spect_total.median_ms)} "
+            f"| {fmt_s(r.spect_one_off_ms)} | {fmt_s(r.spect_fp_loglik.median_ms)} "
+            f"| {fmt_s(r.pytomography_gradient.median_ms)} |"
+        )
+    return lines
+
+
+def format_cross_check(rows: list[Row]) -> list[str]:
+    lines = [
+        "| config | iterations | rel. diff | sum ratio | PyTomography vs phantom "
+        "| spect vs phantom | log-likelihood PyTomography | log-likelihood spect |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        d = r.details
+        lines.append(
+            f"| {r.config} | {r.iterations} | {r.rel_diff:.1e} | {d['sum_ratio']:.6f} "
+            f"| {d['pytomography_error_vs_truth']:.3f} | {d['spect_error_vs_truth']:.3f} "
+            f"| {d['pytomography_log_likelihood']:.6e} | {d['spect_log_likelihood']:.6e} |"
+        )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 timed round, no warm-up")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--repeats", type=int, help="timed rounds per case (overrides the defaults)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=5,
+        help="iterations per reconstruction (default 5; the cross-check compares iteration N)",
+    )
+    p.add_argument(
+        "--poisson",
+        type=int,
+        metavar="SEED",
+        help="draw Poisson counts with this seed (default: noise-free counts)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--max-quiet-wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="before each timed round wait up to S seconds for other processes to go idle "
+        "(default 30; 0 = never wait)",
+    )
+    args = p.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    if args.iterations < 2:
+        p.error("--iterations must be at least 2 (s/iter is the time between two iterations)")
+    return args
+
+
+#: The repository's files that the spect side of this benchmark runs.
+TIMED_SOURCES = (
+    "recon/mlem.py",
+    "recon/poisson.py",
+    "recon/priors.py",
+    "recon/filters.py",
+    "spectproj",
+)
+
+
+def source_revision() -> str | None:
+    """The repository's commit, with a note if the code timed here has local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(
+            ["git", *cmd], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", *TIMED_SOURCES)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + (" + local changes" if dirty else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(usable_cores())
+    torch.set_default_dtype(torch.float32)
+
+    def log(msg: str) -> None:
+        print(f"# {msg}", file=sys.stderr, flush=True)
+
+    machine = machine_info(device)
+    machine["spect"] = package_version("spect")
+    machine["spect_revision"] = source_revision()
+    machine["load_average_start"] = load_average()
+    report = Report(
+        machine=machine,
+        settings={
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "iterations": args.iterations,
+            "dtype": "float32",
+            "counts": "noise-free" if args.poisson is None else f"Poisson, seed {args.poisson}",
+            "statistic": "median interval between per-iteration callbacks (iterations 2..N), "
+            "pooled over timed rounds; packages interleaved",
+            "max_quiet_wait_s": args.max_quiet_wait,
+        },
+    )
+    load = machine["load_average_start"]
+    print(
+        "\n".join(
+            [
+                "# spect vs PyTomography: MLEM / OSEM iteration benchmark",
+                "",
+                f"- date: {machine['date']}",
+                f"- CPU: {machine['cpu_model']}, {machine['cores']} cores; "
+                f"device: {machine['device']}"
+                + (f" ({machine['gpu']})" if "gpu" in machine else ""),
+                f"- torch {machine['torch']}, {machine['torch_threads']} threads; "
+                f"PyTomography {machine['pytomography']}, kornia {machine['kornia']}; "
+                f"Python {machine['python']}",
+                f"- spect {machine['spect']}, source {machine['spect_revision'] or 'unknown'}",
+                f"- float32, attenuation on, no PSF; {args.iterations} iterations per run, "
+                f"{report.settings['counts']} counts"
+                + (" (quick run: 1 round, no warm-up)" if args.quick else ""),
+                f"- 1-min load average at start: {load:.2f}" if load is not None else "",
+                "",
+            ]
+        ),
+        flush=True,
+    )
+
+    with torch.no_grad():
+        for case in CASES:
+            row = bench_case(case, args, log)
+            report.rows.append(row)
+            log(
+                f"{case.name}: PyTomography {fmt_s(row.pytomography_iter.median_ms)} s/iter, "
+                f"spect {fmt_s(row.spect_iter.median_ms)} s/iter ({row.speedup:.1f}×), "
+                f"rel. diff {row.rel_diff:.1e}"
+            )
+
+    rows = report.rows
+    print("\n".join(format_table(rows)))
+    print()
+    print(
+        "s/iter = median time of one full iteration after the first (the interval between "
+        "per-iteration callbacks), so PyTomography's Hᵀ1 and spect's setup are excluded. "
+        "speed-up = PyTomography / spect. rel. diff = ‖d·x_N − f_N‖₂ / ‖f_N‖₂ after "
+        f"{args.iterations} iterations from a uniform start on the same counts, in our layout "
+        "(x: spect, count_scale = 1; f: PyTomography; d = voxel size in mm)."
+    )
+    print()
+    print("One-off and component costs (s; medians):")
+    print()
+    print("\n".join(format_one_off(rows)))
+    print()
+    print("Cross-check (errors vs phantom are relative L2 differences, in our units):")
+    print()
+    print("\n".join(format_cross_check(rows)))
+    busy = [
+        f"{r.config}: {r.details['rounds_started_busy']} of {r.details['rounds']}"
+        for r in rows
+        if r.details.get("rounds_started_busy")
+    ]
+    print()
+    print(
+        f"Samples used: the quiet ones, during which other processes used < {BUSY_CORES} cores "
+        "(all of them where fewer than 3 were quiet):"
+    )
+    print()
+    for r in rows:
+        used = r.details["samples_used"]
+        print(
+            f"- {r.config}: iterations: PyTomography {used['pyt_iter']}, spect {used['our_iter']}; "
+            f"whole runs: {used['pyt_total']}, {used['our_total']}; "
+            f"log-likelihood: {used['loglik']}; compute_gradient: {used['pyt_gradient']}"
+        )
+    print()
+    print(
+        "Timed rounds that started while other processes were busy: "
+        + ("; ".join(busy) if busy else "none")
+        + (" (quiet gate off)" if args.max_quiet_wait <= 0 else "")
+        + "."
+    )
+    machine["load_average_end"] = load_average()
+    if machine["load_average_end"] is not None:
+        print(f"\n1-min load average at the end: {machine['load_average_end']:.2f}")
+
+    if args.json:
+        payload = asdict(report)
+        for row, obj in zip(rows, payload["rows"], strict=True):
+            obj["speedup"] = row.speedup
+            obj["speedup_of_minima"] = row.speedup_of_minima
+            obj["target_met"] = row.target_met
+            obj["pytomography_one_off_ms"] = row.pytomography_one_off_ms
+            obj["spect_one_off_ms"] = row.spect_one_off_ms
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
