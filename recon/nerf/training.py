@@ -124,7 +124,8 @@ class FitResult:
     count_scale, count_level:
         The study's count scale (counts per activity·mm) and mean training count.
     device, amp:
-        Where it ran and the mixed precision actually used (``"off"`` off CUDA).
+        Where it ran and the mixed precision actually used (``"off"`` off CUDA, unless
+        ``cpu_bf16`` made it ``"bf16"`` on the CPU).
     used_3d_supervision:
         Whether an activity volume supervised the fit (``l1_activity`` > 0).
     val_deviance, val_psnr:
@@ -237,7 +238,7 @@ def fit(
         ``[Z, Y, X]`` activity on the study grid for the ``l1_activity`` regulariser (3D
         supervision; the result records ``used_3d_supervision``).
     device:
-        ``"cpu"``, ``"cuda"``, ... (AMP, if configured, is used on CUDA only).
+        ``"cpu"``, ``"cuda"``, ... (``amp`` is used on CUDA only; ``cpu_bf16`` on the CPU only).
     init_scale:
         On a fresh start, set the representation's ``scale`` buffer (if it has one) to the
         data's activity level `RayData.activity_level`.
@@ -304,7 +305,7 @@ class _Trainer:
         )
         if len(self.data.train_lines) == 0:
             raise ValueError("no training pixels (holdout_fraction leaves none)")
-        self.amp = config.amp if dev.type == "cuda" and config.optimizer == "adam" else "off"
+        self.amp = _amp_mode(config, dev)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.optimizer = _optimizer(config, params)
         self.sampler = torch.Generator().manual_seed(config.seed + SAMPLER_SEED_OFFSET)
@@ -576,7 +577,7 @@ class _Trainer:
         if self.amp == "off":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return torch.autocast(device_type=self.dev.type, dtype=dtype)
 
     def _check_finite(self, value: torch.Tensor, step: int, what: str) -> None:
         if not bool(torch.isfinite(value).all()):
@@ -731,6 +732,16 @@ def _deterministic(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
         torch.backends.cudnn.deterministic = cudnn_before
+
+
+def _amp_mode(config: TrainConfig, dev: torch.device) -> str:
+    """The mixed precision a fit uses: ``config.amp`` on CUDA, ``"bf16"`` on the CPU with
+    ``cpu_bf16``, else ``"off"`` (and always ``"off"`` with L-BFGS)."""
+    if config.optimizer != "adam":
+        return "off"
+    if dev.type == "cuda":
+        return config.amp
+    return "bf16" if dev.type == "cpu" and config.cpu_bf16 else "off"
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
