@@ -286,10 +286,11 @@ def _interrupted_worker(
     """Rank 1 asks to stop at step 3 (so both stop after step 4), then both resume to step 8.
     Every file written through the trainer is recorded per rank."""
     import recon.cohort.training as training
+    import recon.nerf.logs as logs
 
     torch.set_num_threads(1)
     writes: list[str] = []
-    real_save, real_atomic = training.save_checkpoint, training.atomic_output
+    real_save, real_atomic = training.save_checkpoint, logs.atomic_output
 
     def save(payload, *paths):
         writes.extend(str(p) for p in paths)
@@ -301,7 +302,7 @@ def _interrupted_worker(
         with real_atomic(path, **kwargs) as tmp:
             yield tmp
 
-    training.save_checkpoint, training.atomic_output = save, atomic
+    training.save_checkpoint, logs.atomic_output = save, atomic
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )

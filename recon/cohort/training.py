@@ -51,12 +51,9 @@ interrupts at once (no checkpoint).
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import inspect
-import io
-import json
 import math
 import os
 import signal
@@ -90,7 +87,6 @@ from recon.cohort.model import (
 )
 from recon.cohort.prior import organ_activity_error
 from recon.io import read_study
-from recon.io.atomic import atomic_output
 from recon.io.study import Study
 from recon.nerf import losses
 from recon.nerf.checkpoint import (
@@ -103,6 +99,7 @@ from recon.nerf.checkpoint import (
 )
 from recon.nerf.config import TrainConfig
 from recon.nerf.export import sample_on_grid
+from recon.nerf.logs import write_step_logs
 from recon.nerf.rays import RayData, study_digest
 from recon.nerf.training import TrainingDiverged, TrainingInterrupted, fit, lr_at
 
@@ -907,22 +904,7 @@ class _CohortTrainer:
     def _write_logs(self) -> None:
         if self.out_dir is None or not self.info.is_main:
             return
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(COHORT_LOG_COLUMNS)
-        for row in self.history:
-            writer.writerow(
-                ["" if math.isnan(row[k]) else _fmt(k, row[k]) for k in COHORT_LOG_COLUMNS]
-            )
-        with atomic_output(self.out_dir / "log.csv", overwrite=True) as tmp:
-            Path(tmp).write_text(text.getvalue(), encoding="utf-8")
-        rows = [{k: (None if math.isnan(v) else v) for k, v in row.items()} for row in self.history]
-        for row in rows:
-            row["step"] = int(row["step"])  # type: ignore[arg-type]
-        with atomic_output(self.out_dir / "log.json", overwrite=True) as tmp:
-            Path(tmp).write_text(
-                json.dumps({"columns": list(COHORT_LOG_COLUMNS), "rows": rows}), encoding="utf-8"
-            )
+        write_step_logs(self.out_dir, self.history, COHORT_LOG_COLUMNS)
 
     def _result(self, rate: float) -> CohortResult:
         return CohortResult(

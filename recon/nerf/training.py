@@ -24,9 +24,6 @@ the last checkpoint on disk is the last good one.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import math
 import os
 import random
@@ -42,7 +39,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from recon.io.atomic import atomic_output
 from recon.io.study import Study
 from recon.nerf import losses
 from recon.nerf.checkpoint import (
@@ -56,6 +52,7 @@ from recon.nerf.checkpoint import (
     save_checkpoint,
 )
 from recon.nerf.config import REGULARISERS, TrainConfig
+from recon.nerf.logs import write_step_logs
 from recon.nerf.previews import depth_preview, projection_preview
 from recon.nerf.rays import RayData, RecordingField, study_digest
 from recon.nerf.representations import set_activity_scale
@@ -640,20 +637,7 @@ class _Trainer:
     def _write_logs(self) -> None:
         if self.out_dir is None:
             return
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(LOG_COLUMNS)
-        for row in self.history:
-            writer.writerow(["" if math.isnan(row[k]) else _fmt(k, row[k]) for k in LOG_COLUMNS])
-        with atomic_output(self.out_dir / "log.csv", overwrite=True) as tmp:
-            Path(tmp).write_text(text.getvalue(), encoding="utf-8")
-        rows = [{k: (None if math.isnan(v) else v) for k, v in row.items()} for row in self.history]
-        for row in rows:
-            row["step"] = int(row["step"])  # type: ignore[arg-type]
-        with atomic_output(self.out_dir / "log.json", overwrite=True) as tmp:
-            Path(tmp).write_text(
-                json.dumps({"columns": list(LOG_COLUMNS), "rows": rows}), encoding="utf-8"
-            )
+        write_step_logs(self.out_dir, self.history, LOG_COLUMNS)
 
     def _write_previews(self, step: int) -> None:
         assert self.out_dir is not None
