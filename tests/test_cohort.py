@@ -323,6 +323,7 @@ def _interrupted_worker(
     )  # fmt: skip
     record = {"stopped": stopped, "writes": writes, "losses": result.losses}
     (folder / f"rank{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+    dist.barrier()  # leave together: tearing gloo down while a peer still runs can abort
     dist.destroy_process_group()
 
 

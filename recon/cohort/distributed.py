@@ -166,6 +166,9 @@ def distributed_session(
     info = init_distributed(backend, device)
     try:
         yield info
+        # Rank 0 may still be writing files after the last collective: leave together, since
+        # tearing gloo down while a peer is still connected can abort the process.
+        barrier(info)
     finally:
         if info.owns_group and dist.is_initialized():
             dist.destroy_process_group()
