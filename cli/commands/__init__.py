@@ -142,3 +142,19 @@ def study_collimator(study: Study, enabled: bool = True) -> tuple[CollimatorResp
         f"(σ = {response.sigma0_mm:.3g} mm + {response.slope:.3g}·d)"
     )
     return response, note
+
+
+def train_overrides(
+    steps: int | None, rays_per_step: int | None, samples: int | None, seed: int | None
+) -> dict[str, object]:
+    """``TrainConfig`` fields set on the command line (``--samples 0``: one per voxel)."""
+    changes: dict[str, object] = {}
+    if steps is not None:
+        changes["steps"] = steps
+    if rays_per_step is not None:
+        changes["rays_per_step"] = rays_per_step
+    if samples is not None:
+        changes["n_samples"] = None if samples == 0 else samples
+    if seed is not None:
+        changes["seed"] = seed
+    return changes

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands import check_output
+from cli.commands import check_output, train_overrides
 from cli.progress import iteration_progress
 
 __all__ = ["BackendChoice", "BatchMethod", "batch", "train_cohort"]
@@ -149,15 +149,7 @@ def train_cohort(
     on_gpu = resolve_device(device.value, local).type == "cuda"
     base = TrainConfig.gpu_default() if on_gpu else TrainConfig.cpu_default()
     train = base if config_file is None else TrainConfig.from_toml(config_file, base)
-    changes: dict[str, Any] = {}
-    if steps is not None:
-        changes["steps"] = steps
-    if rays_per_step is not None:
-        changes["rays_per_step"] = rays_per_step
-    if samples is not None:
-        changes["n_samples"] = None if samples == 0 else samples
-    if seed is not None:
-        changes["seed"] = seed
+    changes: dict[str, Any] = train_overrides(steps, rays_per_step, samples, seed)
     if latent_dim is not None:
         changes["field"] = dataclasses.replace(train.field, latent_dim=latent_dim)
     train = dataclasses.replace(train, preview_every=0, **changes)

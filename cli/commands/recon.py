@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands import FORCE_HELP, check_output, help_text, study_collimator
+from cli.commands import FORCE_HELP, check_output, help_text, study_collimator, train_overrides
 from cli.progress import iteration_progress, status
 
 __all__ = ["DeviceChoice", "PriorChoice", "app", "mlem", "resolve_device"]
@@ -355,15 +355,7 @@ def nerf(
         torch.set_num_threads(threads)
     base = TrainConfig.gpu_default() if device is DeviceChoice.CUDA else TrainConfig.cpu_default()
     config = base if config_file is None else TrainConfig.from_toml(config_file, base)
-    changes: dict[str, Any] = {}
-    if steps is not None:
-        changes["steps"] = steps
-    if rays_per_step is not None:
-        changes["rays_per_step"] = rays_per_step
-    if samples is not None:
-        changes["n_samples"] = None if samples == 0 else samples
-    if seed is not None:
-        changes["seed"] = seed
+    changes: dict[str, Any] = train_overrides(steps, rays_per_step, samples, seed)
     if deterministic:
         changes["deterministic"] = True
     if encoding is not None:
