@@ -11,7 +11,8 @@ iterations, and the reconstruction's own per-iteration callback records a timest
 per-iteration time (s/iter) is the median of the intervals between successive timestamps, pooled
 over the timed rounds: the steady cost of one iteration, one-off setup excluded. Their mean
 equals ``(time of N iterations − time of 1 iteration) / (N − 1)``. The one-off cost of each
-package is the time of the whole call minus N × s/iter.
+package is the time of the whole call minus N × s/iter (measured as the call's time up to the
+first callback, plus the short tail after the last one, minus one s/iter).
 
 * PyTomography: ``MLEM(PoissonLogLikelihood(H, g))(N, callback=…)`` (``OSEM(…)(N, 8, …)`` for
   subsets; the last subset of each iteration is stamped), ``H`` a ``SPECTSystemMatrix`` with a
@@ -112,8 +113,8 @@ class Row:
     iterations: int
     pytomography_iter: Timing  # steady per-iteration time (all Timing fields are in ms)
     spect_iter: Timing
-    pytomography_total: Timing  # the whole call of N iterations, H^T 1 included
-    spect_total: Timing  # the whole em_reconstruct call, setup included
+    pytomography_rest: Timing  # the whole call minus the callback intervals (Hᵀ1 + 1 iteration)
+    spect_rest: Timing  # the same for em_reconstruct (setup + 1 iteration)
     spect_fp_loglik: Timing  # one full forward projection + Poisson log-likelihood
     pytomography_gradient: Timing  # PoissonLogLikelihood.compute_gradient alone (FP + BP)
     rel_diff: float
@@ -135,14 +136,12 @@ class Row:
     @property
     def pytomography_one_off_ms(self) -> float:
         """Everything in a run that is not a steady iteration (mostly ``Hᵀ1``)."""
-        return (
-            self.pytomography_total.median_ms - self.iterations * self.pytomography_iter.median_ms
-        )
+        return self.pytomography_rest.median_ms - self.pytomography_iter.median_ms
 
     @property
     def spect_one_off_ms(self) -> float:
         """Everything in a run that is not a steady iteration (mostly the setup)."""
-        return self.spect_total.median_ms - self.iterations * self.spect_iter.median_ms
+        return self.spect_rest.median_ms - self.spect_iter.median_ms
 
 
 @dataclass
@@ -169,13 +168,16 @@ MIN_JUDGED_S = 0.3
 @dataclass
 class RunTimes:
     """Timestamps of one reconstruction: ``total_ms`` of the whole call, ``intervals_ms``
-    between successive per-iteration callbacks, and the cores' worth of CPU that other processes
-    used during each (``None`` if unknown)."""
+    between successive per-iteration callbacks, ``rest_ms`` = the whole call minus the intervals
+    (the one-off work plus one iteration), and the cores' worth of CPU that other processes used
+    during each (``None`` if unknown)."""
 
     total_ms: float
     intervals_ms: list[float]
+    rest_ms: float
     total_others_load: float | None
     intervals_others_load: list[float | None]
+    rest_others_load: float | None
 
 
 class _IterationStamps:
@@ -227,11 +229,16 @@ class _IterationStamps:
             return others_load_between(a, b) if b.wall - a.wall >= MIN_JUDGED_S else whole
 
         pairs = list(itertools.pairwise(self.marks[1:]))
+        intervals_ms = [(b.wall - a.wall) * 1e3 for a, b in pairs]
+        total_ms = (self.end.wall - start.wall) * 1e3
         return RunTimes(
-            total_ms=(self.end.wall - start.wall) * 1e3,
-            intervals_ms=[(b.wall - a.wall) * 1e3 for a, b in pairs],
+            total_ms=total_ms,
+            intervals_ms=intervals_ms,
+            rest_ms=total_ms - sum(intervals_ms),
             total_others_load=whole,
             intervals_others_load=[load(a, b) for a, b in pairs],
+            # the rest is the call's start up to the first callback, plus a short tail
+            rest_others_load=load(start, self.marks[1]),
         )
 
 
@@ -344,7 +351,7 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
     names = ("pytomography", "spect", "loglik", "pyt_gradient")
     samples = {
         key: Samples()
-        for key in ("pyt_iter", "our_iter", "pyt_total", "our_total", "loglik", "pyt_gradient")
+        for key in ("pyt_iter", "our_iter", "pyt_rest", "our_rest", "loglik", "pyt_gradient")
     }
     pyt_runs: list[RunTimes] = []
     our_runs: list[RunTimes] = []
@@ -389,7 +396,7 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
         for name, (ms, load) in calls.items():
             samples[name].add(ms, round_load if load is None else load)
         for key, run in (("pyt", pyt_runs[-1]), ("our", our_runs[-1])):
-            samples[f"{key}_total"].add(run.total_ms, run.total_others_load)
+            samples[f"{key}_rest"].add(run.rest_ms, run.rest_others_load)
             for ms, load in zip(run.intervals_ms, run.intervals_others_load, strict=True):
                 samples[f"{key}_iter"].add(ms, load)
     timings = {key: smp.timing() for key, smp in samples.items()}
@@ -428,8 +435,8 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
         iterations=iterations,
         pytomography_iter=timings["pyt_iter"][0],
         spect_iter=timings["our_iter"][0],
-        pytomography_total=timings["pyt_total"][0],
-        spect_total=timings["our_total"][0],
+        pytomography_rest=timings["pyt_rest"][0],
+        spect_rest=timings["our_rest"][0],
         spect_fp_loglik=timings["loglik"][0],
         pytomography_gradient=timings["pyt_gradient"][0],
         rel_diff=rel_diff(ours, theirs),
@@ -467,17 +474,14 @@ def format_table(rows: list[Row]) -> list[str]:
 
 def format_one_off(rows: list[Row]) -> list[str]:
     lines = [
-        "| config | iterations | PyTomography whole run | PyTomography one-off (Hᵀ1) "
-        "| spect whole run | spect one-off (setup) | spect FP + log-likelihood "
-        "| PyTomography `compute_gradient` |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | PyTomography one-off (Hᵀ1) | spect one-off (setup) "
+        "| spect FP + log-likelihood | PyTomography `compute_gradient` |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r.config} | {r.iterations} | {fmt_s(r.pytomography_total.median_ms)} "
-            f"| {fmt_s(r.pytomography_one_off_ms)} | {fmt_s(r.spect_total.median_ms)} "
-            f"| {fmt_s(r.spect_one_off_ms)} | {fmt_s(r.spect_fp_loglik.median_ms)} "
-            f"| {fmt_s(r.pytomography_gradient.median_ms)} |"
+            f"| {r.config} | {fmt_s(r.pytomography_one_off_ms)} | {fmt_s(r.spect_one_off_ms)} "
+            f"| {fmt_s(r.spect_fp_loglik.median_ms)} | {fmt_s(r.pytomography_gradient.median_ms)} |"
         )
     return lines
 
@@ -632,7 +636,13 @@ def main(argv: list[str] | None = None) -> int:
         "(x: spect, count_scale = 1; f: PyTomography; d = voxel size in mm)."
     )
     print()
-    print("One-off and component costs (s; medians):")
+    print(
+        "One-off and component costs (s, medians). one-off = the whole call − N × s/iter: "
+        "PyTomography's Hᵀ1; spect's setup (projectors with cached attenuation, sensitivity, "
+        "start image; with one subset also the last iteration's likelihood projection). "
+        "spect FP + log-likelihood: one call, part of each OSEM iteration (MLEM reuses the "
+        "iteration's own projection). compute_gradient: PyTomography's FP + BP over all views."
+    )
     print()
     print("\n".join(format_one_off(rows)))
     print()
@@ -654,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         used = r.details["samples_used"]
         print(
             f"- {r.config}: iterations: PyTomography {used['pyt_iter']}, spect {used['our_iter']}; "
-            f"whole runs: {used['pyt_total']}, {used['our_total']}; "
+            f"one-off: {used['pyt_rest']}, {used['our_rest']}; "
             f"log-likelihood: {used['loglik']}; compute_gradient: {used['pyt_gradient']}"
         )
     print()

@@ -584,7 +584,7 @@ def format_quality(quality: dict[str, Any]) -> list[str]:
         ssim = "—" if m["ssim"] is None else f"{m['ssim']:.3f}"
         lines.append(
             f"| {name} | {m['nrmse_body']:.3f} | {m['nrmse']:.3f} | {m['psnr_db']:.1f} "
-            f"| {ssim} | {_pct(total)} | {_pct(outside)} |"
+            f"| {ssim} | {_pct(total)} | {_pct(outside, signed=False)} |"
         )
     lines += ["", *format_organs(quality)]
     return lines
@@ -606,8 +606,10 @@ def format_organs(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{100 * value:+.1f} %"
+def _pct(value: float | None, signed: bool = True) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{100 * value:+.1f} %" if signed else f"{100 * value:.1f} %"
 
 
 # -- main ---------------------------------------------------------------------------------------

@@ -304,6 +304,7 @@ class TrainConfig:
             The file does not exist.
         """
         import tomllib
+
         with open(path, "rb") as f:
             try:
                 values = tomllib.load(f)
