@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -108,3 +109,13 @@ def iteration_progress(
             progress.update(task, completed=completed, **values)
 
         yield update
+
+
+def loss_psnr_callback(update: Callable[..., None], psnr_key: str) -> Callable[..., None]:
+    """A training callback that shows the loss and the held-out PSNR (``metrics[psnr_key]``)."""
+
+    def callback(step: int, total: int, metrics: Any) -> None:
+        psnr = metrics[psnr_key]
+        update(step, loss=f"{metrics['loss']:.4g}", PSNR="–" if psnr != psnr else f"{psnr:.2f} dB")
+
+    return callback

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.commands import check_output, train_overrides
-from cli.progress import iteration_progress
+from cli.progress import iteration_progress, loss_psnr_callback
 
 __all__ = ["BackendChoice", "BatchMethod", "batch", "train_cohort"]
 
@@ -162,14 +162,7 @@ def train_cohort(
     start = time.perf_counter()
     total = train.steps
     with _progress(main, total) as update:
-
-        def callback(step: int, total_steps: int, metrics: Any) -> None:
-            psnr = metrics["heldout_psnr"]
-            update(
-                step,
-                loss=f"{metrics['loss']:.4g}",
-                PSNR="–" if psnr != psnr else f"{psnr:.2f} dB",
-            )
+        callback = loss_psnr_callback(update, "heldout_psnr")
 
         try:
             result = run_training(

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.commands import FORCE_HELP, check_output, help_text, study_collimator, train_overrides
-from cli.progress import iteration_progress, status
+from cli.progress import iteration_progress, loss_psnr_callback, status
 
 __all__ = ["DeviceChoice", "PriorChoice", "app", "mlem", "resolve_device"]
 
@@ -384,14 +384,7 @@ def nerf(
 
     start = time.perf_counter()
     with iteration_progress(config.steps, "NeRF", fields={"loss": "–", "PSNR": "–"}) as update:
-
-        def callback(step: int, total: int, metrics: Any) -> None:
-            psnr = metrics["val_psnr"]
-            update(
-                step,
-                loss=f"{metrics['loss']:.4g}",
-                PSNR="–" if psnr != psnr else f"{psnr:.2f} dB",
-            )
+        callback = loss_psnr_callback(update, "val_psnr")
 
         try:
             if prior is not None:
