@@ -1,0 +1,35 @@
+"""Anatomy-guided quantification: organ activities from planar views and a CT-derived anatomy.
+
+Modules
+-------
+compartments
+    The anatomy's segments and background regions as masks (`compartments_from_anatomy`).
+organ_fit
+    One concentration per compartment by Poisson ML, with Cramér–Rao uncertainties (QPlanar).
+residual
+    `OrganResidualModel`: organs with a within-organ tilt plus sparse residual sources.
+sources
+    Residual sources seeded where counts stay unexplained, at the depth the AP/PA ratio gives.
+reconstruct
+    `reconstruct_organs`: the whole method on a study, as a `recon.io.Result`.
+quantify
+    The organ and lesion table of any results of a study.
+"""
+
+from recon.anatomy.compartments import Compartments, compartments_from_anatomy
+from recon.anatomy.organ_fit import OrganFit, OrganFitConfig, fit_organs
+from recon.anatomy.reconstruct import OrgansConfig, OrgansOutcome, reconstruct_organs
+from recon.anatomy.residual import OrganResidualModel, ResidualSource
+
+__all__ = [
+    "Compartments",
+    "OrganFit",
+    "OrganFitConfig",
+    "OrganResidualModel",
+    "OrgansConfig",
+    "OrgansOutcome",
+    "ResidualSource",
+    "compartments_from_anatomy",
+    "fit_organs",
+    "reconstruct_organs",
+]

@@ -1,0 +1,485 @@
+"""Anatomy-guided reconstruction of a study: the organ fit, and organs + residual, as `Result`s.
+
+`reconstruct_organs` is what ``spect recon organs`` calls:
+
+1. resolve the study's physics once: its anatomy (or one given), the support
+   (`recon.support.resolve_support`) and the collimator (`Study.collimator_response`);
+2. fit one concentration per compartment (`recon.anatomy.organ_fit.fit_organs`): QPlanar;
+3. with ``residual=True``: seed residual sources where the organ fit leaves significant counts
+   (`recon.anatomy.sources.find_sources`), then train `OrganResidualModel` with the project's
+   one training loop (`recon.nerf.training.fit`, whole views through the projector with the
+   collimator blur), look for sources again in what is still unexplained, and train once more;
+4. attach the per-compartment table with its Cramér–Rao uncertainties (and the sources found) to
+   the `Result`'s parameters under ``"organ_table"`` and ``"sources"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from recon.anatomy.compartments import Compartments, compartments_from_anatomy
+from recon.anatomy.organ_fit import (
+    OrganFit,
+    OrganFitConfig,
+    basis_projections,
+    fisher_information,
+    fit_organs,
+)
+from recon.anatomy.residual import OrganResidualModel, ResidualSource
+from recon.anatomy.sources import find_sources
+from recon.io.study import Anatomy, Result, Study
+from spectproj import SPECTProjector
+
+__all__ = ["OrgansConfig", "OrgansOutcome", "reconstruct_conjugate", "reconstruct_organs"]
+
+#: ``callback(step, total_steps, metrics)`` of the residual training (`recon.nerf.training`).
+StepCallback = Callable[[int, int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class OrgansConfig:
+    """Settings of `reconstruct_organs`.
+
+    Parameters
+    ----------
+    background_regions:
+        Background compartments (bands along z) for the support outside the segments (>= 0).
+    residual:
+        Fit organs + residual (tilt and sources) after the organ fit.
+    tilt:
+        Fit the linear within-organ modulation (residual model only).
+    max_sources:
+        At most this many residual sources per detection round.
+    source_threshold:
+        Significance (Poisson standard deviations) a source must reach to be seeded.
+    source_prior:
+        Weight of the L1 prior on source activities (0: only the few seeded sources).
+    rounds:
+        Detection + training rounds of the residual model (>= 1).
+    steps:
+        Adam steps of each training round.
+    lr:
+        Adam learning rate (all parameters are of order one).
+    seed:
+        Seed of the training (the fit itself is deterministic on the CPU).
+    organ_fit:
+        `OrganFitConfig` of the organ fit.
+    """
+
+    background_regions: int = 1
+    residual: bool = True
+    tilt: bool = True
+    max_sources: int = 8
+    source_threshold: float = 5.0
+    source_prior: float = 0.0
+    rounds: int = 2
+    steps: int = 200
+    lr: float = 0.05
+    optimizer: str = "adam"
+    seed: int = 0
+    organ_fit: OrganFitConfig = dataclasses.field(default_factory=OrganFitConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("background_regions", "max_sources", "rounds", "steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        for name in ("source_threshold", "source_prior", "lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only (for a result's parameters)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class OrgansOutcome:
+    """What `reconstruct_organs` returns: the result, and the fits behind it."""
+
+    result: Result
+    organ_fit: OrganFit
+    model: OrganResidualModel | None
+
+
+def reconstruct_organs(
+    study: Study,
+    *,
+    anatomy: Anatomy | None = None,
+    support: str | None = None,
+    config: OrgansConfig | None = None,
+    use_collimator: bool = True,
+    device: torch.device | str = "cpu",
+    callback: StepCallback | None = None,
+    study_file: str | None = None,
+) -> OrgansOutcome:
+    """Organ activities (and residual sources) of ``study`` from its anatomy.
+
+    Parameters
+    ----------
+    study:
+        Counts, μ, count scale, background; its ``anatomy`` unless ``anatomy`` is given.
+    anatomy:
+        A segmentation on ``study.grid`` to use instead of the study's own.
+    support:
+        ``"body"``, ``"anatomy"`` or ``"none"``; ``None``: the body when the study allows it
+        (`recon.support.resolve_support`).
+    config:
+        `OrgansConfig`.
+    use_collimator:
+        Model the collimator blur the study names (`Study.collimator_response`).
+    device:
+        Where projections and training run.
+    callback:
+        Progress of the residual training, ``(step, total, metrics)``.
+    study_file:
+        Recorded in the result.
+
+    Raises
+    ------
+    ValueError
+        No anatomy (neither in the study nor given), an anatomy on another grid.
+    """
+    from recon.support import resolve_support
+
+    config = OrgansConfig() if config is None else config
+    t0 = time.perf_counter()
+    anatomy = study.anatomy if anatomy is None else anatomy
+    if anatomy is None:
+        raise ValueError(
+            "the organ fit needs an anatomy (segmentation): the study has none; add one with "
+            "'spect convert anatomy' or give --anatomy FILE"
+        )
+    if anatomy.shape != tuple(study.grid.shape):
+        raise ValueError(
+            f"the anatomy has shape {list(anatomy.shape)}, the study grid "
+            f"{list(study.grid.shape)}; resample it onto the study grid first"
+        )
+    with_anatomy = dataclasses.replace(study, anatomy=anatomy)
+    mask, support_note = resolve_support(with_anatomy, support)
+    collimator = study.collimator_response() if use_collimator else None
+    compartments = compartments_from_anatomy(
+        anatomy, mask, background_regions=config.background_regions
+    )
+    organ_fit = fit_organs(
+        study, compartments, collimator=collimator, config=config.organ_fit, device=device
+    )
+    model = None
+    history: dict[str, np.ndarray] = {}
+    if config.residual:
+        model, history = _train_residual(study, organ_fit, mask, config, device, callback)
+    table = _table(study, compartments, organ_fit, model, collimator, device)
+    activity = organ_fit.activity_volume() if model is None else _volume(model)
+    parameters: dict[str, Any] = {
+        "representation": "organs+residual" if model is not None else "organs",
+        "support": support_note,
+        "collimator": _collimator_note(study, collimator),
+        "anatomy": anatomy.source or "study anatomy",
+        "compartments": list(compartments.names),
+        "config": config.to_dict(),
+        "organ_table": table["organs"],
+        "sources": table["sources"],
+        "deviance_per_pixel": table["deviance_per_pixel"],
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    result = Result(
+        activity=activity,
+        grid=study.grid,
+        method="organs+residual" if model is not None else "organs",
+        parameters=parameters,
+        history=history,
+        activity_unit=study.activity_unit,
+        software_version=_version(),
+        created_utc=_now(),
+        study_file=study_file,
+    )
+    return OrgansOutcome(result=result, organ_fit=organ_fit, model=model)
+
+
+def reconstruct_conjugate(
+    study: Study, *, anatomy: Anatomy | None = None, study_file: str | None = None
+) -> Result:
+    """Organ activities by the conjugate-view method (`recon.conjugate_view`), as a `Result`.
+
+    The regions are the anatomy's segments (the study's, or ``anatomy``; for a phantom without
+    one, its truth labels). The result's activity paints each segment at its mean concentration
+    (activity / volume); its parameters hold the ``organ_table`` (no uncertainty: the method
+    gives none).
+    """
+    from recon.conjugate_view import conjugate_view_quantification
+
+    anatomy = study.anatomy if anatomy is None else anatomy
+    if anatomy is not None:
+        labels, names = anatomy.labels, dict(anatomy.names)
+        source = anatomy.source or "study anatomy"
+    elif study.labels is not None:
+        labels = np.asarray(study.labels)
+        names = {k: v for k, v in study.label_names.items() if not str(v).startswith("lesion")}
+        source = "truth labels (the study has no anatomy)"
+    else:
+        raise ValueError(
+            "the conjugate-view method needs organ regions: the study has no anatomy and no "
+            "labels; add one with 'spect convert anatomy'"
+        )
+    rows = conjugate_view_quantification(study, labels, names)
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    to_mbq = _mbq_per_unit_ml(study.activity_unit)
+    activity = np.zeros(study.grid.shape, dtype=np.float32)
+    table = []
+    for row in rows:
+        mask = np.isin(labels, row.labels)
+        volume = float(mask.sum()) * voxel_ml
+        concentration = row.activity_mbq / (volume * to_mbq) if volume else 0.0
+        activity[mask] = concentration
+        table.append(
+            {
+                "name": row.name,
+                "background": False,
+                "volume_ml": volume,
+                "concentration": concentration,
+                "concentration_sd": None,
+                "activity_mbq": row.activity_mbq,
+                "activity_sd_mbq": None,
+                "at_bound": False,
+            }
+        )
+    return Result(
+        activity=activity,
+        grid=study.grid,
+        method="conjugate-view",
+        parameters={"anatomy": source, "organ_table": table, "sources": []},
+        activity_unit=study.activity_unit,
+        software_version=_version(),
+        created_utc=_now(),
+        study_file=study_file,
+    )
+
+
+def _train_residual(
+    study: Study,
+    organ_fit: OrganFit,
+    support: np.ndarray | None,
+    config: OrgansConfig,
+    device: torch.device | str,
+    callback: StepCallback | None,
+) -> tuple[OrganResidualModel, dict[str, np.ndarray]]:
+    from recon.nerf.config import TrainConfig
+    from recon.nerf.training import fit
+
+    train = TrainConfig(
+        steps=config.steps,
+        render="views",
+        optimizer=config.optimizer,
+        lr=config.lr,
+        holdout_fraction=0.0,
+        jitter=False,
+        seed=config.seed,
+        val_every=0,
+        log_every=max(1, config.steps // 20),
+        preview_every=0,
+        checkpoint_every=0,
+    )
+    expected = organ_fit.expected
+    concentrations = organ_fit.concentrations
+    sources: tuple[ResidualSource, ...] = ()
+    model: OrganResidualModel | None = None
+    losses: list[float] = []
+    for _ in range(config.rounds):
+        new = find_sources(
+            study,
+            expected,
+            support,
+            collimator=organ_fit.collimator,
+            max_sources=config.max_sources,
+            threshold=config.source_threshold,
+            exclude=sources,
+        )
+        if model is not None and not new:
+            break
+        previous = model
+        sources = (*sources, *new)
+        model = OrganResidualModel(
+            study.grid,
+            organ_fit.compartments,
+            concentrations,
+            sources,
+            support,
+            tilt=config.tilt,
+            source_prior=config.source_prior,
+        )
+        if previous is not None:
+            with torch.no_grad():
+                model.tilt.copy_(previous.tilt)
+        outcome = fit(model, study, train, device=device, callback=callback, init_scale=False)
+        losses.extend(outcome.losses)
+        expected = _expected(study, model, organ_fit.collimator, device)
+        concentrations = model.concentrations().detach().cpu().numpy().astype(np.float64)
+        sources = model.sources()
+    assert model is not None
+    return model, {"loss": np.asarray(losses, dtype=np.float64)}
+
+
+def _projector(
+    study: Study, collimator: Any, device: torch.device | str
+) -> SPECTProjector:
+    mu = None if study.mu_per_mm is None else torch.as_tensor(study.mu_per_mm, dtype=torch.float32)
+    return SPECTProjector(study.geometry(), mu, collimator, device=torch.device(device))
+
+
+def _expected(
+    study: Study, model: OrganResidualModel, collimator: Any, device: torch.device | str
+) -> np.ndarray:
+    projector = _projector(study, collimator, device)
+    with torch.no_grad():
+        counts = projector(model.volume().to(projector.device)) * study.acquisition.count_scale
+    out = counts.double().cpu().numpy()
+    if study.background is not None:
+        out = out + np.asarray(study.background, dtype=np.float64)
+    return out
+
+
+def _volume(model: OrganResidualModel) -> np.ndarray:
+    with torch.no_grad():
+        return model.volume().detach().cpu().numpy().astype(np.float32)
+
+
+def _table(
+    study: Study,
+    compartments: Compartments,
+    organ_fit: OrganFit,
+    model: OrganResidualModel | None,
+    collimator: Any,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """The per-compartment and per-source table, with Cramér–Rao standard deviations."""
+    if model is None:
+        organs = [dataclasses.asdict(e) for e in organ_fit.estimates]
+        return {"organs": organs, "sources": [], "deviance_per_pixel": organ_fit.deviance_per_pixel}
+    # Fisher information of the model's linear amplitudes (compartment concentrations with their
+    # fitted tilts, source activities) at the fitted model.
+    projector = _projector(study, collimator, device)
+    scale = study.acquisition.count_scale
+    with torch.no_grad():
+        c = model.concentrations()
+        organ_parts = _organ_unit_volumes(model)  # [K, Z, Y, X] per unit concentration
+        source_parts = _source_unit_volumes(model)  # [J, Z, Y, X] per unit activity
+        parts = torch.cat([organ_parts, source_parts]).to(projector.device)
+        basis = basis_projections(projector, parts, scale).double().cpu()
+        amplitudes = torch.cat([c, model.source_activities()]).double().cpu()
+    background = 0.0
+    if study.background is not None:
+        background = torch.as_tensor(np.asarray(study.background, dtype=np.float64)).reshape(-1)
+    expected = amplitudes @ basis + background
+    fisher = fisher_information(basis, expected).numpy()
+    try:
+        covariance = np.linalg.inv(fisher)
+    except np.linalg.LinAlgError:
+        covariance = np.linalg.pinv(fisher)
+    sd = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    y = torch.as_tensor(np.asarray(study.projections, dtype=np.float64)).reshape(-1)
+    from recon.poisson import poisson_deviance
+
+    deviance = float(poisson_deviance(y, expected)) / max(int(y.numel()), 1)
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    to_mbq = _mbq_per_unit_ml(study.activity_unit)
+    organs = []
+    k = len(compartments)
+    with torch.no_grad():
+        totals = organ_parts.sum(dim=(1, 2, 3)).double().cpu().numpy() * voxel_ml  # mL per unit
+    for i, name in enumerate(compartments.names):
+        volume = float(compartments.voxel_counts[i]) * voxel_ml
+        conc = float(c[i])
+        organs.append(
+            {
+                "name": name,
+                "background": compartments.background[i],
+                "volume_ml": volume,
+                "concentration": conc * totals[i] / volume,
+                "concentration_sd": float(sd[i]) * totals[i] / volume,
+                "activity_mbq": conc * totals[i] * to_mbq,
+                "activity_sd_mbq": float(sd[i]) * totals[i] * to_mbq,
+                "at_bound": conc <= 0,
+            }
+        )
+    sources = []
+    for j, s in enumerate(model.sources()):
+        sources.append(
+            {
+                "name": f"source_{j + 1}",
+                "centre_mm": list(s.centre_mm),
+                "sigma_mm": s.sigma_mm,
+                "activity_mbq": s.activity * to_mbq,
+                "activity_sd_mbq": float(sd[k + j]) * to_mbq,
+            }
+        )
+    return {"organs": organs, "sources": sources, "deviance_per_pixel": deviance}
+
+
+def _organ_unit_volumes(model: OrganResidualModel) -> torch.Tensor:
+    """``[K, Z, Y, X]``: compartment k's part of the model per unit of its concentration."""
+    k = len(model.compartments)
+    inside = model.index >= 0
+    w = model.tilts()[model.index.clamp_min(0)]
+    modulation = 1.0 + (w * model.u.permute(1, 2, 3, 0)).sum(-1)
+    modulation = torch.where(inside, modulation, 0.0) * model.support
+    one_hot = model.index[None] == torch.arange(k, device=model.index.device)[:, None, None, None]
+    return one_hot.float() * modulation[None]
+
+
+def _source_unit_volumes(model: OrganResidualModel) -> torch.Tensor:
+    """``[J, Z, Y, X]``: each source's part of the model per unit of its activity."""
+    parts = []
+    activities = model.source_activities()
+    for j in range(activities.shape[0]):
+        only = torch.zeros_like(activities)
+        only[j] = 1.0
+        parts.append(model.source_volume(only))
+    if not parts:
+        return torch.zeros((0, *model.index.shape), dtype=torch.float32, device=model.index.device)
+    return torch.stack(parts)
+
+
+def _collimator_note(study: Study, collimator: Any) -> str:
+    if collimator is None:
+        if study.acquisition.collimator:
+            return "off (--no-collimator or no radius)"
+        return "none (the study names no collimator)"
+    a = study.acquisition
+    return (
+        f"{str(a.collimator).upper()} at {a.energy_keV:g} keV "
+        f"(σ = {collimator.sigma0_mm:.3g} mm + {collimator.slope:.3g}·d)"
+    )
+
+
+def _mbq_per_unit_ml(unit: str) -> float:
+    from recon.anatomy.organ_fit import _mbq_per_unit_ml as per
+
+    return per(unit)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("spect")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

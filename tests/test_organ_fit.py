@@ -1,0 +1,329 @@
+"""Anatomy-guided quantification: compartments, the organ fit, its uncertainty, residual sources."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from recon.anatomy import (
+    OrganFitConfig,
+    OrganResidualModel,
+    OrgansConfig,
+    ResidualSource,
+    compartments_from_anatomy,
+    fit_organs,
+    reconstruct_organs,
+)
+from recon.anatomy.organ_fit import fisher_information, fit_organ_coefficients
+from recon.anatomy.quantify import quantify, rows_to_csv
+from recon.anatomy.sources import find_sources, opposed_pair
+from recon.io import Acquisition, Anatomy, Result, Study
+from spectproj import CollimatorResponse, ImageGrid, ParallelGeometry, SPECTProjector
+
+MU_WATER = 0.0135  # 1/mm at 208 keV
+
+
+def _slab_study(
+    concentrations: dict[str, float],
+    *,
+    n: int = 16,
+    point: tuple[int, int, int] | tuple[slice, slice, slice] | None = None,
+    point_activity: float = 0.0,
+    collimator: bool = True,
+    counts_scale: float = 1.0,
+) -> tuple[Study, np.ndarray]:
+    """A box body (water) with two organ blocks, AP/PA, noise-free expected counts.
+
+    Returns the study (anatomy = the two blocks and the body) and the true activity volume.
+    """
+    grid = ImageGrid((n, n, n), (8.0, 8.0, 8.0))
+    body = np.zeros(grid.shape, dtype=bool)
+    body[2:-2, 3:-3, 2:-2] = True
+    labels = np.zeros(grid.shape, dtype=np.int32)
+    labels[5:9, 4:8, 3:7] = 1  # "front": anterior half (small y)
+    labels[6:11, 9:12, 8:13] = 2  # "back": posterior
+    activity = np.zeros(grid.shape, dtype=np.float64)
+    activity[body] = concentrations["background"]
+    activity[labels == 1] = concentrations["front"]
+    activity[labels == 2] = concentrations["back"]
+    if point is not None:
+        activity[point] += point_activity
+    mu = np.where(body, MU_WATER, 0.0)
+    geometry = ParallelGeometry.ap_pa(grid, radius_mm=200.0)
+    response = CollimatorResponse.preset("MEGP", 208.4) if collimator else None
+    projector = SPECTProjector(geometry, torch.as_tensor(mu), response, dtype=torch.float64)
+    area_ml_per_mm = geometry.pixel_size_mm[0] * geometry.pixel_size_mm[1] * 1e-3
+    acquisition = Acquisition(
+        angles_deg=geometry.angles_deg,
+        detector_shape=geometry.detector_shape,  # type: ignore[arg-type] - set by the geometry
+        pixel_size_mm=geometry.pixel_size_mm,  # type: ignore[arg-type] - set by the geometry
+        energy_keV=208.4,
+        radius_mm=200.0,
+        collimator="MEGP" if collimator else None,
+        sensitivity_cps_per_mbq=100.0,
+        duration_s=counts_scale / (area_ml_per_mm * 100.0 * 1e-6),
+    )
+    assert acquisition.count_scale == pytest.approx(counts_scale)
+    counts = projector(torch.as_tensor(activity)).numpy() * acquisition.count_scale
+    anatomy = Anatomy(labels, {1: "front", 2: "back"}, body, "test blocks")
+    study = Study(
+        projections=counts.astype(np.float32),
+        acquisition=acquisition,
+        grid=grid,
+        mu_per_mm=mu.astype(np.float32),
+        truth_activity=activity.astype(np.float32),
+        labels=labels,
+        label_names={1: "front", 2: "back"},
+        anatomy=anatomy,
+    )
+    return study, activity
+
+
+# -- compartments ----------------------------------------------------------------------------
+
+
+def test_compartments_segments_then_background_bands() -> None:
+    study, _ = _slab_study({"front": 1.0, "back": 1.0, "background": 1.0})
+    anatomy = study.anatomy
+    assert anatomy is not None
+    one = compartments_from_anatomy(anatomy)
+    assert one.names == ("front", "back", "background")
+    assert one.background == (False, False, True)
+    body_voxels = int(anatomy.body.sum())  # type: ignore[union-attr] - the test body exists
+    assert int(one.voxel_counts.sum()) == body_voxels
+    three = compartments_from_anatomy(anatomy, background_regions=3)
+    assert three.names[2:] == ("background_1", "background_2", "background_3")
+    counts = three.voxel_counts[2:]
+    assert counts.sum() == one.voxel_counts[2]
+    assert counts.max() / counts.min() < 1.6  # bands of whole slices, about equal volumes
+    masks = three.masks()
+    assert masks.shape == (5, *study.grid.shape)
+    assert np.array_equal(masks.sum(0) > 0, anatomy.body)
+
+
+def test_compartments_drop_with_warnings_and_refuse_bad_input() -> None:
+    labels = np.zeros((4, 4, 4), dtype=np.int32)
+    labels[0, 0, 0] = 1  # outside the body below
+    labels[2, 2, 2] = 2
+    body = np.zeros((4, 4, 4), dtype=bool)
+    body[1:, 1:, 1:] = True
+    anatomy = Anatomy(labels, {1: "outside", 2: "inside", 3: "empty"}, body)
+    with pytest.warns(UserWarning) as caught:
+        comp = compartments_from_anatomy(anatomy)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "1 segmented voxels lie outside the support" in messages
+    assert "'outside' has no voxels" in messages and "'empty' has no voxels" in messages
+    assert comp.names == ("inside", "background")
+    with pytest.raises(ValueError, match="background_regions must be >= 0"):
+        compartments_from_anatomy(anatomy, background_regions=-1)
+    with pytest.raises(ValueError, match="support has shape"):
+        compartments_from_anatomy(anatomy, np.ones((4, 4, 5), dtype=bool))
+    with pytest.raises(ValueError, match="no segment inside the support"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compartments_from_anatomy(anatomy, np.zeros((4, 4, 4), dtype=bool))
+
+
+# -- the organ fit ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("collimator", [False, True])
+def test_organ_fit_recovers_compartment_concentrations(collimator: bool) -> None:
+    truth = {"front": 5000.0, "back": 2000.0, "background": 300.0}
+    study, activity = _slab_study(truth, collimator=collimator, counts_scale=0.05)
+    anatomy = study.anatomy
+    assert anatomy is not None
+    comp = compartments_from_anatomy(anatomy)
+    result = fit_organs(study, comp, collimator=study.collimator_response())
+    got = dict(zip(comp.names, result.concentrations, strict=True))
+    for name, value in truth.items():
+        assert got[name] == pytest.approx(value, rel=2e-5)
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    front = result.estimates[0]
+    assert front.volume_ml == pytest.approx(64 * voxel_ml)
+    assert front.activity_mbq == pytest.approx(5000.0 * 64 * voxel_ml * 1e-6, rel=2e-5)
+    assert result.deviance_per_pixel < 1e-6  # noise-free, the model is exact
+    assert np.allclose(result.activity_volume(), activity, rtol=2e-5)
+
+
+def test_organ_fit_em_and_newton_reach_the_same_maximum() -> None:
+    gen = torch.Generator().manual_seed(3)
+    basis = torch.rand(4, 300, generator=gen, dtype=torch.float64) * 50.0
+    c_true = torch.tensor([2.0, 0.5, 1.0, 0.0], dtype=torch.float64)
+    counts = torch.poisson(c_true @ basis + 1.0, generator=gen)
+    background = torch.full((300,), 1.0, dtype=torch.float64)
+    newton, _ = fit_organ_coefficients(basis, counts, background)
+    em_only, _ = fit_organ_coefficients(
+        basis, counts, background, OrganFitConfig(em_iterations=200_000, newton_steps=0,
+                                                  tolerance=1e-14)  # fmt: skip
+    )
+    assert torch.allclose(newton, em_only, rtol=1e-5, atol=1e-6)
+    # The maximum: the gradient vanishes on the free coefficients, points down at the bound.
+    expected = newton @ basis + background
+    gradient = basis @ (counts / expected - 1.0)
+    free = newton > 1e-9
+    assert torch.allclose(gradient[free], torch.zeros_like(gradient[free]), atol=1e-6)
+    assert bool((gradient[~free] <= 1e-6).all())
+
+
+def test_cramer_rao_bound_matches_the_spread_of_repeated_fits() -> None:
+    gen = torch.Generator().manual_seed(11)
+    basis = torch.rand(3, 200, generator=gen, dtype=torch.float64) * 40.0
+    c_true = torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)
+    mean = c_true @ basis
+    quick = OrganFitConfig(em_iterations=20, newton_steps=30)
+    sd_bound = torch.sqrt(torch.linalg.inv(fisher_information(basis, mean)).diagonal())
+    fits = torch.stack(
+        [
+            fit_organ_coefficients(basis, torch.poisson(mean, generator=gen), config=quick)[0]
+            for _ in range(300)
+        ]
+    )
+    spread = fits.std(dim=0)
+    assert torch.allclose(spread, sd_bound, rtol=0.15)  # 300 samples: ±~8 % sampling error
+    assert torch.allclose(fits.mean(dim=0), c_true, rtol=0.02)
+
+
+def test_fisher_information_is_the_poisson_information() -> None:
+    basis = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]], dtype=torch.float64)
+    expected = torch.tensor([2.0, 4.0, 6.0], dtype=torch.float64)
+    f = fisher_information(basis, expected)
+    by_hand = torch.tensor([[1 / 2 + 4 / 4, 2 / 4], [2 / 4, 1 / 4 + 9 / 6]], dtype=torch.float64)
+    assert torch.allclose(f, by_hand, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("em_iterations", 0, "em_iterations must be >= 1"),
+        ("newton_steps", -1, "newton_steps must be >= 0"),
+        ("tolerance", 0.0, "tolerance must be > 0"),
+    ],
+)
+def test_organ_fit_config_refuses_bad_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OrganFitConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("background_regions", -1, "background_regions must be an integer >= 0"),
+        ("rounds", 0, "rounds must be >= 1"),
+        ("lr", 0.0, "lr must be > 0"),
+        ("source_threshold", math.nan, "source_threshold must be a finite number"),
+    ],
+)
+def test_organs_config_refuses_bad_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OrgansConfig(**{field: value})  # type: ignore[arg-type]
+
+
+# -- the residual model ----------------------------------------------------------------------
+
+
+def test_residual_model_sources_and_tilt_keep_their_activities() -> None:
+    study, _ = _slab_study({"front": 1.0, "back": 1.0, "background": 1.0})
+    anatomy = study.anatomy
+    assert anatomy is not None
+    comp = compartments_from_anatomy(anatomy)
+    source = ResidualSource((4.0, -3.0, 6.0), 9.0, 250.0)
+    model = OrganResidualModel(
+        study.grid, comp, np.array([5.0, 2.0, 0.5]), (source,), anatomy.body
+    )
+    with torch.no_grad():
+        model.tilt.copy_(torch.tensor([[0.7, -0.4, 0.2], [0.3, 0.3, -0.9], [1.0, 1.0, 1.0]]))
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    sources = model.source_volume().detach().double()
+    assert float(sources.sum()) * voxel_ml == pytest.approx(250.0, rel=1e-4)
+    organs = model.organ_volume().detach().double().numpy()
+    for k, c in enumerate((5.0, 2.0, 0.5)):
+        n = int(comp.voxel_counts[k])
+        assert organs[comp.index == k].sum() == pytest.approx(c * n, rel=1e-5)
+    assert float(model.tilts()[2].abs().sum()) == 0.0  # background regions are never tilted
+    assert float(model.tilts().abs().max()) <= 0.5
+
+
+def test_find_sources_puts_a_point_source_at_its_depth() -> None:
+    """The AP/PA count ratio gives the depth of a compact source (docs/anatomy.md)."""
+    truth = {"front": 0.0, "back": 0.0, "background": 100.0}
+    point = (7, 10, 5)  # z, y, x voxel: posterior, off-centre
+    study, _ = _slab_study(truth, point=point, point_activity=4e4)
+    body = study.anatomy.body  # type: ignore[union-attr] - the test body exists
+    anatomy = Anatomy(body.astype(np.int32), {1: "body"}, body)
+    comp = compartments_from_anatomy(anatomy, background_regions=0)
+    organ_fit = fit_organs(study, comp, collimator=study.collimator_response())
+    found = find_sources(
+        study, organ_fit.expected, body, collimator=study.collimator_response(), threshold=3.0
+    )
+    assert len(found) >= 1
+    z, y, x = (float(study.grid.centres_mm(a)[i]) for a, i in enumerate(point))
+    cx, cy, cz = found[0].centre_mm
+    assert (cx, cz) == pytest.approx((x, z), abs=1e-6)  # in-plane: the peak pixel
+    assert abs(cy - y) <= study.grid.spacing_mm[1] + 1e-6  # depth: within one voxel
+    assert opposed_pair((0.0, 90.0, 180.0)) == (0, 2)
+    assert opposed_pair((0.0, 90.0)) is None
+
+
+def test_organs_plus_residual_finds_an_unsegmented_lesion() -> None:
+    truth = {"front": 3000.0, "back": 1500.0, "background": 200.0}
+    block = (slice(10, 13), slice(6, 9), slice(2, 5))  # 3³ voxels, not in the anatomy
+    lesion = (11, 7, 3)  # its centre voxel
+    study, activity = _slab_study(truth, point=block, point_activity=6e3, counts_scale=0.02)
+    gen = torch.Generator().manual_seed(0)
+    noisy = torch.poisson(torch.as_tensor(study.projections, dtype=torch.float64), generator=gen)
+    study = dataclasses.replace(study, projections=noisy.numpy().astype(np.float32))
+    organ_only = reconstruct_organs(study, config=OrgansConfig(residual=False))
+    both = reconstruct_organs(study, config=OrgansConfig(steps=150, seed=1))
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    lesion_true = 6e3 * 27 * voxel_ml * 1e-6
+    sources = both.result.parameters["sources"]
+    assert isinstance(sources, list) and len(sources) >= 1
+    z, y, x = (float(study.grid.centres_mm(a)[i]) for a, i in enumerate(lesion))
+    near = [s for s in sources if np.linalg.norm(np.subtract(s["centre_mm"], (x, y, z))) < 12.0]
+    assert near, sources
+    assert near[0]["activity_mbq"] == pytest.approx(lesion_true, rel=0.15)
+
+    def background_error(outcome: object) -> float:
+        table = outcome.result.parameters["organ_table"]  # type: ignore[attr-defined]
+        row = next(r for r in table if r["name"] == "background")
+        true = truth["background"] * row["volume_ml"] * 1e-6
+        return abs(row["activity_mbq"] / true - 1.0)
+
+    # The organ fit spreads the lesion over the background; the residual model does not.
+    assert background_error(both) < 0.5 * background_error(organ_only)
+    assert both.result.method == "organs+residual" and organ_only.result.method == "organs"
+    assert "MEGP" in str(both.result.parameters["collimator"])
+    assert both.result.activity.shape == activity.shape
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def test_quantify_uses_each_methods_definition_and_the_truth() -> None:
+    truth = {"front": 4000.0, "back": 1000.0, "background": 100.0}
+    study, activity = _slab_study(truth, counts_scale=0.05)
+    exact = Result(activity.astype(np.float32), study.grid, "mlem")
+    organs = reconstruct_organs(study, config=OrgansConfig(residual=False)).result
+    rows = quantify(study, [exact, organs])
+    by = {(r.method, r.region): r for r in rows}
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    front_true = 4000.0 * 64 * voxel_ml * 1e-6
+    assert by[("mlem", "front")].activity_mbq == pytest.approx(front_true, rel=1e-6)
+    assert by[("mlem", "front")].error_percent == pytest.approx(0.0, abs=1e-4)
+    assert math.isnan(by[("mlem", "front")].activity_sd_mbq)
+    assert by[("organs", "front")].activity_mbq == pytest.approx(front_true, rel=1e-4)
+    assert by[("organs", "front")].activity_sd_mbq > 0
+    assert by[("organs", "background")].kind == "background"
+    total = sum(r.percent_of_total for r in rows if r.method == "mlem" and r.kind == "organ")
+    assert 0 < total < 100
+    csv = rows_to_csv(rows).splitlines()
+    assert csv[0].startswith("method,region,kind,activity_mbq")
+    assert len(csv) == len(rows) + 1
+    with pytest.raises(ValueError, match="names has 1 entries for 2 results"):
+        quantify(study, [exact, organs], ["one"])
