@@ -158,10 +158,8 @@ def test_organ_fit_em_and_newton_reach_the_same_maximum() -> None:
     counts = torch.poisson(c_true @ basis + 1.0, generator=gen)
     background = torch.full((300,), 1.0, dtype=torch.float64)
     newton, _ = fit_organ_coefficients(basis, counts, background)
-    em_only, _ = fit_organ_coefficients(
-        basis, counts, background, OrganFitConfig(em_iterations=200_000, newton_steps=0,
-                                                  tolerance=1e-14)  # fmt: skip
-    )
+    em_config = OrganFitConfig(em_iterations=200_000, newton_steps=0, tolerance=1e-14)
+    em_only, _ = fit_organ_coefficients(basis, counts, background, em_config)
     assert torch.allclose(newton, em_only, rtol=1e-5, atol=1e-6)
     # The maximum: the gradient vanishes on the free coefficients, points down at the bound.
     expected = newton @ basis + background
@@ -233,9 +231,7 @@ def test_residual_model_sources_and_tilt_keep_their_activities() -> None:
     assert anatomy is not None
     comp = compartments_from_anatomy(anatomy)
     source = ResidualSource((4.0, -3.0, 6.0), 9.0, 250.0)
-    model = OrganResidualModel(
-        study.grid, comp, np.array([5.0, 2.0, 0.5]), (source,), anatomy.body
-    )
+    model = OrganResidualModel(study.grid, comp, np.array([5.0, 2.0, 0.5]), (source,), anatomy.body)
     with torch.no_grad():
         model.tilt.copy_(torch.tensor([[0.7, -0.4, 0.2], [0.3, 0.3, -0.9], [1.0, 1.0, 1.0]]))
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3

@@ -171,7 +171,6 @@ def fit_organ_coefficients(
     (c ``[K]``, iterations). Coefficients whose basis is all zero are 0.
     """
     config = OrganFitConfig() if config is None else config
-    k = basis.shape[0]
     y = counts.to(basis.dtype)
     b = torch.zeros_like(y) if background is None else background.to(basis.dtype)
     sens = basis.sum(dim=1)
@@ -217,10 +216,12 @@ def fit_organ_coefficients(
         steps += 1
         if change < config.tolerance:
             break
-    return torch.where(seen, c, torch.zeros_like(c)), steps + 0 * k
+    return torch.where(seen, c, torch.zeros_like(c)), steps
 
 
-def _log_likelihood(c: torch.Tensor, basis: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> float:
+def _log_likelihood(
+    c: torch.Tensor, basis: torch.Tensor, y: torch.Tensor, b: torch.Tensor
+) -> float:
     expected = c @ basis + b
     ok = expected > 0
     return float((y[ok] * torch.log(expected[ok]) - expected[ok]).sum() - expected[~ok].sum())

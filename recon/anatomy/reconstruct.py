@@ -332,9 +332,7 @@ def _train_residual(
     return model, {"loss": np.asarray(losses, dtype=np.float64)}
 
 
-def _projector(
-    study: Study, collimator: Any, device: torch.device | str
-) -> SPECTProjector:
+def _projector(study: Study, collimator: Any, device: torch.device | str) -> SPECTProjector:
     mu = None if study.mu_per_mm is None else torch.as_tensor(study.mu_per_mm, dtype=torch.float32)
     return SPECTProjector(study.geometry(), mu, collimator, device=torch.device(device))
 

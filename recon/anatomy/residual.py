@@ -112,8 +112,10 @@ class OrganResidualModel(nn.Module):
         self.register_buffer("zs", z, persistent=False)
         index = torch.as_tensor(compartments.index.astype(np.int64))
         self.register_buffer("index", index, persistent=False)
-        sup = torch.ones(grid.shape, dtype=torch.bool) if support is None else torch.as_tensor(
-            np.asarray(support, dtype=bool)
+        sup = (
+            torch.ones(grid.shape, dtype=torch.bool)
+            if support is None
+            else torch.as_tensor(np.asarray(support, dtype=bool))
         )
         self.register_buffer("support", sup.float(), persistent=False)
         # Per-voxel relative position u (x, y, z) in each compartment's rms radius.

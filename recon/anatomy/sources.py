@@ -102,15 +102,17 @@ def find_sources(
     weight = [columns(v, ones).clamp_min(1e-300) for v in pair]
     excess = [columns(v, counts - model) / w for v, w in zip(pair, weight, strict=True)]
     level = [columns(v, model) / w for v, w in zip(pair, weight, strict=True)]
-    sup = torch.ones(grid.shape, dtype=torch.bool) if support is None else torch.as_tensor(
-        np.asarray(support, dtype=bool)
+    sup = (
+        torch.ones(grid.shape, dtype=torch.bool)
+        if support is None
+        else torch.as_tensor(np.asarray(support, dtype=bool))
     )
     # Significance on the voxel lattice: smoothed excess of both views over the noise; one score
     # per ray of the pair (the best over the ray, inside the support).
     smooth = [_smooth(e, 1.0) for e in excess]
     noise = torch.sqrt(_smooth(level[0] + level[1], 1.0).clamp_min(1.0))
     score = torch.where(sup, (smooth[0] + smooth[1]) / noise, -math.inf)
-    ray_axis = _ray_axis(weight[0], geometry.angles_deg[pair[0]])
+    ray_axis = _ray_axis(geometry.angles_deg[pair[0]])
     peaks = _peaks(score.amax(dim=ray_axis).numpy(), threshold, radius=3)
     width = 1.5 * min(grid.spacing_mm) if sigma_mm is None else float(sigma_mm)
     voxel_ml = grid.voxel_volume_mm3 * 1e-3
@@ -149,11 +151,11 @@ def find_sources(
     return tuple(found)
 
 
-def _ray_axis(weight: torch.Tensor, angle_deg: float) -> int:
+def _ray_axis(angle_deg: float) -> int:
     """The volume axis along a view's rays: y (1) for AP/PA-like views (β near 0 or 180°), x (2)
     for lateral ones (docs/conventions.md)."""
-    del weight
-    return 1 if abs(math.cos(math.radians(angle_deg))) >= abs(math.sin(math.radians(angle_deg))) else 2
+    beta = math.radians(angle_deg)
+    return 1 if abs(math.cos(beta)) >= abs(math.sin(beta)) else 2
 
 
 def _ray(peak: tuple[int, int], axis: int) -> tuple[object, ...]:
@@ -194,7 +196,7 @@ def _near(
 
 def _smooth(volume: torch.Tensor, sigma_vox: float) -> torch.Tensor:
     """Separable Gaussian smoothing of a ``[Z, Y, X]`` volume (σ in voxels, zero padding)."""
-    radius = max(1, int(math.ceil(3 * sigma_vox)))
+    radius = max(1, math.ceil(3 * sigma_vox))
     x = torch.arange(-radius, radius + 1, dtype=volume.dtype)
     kernel = torch.exp(-0.5 * (x / sigma_vox) ** 2)
     kernel = kernel / kernel.sum()
