@@ -31,6 +31,11 @@ Run (about 40 minutes on 2 cores; ``--quick``: about 5)::
     .venv/bin/python benchmarks/bench_cohort.py
     .venv/bin/python benchmarks/bench_cohort.py --json cohort.json
     .venv/bin/python benchmarks/bench_cohort.py --device cuda        # on a GPU machine
+    .venv/bin/python benchmarks/bench_cohort.py --write-docs \
+        --from-json benchmarks/results/cohort.json
+
+The options, the record (``--json``) and the tables of ``docs/performance.md`` (``--write-docs``)
+are handled by ``_report.py``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,13 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import (
+    add_common_options,
+    check_common_options,
+    log,
+    markdown_table,
+    run_benchmark,
+)
 from _timing import QuietGate, machine_info, other_processes_load, usable_cores
 
 from recon.cohort import (
@@ -176,7 +189,7 @@ def run_processes(
 
 
 def throughput(manifest: Manifest, args: argparse.Namespace, log: Any) -> list[dict[str, Any]]:
-    """Each setup ``--rounds`` times, the setups interleaved round by round; per run the median
+    """Each setup ``--repeats`` times, the setups interleaved round by round; per run the median
     step time after the warm-up, per setup the best run (the least disturbed by other processes
     on a shared machine) and the median of the runs."""
     steps = args.warmup + args.timed_steps
@@ -192,7 +205,7 @@ def throughput(manifest: Manifest, args: argparse.Namespace, log: Any) -> list[d
         setups = [(1, 1), (1, 2), (2, 1)]
     runs: dict[tuple[int, int], list[tuple[float, float | None]]] = {s: [] for s in setups}
     gate = QuietGate(args.max_quiet_wait)
-    for rnd in range(args.rounds):
+    for rnd in range(args.repeats):
         for world, threads in setups:
             gate.wait()
             others = other_processes_load()
@@ -270,7 +283,7 @@ def prior_benefit(
             f"  cohort ({name}): {len(manifest.train)} studies, {args.cohort_steps} steps, "
             f"{world} processes, {seconds[name]:.0f} s"
         )
-    torch.set_num_threads(max(1, usable_cores()))
+    torch.set_num_threads(args.threads[-1] if args.threads else usable_cores())
     per_study: list[dict[str, Any]] = []
     for entry in manifest.val:
         study = read_study(entry.path)
@@ -328,9 +341,12 @@ def mlem_activity(study: Any, iterations: int, device: str) -> np.ndarray:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run (small, about 2 minutes)")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_common_options(
+        p,
+        repeats_default=3,
+        repeats_help="runs of each setup (throughput; default 3)",
+        quiet_wait_default_s=60.0,
+    )
     p.add_argument("--size", type=int, default=32, help="voxels per axis (default 32)")
     p.add_argument("--train-studies", type=int, default=12)
     p.add_argument("--val-studies", type=int, default=3)
@@ -338,7 +354,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1024, help="global lines per step")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps (throughput)")
     p.add_argument("--timed-steps", type=int, default=30, help="timed steps (throughput)")
-    p.add_argument("--rounds", type=int, default=3, help="runs of each setup (throughput)")
     p.add_argument("--cohort-steps", type=int, default=1500, help="cohort training steps")
     p.add_argument("--budgets", type=int, nargs="+", default=[50, 300], help="steps per new study")
     p.add_argument("--mlem-iterations", type=int, default=20)
@@ -353,29 +368,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--part", choices=["all", "throughput", "prior"], default="all",
         help="run only one of the two measurements",
     )  # fmt: skip
-    p.add_argument(
-        "--max-quiet-wait", type=float, default=60.0,
-        help="before each throughput run, wait up to S s for other processes to go idle",
-    )  # fmt: skip
     args = p.parse_args(argv)
+    check_common_options(p, args)
     if args.quick:
         args.size, args.train_studies, args.val_studies = 24, 6, 2
         args.timed_steps, args.cohort_steps, args.budgets = 10, 200, [50]
-        args.rounds = 1
+        args.repeats = 1
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def log(text: str) -> None:
-        print(text, flush=True)
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        log("--device cuda: no CUDA device here")
-        return 2
-    report: dict[str, Any] = {"machine": machine_info(torch.device(args.device)),
-                              "settings": vars(args) | {"json": None}}  # fmt: skip
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the cohort and run the chosen parts; the run's record."""
+    report: dict[str, Any] = {
+        "benchmark": "cohort",
+        "script": "benchmarks/bench_cohort.py",
+        "machine": machine_info(torch.device(args.device)),
+        "settings": vars(args),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
@@ -388,26 +397,66 @@ def main(argv: list[str] | None = None) -> int:
         if args.part in ("all", "prior"):
             log("the prior's benefit (organ-activity error of held-out phantoms):")
             report["prior"] = prior_benefit(manifest, folder, args, log)
-    rows = report.get("throughput", [])
-    base = rows[0]["samples_per_s"] if rows else math.nan
+    return report
+
+
+def _method(key: str) -> tuple[str, str]:
+    """A prior-table key such as ``"prior (3D cohort), code, 50 steps"`` → (method, K steps)."""
+    name, _, last = key.rpartition(", ")
+    if name and last.endswith(" steps"):
+        name = "NeRF from scratch" if name == "scratch" else name
+        return name, last.removesuffix(" steps")
+    return key, "–"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f} %"
+
+
+def render(record: Mapping[str, Any]) -> dict[str, str]:
+    """The docs blocks of one record: the throughput table and/or the prior's-benefit table."""
+    blocks = {}
+    rows = record.get("throughput")
     if rows:
-        log("\n| processes × threads | ms / step (best) | lines / s (best) | vs 1 × 1 "
-            "| lines / s (median of runs) |")  # fmt: skip
-        log("| --- | ---: | ---: | ---: | ---: |")
-    for row in rows:
-        log(f"| {row['processes']} × {row['threads_per_process']} | {row['best_step_ms']:.1f} "
-            f"| {row['samples_per_s']:.0f} | {row['samples_per_s'] / base:.2f}× "
-            f"| {row['samples_per_s_median']:.0f} |")  # fmt: skip
-    if "prior" in report:
-        log("\n| method | organs (mean) | liver | spleen | kidney L | kidney R | lesions |")
-        log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, q in report.get("prior", {}).get("mean", {}).items():
-        log(f"| {name} | {100 * q['organs']:.1f} % | {100 * q['liver']:.1f} % | "
-            f"{100 * q['spleen']:.1f} % | {100 * q['kidney_left']:.1f} % | "
-            f"{100 * q['kidney_right']:.1f} % | {100 * q['lesions']:.1f} % |")  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    return 0
+        base = rows[0]["samples_per_s"]
+        blocks["cohort-throughput"] = "\n".join(
+            markdown_table(
+                ["processes × threads", "ms / step (best)", "lines / s (best)", "vs 1 × 1",
+                 "lines / s (median of runs)"],
+                (
+                    [f"{r['processes']} × {r['threads_per_process']}", f"{r['best_step_ms']:.1f}",
+                     f"{r['samples_per_s']:,.0f}".replace(",", " "),
+                     f"{r['samples_per_s'] / base:.2f}×",
+                     f"{r['samples_per_s_median']:,.0f}".replace(",", " ")]
+                    for r in rows
+                ),
+                "lrrrr",
+            )
+        )  # fmt: skip
+    mean = record.get("prior", {}).get("mean")
+    if mean:
+        blocks["cohort-prior"] = "\n".join(
+            markdown_table(
+                ["reconstruction", "K steps", "organs (mean)", "liver", "spleen", "kidney L",
+                 "kidney R", "lesions"],
+                (
+                    [*_method(key), _pct(q.get("organs")), _pct(q.get("liver")),
+                     _pct(q.get("spleen")), _pct(q.get("kidney_left")),
+                     _pct(q.get("kidney_right")), _pct(q.get("lesions"))]
+                    for key, q in mean.items()
+                ),
+                "lrrrrrrr",
+            )
+        )  # fmt: skip
+    return blocks
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and args.from_json is None and not torch.cuda.is_available():
+        log("--device cuda: no CUDA device here")
+        return 2
+    return run_benchmark(args, "cohort", measure, render)
 
 
 if __name__ == "__main__":

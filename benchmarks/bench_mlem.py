@@ -51,21 +51,34 @@ builds it)::
     benchmarks/.env-pytomography/bin/python benchmarks/bench_mlem.py
     benchmarks/.env-pytomography/bin/python benchmarks/bench_mlem.py --quick   # smoke run
     benchmarks/.env-pytomography/bin/python benchmarks/bench_mlem.py --json out.json
+
+``--no-reference`` times spect alone, on counts from its own forward projection of the phantom
+(PyTomography is not imported). ``--from-json FILE --write-docs`` re-renders a saved run's tables
+into ``docs/performance.md`` (``_report.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from _report import (
+    add_common_options,
+    check_common_options,
+    fmt_met,
+    fmt_ratio,
+    log,
+    machine_summary,
+    make_record,
+    markdown_table,
+    run_benchmark,
+)
 from _timing import (
     CpuMark,
     QuietGate,
@@ -111,31 +124,38 @@ class Row:
     views: int
     subsets: int
     iterations: int
-    pytomography_iter: Timing  # steady per-iteration time (all Timing fields are in ms)
+    pytomography_iter: Timing | None  # steady per-iteration time (Timing fields are in ms)
     spect_iter: Timing
-    pytomography_rest: Timing  # the whole call minus the callback intervals (Hᵀ1 + 1 iteration)
+    pytomography_rest: Timing | None  # the whole call minus the callback intervals
     spect_rest: Timing  # the same for em_reconstruct (setup + 1 iteration)
     spect_fp_loglik: Timing  # one full forward projection + Poisson log-likelihood
-    pytomography_gradient: Timing  # PoissonLogLikelihood.compute_gradient alone (FP + BP)
-    rel_diff: float
+    pytomography_gradient: Timing | None  # PoissonLogLikelihood.compute_gradient (FP + BP)
+    rel_diff: float | None  # None without the reference
     details: dict[str, Any] = field(default_factory=dict)
     target: float | None = None
 
     @property
-    def speedup(self) -> float:
+    def speedup(self) -> float | None:
+        if self.pytomography_iter is None:
+            return None
         return self.pytomography_iter.median_ms / self.spect_iter.median_ms
 
     @property
-    def speedup_of_minima(self) -> float:
+    def speedup_of_minima(self) -> float | None:
+        if self.pytomography_iter is None:
+            return None
         return self.pytomography_iter.min_ms / self.spect_iter.min_ms
 
     @property
     def target_met(self) -> bool | None:
-        return None if self.target is None else self.speedup >= self.target
+        speedup = self.speedup
+        return None if self.target is None or speedup is None else speedup >= self.target
 
     @property
-    def pytomography_one_off_ms(self) -> float:
+    def pytomography_one_off_ms(self) -> float | None:
         """Everything in a run that is not a steady iteration (mostly ``Hᵀ1``)."""
+        if self.pytomography_rest is None or self.pytomography_iter is None:
+            return None
         return self.pytomography_rest.median_ms - self.pytomography_iter.median_ms
 
     @property
@@ -317,9 +337,15 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
     activity = torch.from_numpy(activity_np).to(device)
     mu = torch.from_numpy(mu_np).to(device)
 
-    pyt = PyTomographyCase(mu, case.voxel_mm, case.angles_deg, device)
-    truth_obj = pyt.to_object(activity)
-    g = pyt.forward(truth_obj)  # [V, bins, Z], sum of voxel values along each ray
+    sp = SpectCase(mu, case.voxel_mm, case.angles_deg, case.kind, device)
+    pyt = (
+        None if args.no_reference else PyTomographyCase(mu, case.voxel_mm, case.angles_deg, device)
+    )
+    if pyt is not None:
+        truth_obj = pyt.to_object(activity)
+        g = pyt.forward(truth_obj)  # [V, bins, Z], sum of voxel values along each ray
+    else:  # spect's own projection, in PyTomography's layout and units (÷ the step in mm)
+        g = sp.forward(activity).permute(0, 2, 1) / case.voxel_mm
     # The phantom's Gaussian smoothing leaves tails of ~1e-12 counts far from the body: set the
     # bins below 1e-6 of the maximum to 0 (a real acquisition has whole counts there).
     g = torch.where(g >= 1e-6 * g.max(), g, 0.0)
@@ -330,7 +356,6 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
         g = torch.poisson(g, generator=gen)
     counts_vbz = g.contiguous()  # PyTomography's layout
     counts_vzb = g.permute(0, 2, 1).contiguous()  # ours: [V, rows = Z, bins = X], same values
-    sp = SpectCase(mu, case.voxel_mm, case.angles_deg, case.kind, device)
     if tuple(sp.geometry.detector_shape) != tuple(counts_vzb.shape[1:]):
         raise RuntimeError(f"detector {sp.geometry.detector_shape} vs counts {counts_vzb.shape}")
 
@@ -342,13 +367,14 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
     def pyt_gradient() -> torch.Tensor:
         return likelihood.compute_gradient(ones_obj)
 
-    from pytomography.likelihoods import PoissonLogLikelihood
+    names: tuple[str, ...] = ("spect", "loglik")
+    if pyt is not None:
+        from pytomography.likelihoods import PoissonLogLikelihood
 
-    likelihood = PoissonLogLikelihood(pyt.system_matrix, counts_vbz)
-    likelihood._set_n_subsets(1)  # its H^T 1, needed by compute_gradient, outside the timing
-    ones_obj = torch.ones_like(truth_obj)
-
-    names = ("pytomography", "spect", "loglik", "pyt_gradient")
+        likelihood = PoissonLogLikelihood(pyt.system_matrix, counts_vbz)
+        likelihood._set_n_subsets(1)  # its H^T 1, needed by compute_gradient, outside the timing
+        ones_obj = torch.ones_like(truth_obj)
+        names = ("pytomography", "spect", "loglik", "pyt_gradient")
     samples = {
         key: Samples()
         for key in ("pyt_iter", "our_iter", "pyt_rest", "our_rest", "loglik", "pyt_gradient")
@@ -357,9 +383,9 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
     our_runs: list[RunTimes] = []
     out: dict[str, Any] = {}
     gate = QuietGate(max_wait_s=args.max_quiet_wait, threshold_cores=BUSY_CORES)
+    who = "spect alone (no reference)" if pyt is None else "PyTomography and spect interleaved"
     log(
-        f"{case.name}: {warmup} warm-up + {repeats} timed rounds of {iterations} iterations, "
-        "PyTomography and spect interleaved"
+        f"{case.name}: {warmup} warm-up + {repeats} timed rounds of {iterations} iterations, " + who
     )
     for rnd in range(warmup + repeats):
         timed = rnd >= warmup
@@ -369,7 +395,7 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
         calls: dict[str, tuple[float, float | None]] = {}
         shift = rnd % len(names)
         for name in names[shift:] + names[:shift]:
-            if name == "pytomography":
+            if name == "pytomography" and pyt is not None:
                 t, out["pyt_image"] = run_pytomography(pyt, counts_vbz, iterations, case.subsets)
                 pyt_runs.append(t)
             elif name == "spect":
@@ -395,18 +421,30 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
         round_load = others_load_between(round_start, CpuMark.now())
         for name, (ms, load) in calls.items():
             samples[name].add(ms, round_load if load is None else load)
-        for key, run in (("pyt", pyt_runs[-1]), ("our", our_runs[-1])):
+        latest = [("pyt", pyt_runs[-1])] if pyt_runs else []
+        for key, run in [*latest, ("our", our_runs[-1])]:
             samples[f"{key}_rest"].add(run.rest_ms, run.rest_others_load)
             for ms, load in zip(run.intervals_ms, run.intervals_others_load, strict=True):
                 samples[f"{key}_iter"].add(ms, load)
-    timings = {key: smp.timing() for key, smp in samples.items()}
+    timings = {key: smp.timing() for key, smp in samples.items() if smp.ms}
 
     # Cross-check, in our layout and units: our x_N = PyTomography's f_N / d (see the docstring).
-    theirs = pyt.from_object(out["pyt_image"]).to(torch.float64)
     ours = out["our_image"].to(torch.float64) * case.voxel_mm
-    truth = activity.to(torch.float64) * scale  # the f that PyTomography's g = H f came from
-    pyt_expected = pyt.forward(out["pyt_image"]).permute(0, 2, 1).double()  # H f_N, our layout
-    pyt_ll = float(poisson_log_likelihood(counts_vzb.double(), pyt_expected))
+    truth = activity.to(torch.float64) * scale  # the f that g = H f came from
+    cross: dict[str, float | None] = dict.fromkeys(
+        ("rel_diff", "sum_ratio", "pytomography_error_vs_truth", "pytomography_log_likelihood")
+    )
+    if pyt is not None:
+        theirs = pyt.from_object(out["pyt_image"]).to(torch.float64)
+        pyt_expected = pyt.forward(out["pyt_image"]).permute(0, 2, 1).double()  # H f_N, ours
+        cross.update(
+            rel_diff=rel_diff(ours, theirs),
+            sum_ratio=float(ours.sum() / theirs.sum()),
+            pytomography_error_vs_truth=rel_diff(theirs, truth),
+            pytomography_log_likelihood=float(
+                poisson_log_likelihood(counts_vzb.double(), pyt_expected)
+            ),
+        )
     details = {
         "n": case.n,
         "voxel_mm": case.voxel_mm,
@@ -419,11 +457,11 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
         "quiet_wait_s": round(gate.waited_s, 1),
         "rounds": gate.rounds,
         "rounds_started_busy": gate.rounds_busy if args.max_quiet_wait > 0 else None,
-        "sum_ratio": float(ours.sum() / theirs.sum()),
-        "pytomography_error_vs_truth": rel_diff(theirs, truth),
+        "sum_ratio": cross["sum_ratio"],
+        "pytomography_error_vs_truth": cross["pytomography_error_vs_truth"],
         "spect_error_vs_truth": rel_diff(ours, truth),
         "spect_log_likelihood": out["our_ll"][-1],
-        "pytomography_log_likelihood": pyt_ll,
+        "pytomography_log_likelihood": cross["pytomography_log_likelihood"],
         "samples_used": {key: note for key, (_, note) in timings.items()},
         "pytomography_runs": [asdict(r) for r in pyt_runs],
         "spect_runs": [asdict(r) for r in our_runs],
@@ -433,13 +471,13 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
         views=len(case.angles_deg),
         subsets=case.subsets,
         iterations=iterations,
-        pytomography_iter=timings["pyt_iter"][0],
+        pytomography_iter=timings["pyt_iter"][0] if pyt is not None else None,
         spect_iter=timings["our_iter"][0],
-        pytomography_rest=timings["pyt_rest"][0],
+        pytomography_rest=timings["pyt_rest"][0] if pyt is not None else None,
         spect_rest=timings["our_rest"][0],
         spect_fp_loglik=timings["loglik"][0],
-        pytomography_gradient=timings["pyt_gradient"][0],
-        rel_diff=rel_diff(ours, theirs),
+        pytomography_gradient=timings["pyt_gradient"][0] if pyt is not None else None,
+        rel_diff=cross["rel_diff"],
         details=details,
         target=case.target,
     )
@@ -450,63 +488,84 @@ def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None
 # --------------------------------------------------------------------------------------------
 
 
-def fmt_s(ms: float) -> str:
+def fmt_s(ms: float | None) -> str:
+    if ms is None:
+        return "—"
     s = ms / 1e3
-    return f"{s:.3f}" if s < 10 else f"{s:.1f}"
+    return f"{s:.2g}" if s < 0.01 else f"{s:.3f}" if s < 10 else f"{s:.1f}"
 
 
-def format_table(rows: list[Row]) -> list[str]:
-    lines = [
-        "| config | PyTomography s/iter | spect s/iter | speed-up | (of minima) | target "
-        "| met? | rel. diff |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
-    ]
-    for r in rows:
-        target = "—" if r.target is None else f"≥ {r.target:g}×"
-        met = "—" if r.target_met is None else ("**met**" if r.target_met else "**NOT met**")
-        lines.append(
-            f"| {r.config} | {fmt_s(r.pytomography_iter.median_ms)} "
-            f"| {fmt_s(r.spect_iter.median_ms)} | {r.speedup:.1f}× | {r.speedup_of_minima:.1f}× "
-            f"| {target} | {met} | {r.rel_diff:.1e} |"
-        )
-    return lines
+def _median(timing: Mapping[str, Any] | None) -> float | None:
+    return None if timing is None else timing["median_ms"]
 
 
-def format_one_off(rows: list[Row]) -> list[str]:
-    lines = [
-        "| config | PyTomography one-off (Hᵀ1) | spect one-off (setup) "
-        "| spect FP + log-likelihood | PyTomography `compute_gradient` |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.config} | {fmt_s(r.pytomography_one_off_ms)} | {fmt_s(r.spect_one_off_ms)} "
-            f"| {fmt_s(r.spect_fp_loglik.median_ms)} | {fmt_s(r.pytomography_gradient.median_ms)} |"
-        )
-    return lines
+def _num(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
-def format_cross_check(rows: list[Row]) -> list[str]:
-    lines = [
-        "| config | iterations | rel. diff | sum ratio | PyTomography vs phantom "
-        "| spect vs phantom | log-likelihood PyTomography | log-likelihood spect |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        d = r.details
-        lines.append(
-            f"| {r.config} | {r.iterations} | {r.rel_diff:.1e} | {d['sum_ratio']:.6f} "
-            f"| {d['pytomography_error_vs_truth']:.3f} | {d['spect_error_vs_truth']:.3f} "
-            f"| {d['pytomography_log_likelihood']:.6e} | {d['spect_log_likelihood']:.6e} |"
-        )
-    return lines
+def render(record: Mapping[str, Any]) -> dict[str, str]:
+    """The docs blocks of one record: per-iteration times, one-off costs and cross-check."""
+    rows = record["rows"]
+    table = markdown_table(
+        ["config", "PyTomography s/iter", "spect s/iter", "speed-up", "(of minima)", "target",
+         "met?", "rel. diff"],
+        (
+            [r["config"], fmt_s(_median(r["pytomography_iter"])), fmt_s(_median(r["spect_iter"])),
+             fmt_ratio(r["speedup"]), fmt_ratio(r["speedup_of_minima"]),
+             "—" if r["target"] is None else f"≥ {r['target']:g}×", fmt_met(r["target_met"]),
+             _num(r["rel_diff"], ".1e")]
+            for r in rows
+        ),
+        "lrrrrrlr",
+    )  # fmt: skip
+    one_off = markdown_table(
+        ["config", "PyTomography one-off (Hᵀ1)", "spect one-off (setup)",
+         "spect FP + log-likelihood", "PyTomography `compute_gradient`"],
+        (
+            [r["config"], fmt_s(r["pytomography_one_off_ms"]), fmt_s(r["spect_one_off_ms"]),
+             fmt_s(_median(r["spect_fp_loglik"])), fmt_s(_median(r["pytomography_gradient"]))]
+            for r in rows
+        ),
+        "lrrrr",
+    )  # fmt: skip
+    cross = markdown_table(
+        ["config", "iterations", "rel. diff", "sum ratio", "PyTomography vs phantom",
+         "spect vs phantom", "log-likelihood PyTomography", "log-likelihood spect"],
+        (
+            [r["config"], r["iterations"], _num(r["rel_diff"], ".1e"),
+             _num(d["sum_ratio"], ".6f"), _num(d["pytomography_error_vs_truth"], ".3f"),
+             _num(d["spect_error_vs_truth"], ".3f"),
+             _num(d["pytomography_log_likelihood"], ".6e").replace("-", "−"),
+             _num(d["spect_log_likelihood"], ".6e").replace("-", "−")]
+            for r in rows
+            for d in [r["details"]]
+        ),
+        "lrrrrrrr",
+    )  # fmt: skip
+    with_targets = [r for r in rows if r["target"] is not None and r["speedup"] is not None]
+    targets = markdown_table(
+        ["target", "measured", "met?"],
+        (
+            [f"{r['config'].split(', ')[1]}, {r['config'].split(', ')[0]} with attenuation: "
+             f"≥ {r['target']:g}× faster per iteration than PyTomography",
+             f"{fmt_ratio(r['speedup'])} ({fmt_s(_median(r['pytomography_iter']))} → "
+             f"{fmt_s(_median(r['spect_iter']))} s)",
+             fmt_met(r["target_met"])]
+            for r in with_targets
+        ),
+        "lll",
+    )  # fmt: skip
+    return {
+        "mlem": "\n".join(table),
+        "mlem-one-off": "\n".join(one_off),
+        **({"mlem-targets": "\n".join(targets)} if with_targets else {}),
+        "mlem-cross-check": "\n".join(cross),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 timed round, no warm-up")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--repeats", type=int, help="timed rounds per case (overrides the defaults)")
+    add_common_options(p, reference=True, repeats_help="timed rounds per case (overrides defaults)")
     p.add_argument(
         "--iterations",
         type=int,
@@ -519,18 +578,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SEED",
         help="draw Poisson counts with this seed (default: noise-free counts)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument(
-        "--max-quiet-wait",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="before each timed round wait up to S seconds for other processes to go idle "
-        "(default 30; 0 = never wait)",
-    )
     args = p.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        p.error("--repeats must be at least 1")
+    check_common_options(p, args)
     if args.iterations < 2:
         p.error("--iterations must be at least 2 (s/iter is the time between two iterations)")
     return args
@@ -565,15 +614,11 @@ def source_revision() -> str | None:
     return commit + (" + local changes" if dirty else "")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every case; the run's record."""
     device = torch.device(args.device)
-    torch.set_num_threads(usable_cores())
+    torch.set_num_threads(args.threads[-1] if args.threads else usable_cores())
     torch.set_default_dtype(torch.float32)
-
-    def log(msg: str) -> None:
-        print(f"# {msg}", file=sys.stderr, flush=True)
-
     machine = machine_info(device)
     machine["spect"] = package_version("spect")
     machine["spect_revision"] = source_revision()
@@ -588,108 +633,42 @@ def main(argv: list[str] | None = None) -> int:
             "counts": "noise-free" if args.poisson is None else f"Poisson, seed {args.poisson}",
             "statistic": "median interval between per-iteration callbacks (iterations 2..N), "
             "pooled over timed rounds; packages interleaved",
+            "with_reference": not args.no_reference,
             "max_quiet_wait_s": args.max_quiet_wait,
         },
     )
-    load = machine["load_average_start"]
-    print(
-        "\n".join(
-            [
-                "# spect vs PyTomography: MLEM / OSEM iteration benchmark",
-                "",
-                f"- date: {machine['date']}",
-                f"- CPU: {machine['cpu_model']}, {machine['cores']} cores; "
-                f"device: {machine['device']}"
-                + (f" ({machine['gpu']})" if "gpu" in machine else ""),
-                f"- torch {machine['torch']}, {machine['torch_threads']} threads; "
-                f"PyTomography {machine['pytomography']}, kornia {machine['kornia']}; "
-                f"Python {machine['python']}",
-                f"- spect {machine['spect']}, source {machine['spect_revision'] or 'unknown'}",
-                f"- float32, attenuation on, no PSF; {args.iterations} iterations per run, "
-                f"{report.settings['counts']} counts"
-                + (" (quick run: 1 round, no warm-up)" if args.quick else ""),
-                f"- 1-min load average at start: {load:.2f}" if load is not None else "",
-                "",
-            ]
-        ),
-        flush=True,
-    )
-
+    log(f"MLEM / OSEM benchmark on {machine_summary(machine)}")
     with torch.no_grad():
         for case in CASES:
             row = bench_case(case, args, log)
             report.rows.append(row)
+            pyt_iter = row.pytomography_iter
             log(
-                f"{case.name}: PyTomography {fmt_s(row.pytomography_iter.median_ms)} s/iter, "
-                f"spect {fmt_s(row.spect_iter.median_ms)} s/iter ({row.speedup:.1f}×), "
-                f"rel. diff {row.rel_diff:.1e}"
+                f"{case.name}: PyTomography {fmt_s(pyt_iter and pyt_iter.median_ms)} "
+                f"s/iter, spect {fmt_s(row.spect_iter.median_ms)} s/iter "
+                f"({fmt_ratio(row.speedup)}), rel. diff {_num(row.rel_diff, '.1e')}"
             )
-
-    rows = report.rows
-    print("\n".join(format_table(rows)))
-    print()
-    print(
-        "s/iter = median time of one full iteration after the first (the interval between "
-        "per-iteration callbacks), so PyTomography's Hᵀ1 and spect's setup are excluded. "
-        "speed-up = PyTomography / spect. rel. diff = ‖d·x_N − f_N‖₂ / ‖f_N‖₂ after "
-        f"{args.iterations} iterations from a uniform start on the same counts, in our layout "
-        "(x: spect, count_scale = 1; f: PyTomography; d = voxel size in mm)."
-    )
-    print()
-    print(
-        "One-off and component costs (s, medians). one-off = the whole call − N × s/iter: "
-        "PyTomography's Hᵀ1; spect's setup (projectors with cached attenuation, sensitivity, "
-        "start image; with one subset also the last iteration's likelihood projection). "
-        "spect FP + log-likelihood: one call, part of each OSEM iteration (MLEM reuses the "
-        "iteration's own projection). compute_gradient: PyTomography's FP + BP over all views."
-    )
-    print()
-    print("\n".join(format_one_off(rows)))
-    print()
-    print("Cross-check (errors vs phantom are relative L2 differences, in our units):")
-    print()
-    print("\n".join(format_cross_check(rows)))
-    busy = [
-        f"{r.config}: {r.details['rounds_started_busy']} of {r.details['rounds']}"
-        for r in rows
-        if r.details.get("rounds_started_busy")
-    ]
-    print()
-    print(
-        f"Samples used: the quiet ones, during which other processes used < {BUSY_CORES} cores "
-        "(all of them where fewer than 3 were quiet):"
-    )
-    print()
-    for r in rows:
+    for r in report.rows:
         used = r.details["samples_used"]
-        print(
-            f"- {r.config}: iterations: PyTomography {used['pyt_iter']}, spect {used['our_iter']}; "
-            f"one-off: {used['pyt_rest']}, {used['our_rest']}; "
-            f"log-likelihood: {used['loglik']}; compute_gradient: {used['pyt_gradient']}"
-        )
-    print()
-    print(
-        "Timed rounds that started while other processes were busy: "
-        + ("; ".join(busy) if busy else "none")
-        + (" (quiet gate off)" if args.max_quiet_wait <= 0 else "")
-        + "."
-    )
+        log(f"{r.config}: quiet samples (< {BUSY_CORES} cores of others) used: {used}")
+        if r.details.get("rounds_started_busy"):
+            log(f"{r.config}: {r.details['rounds_started_busy']} of {r.details['rounds']} rounds "
+                "started while other processes were busy")  # fmt: skip
     machine["load_average_end"] = load_average()
-    if machine["load_average_end"] is not None:
-        print(f"\n1-min load average at the end: {machine['load_average_end']:.2f}")
+    properties = (
+        "speedup",
+        "speedup_of_minima",
+        "target_met",
+        "pytomography_one_off_ms",
+        "spect_one_off_ms",
+    )
+    script = "benchmarks/bench_mlem.py"
+    return make_record("mlem", script, report, report.rows, properties)
 
-    if args.json:
-        payload = asdict(report)
-        for row, obj in zip(rows, payload["rows"], strict=True):
-            obj["speedup"] = row.speedup
-            obj["speedup_of_minima"] = row.speedup_of_minima
-            obj["target_met"] = row.target_met
-            obj["pytomography_one_off_ms"] = row.pytomography_one_off_ms
-            obj["spect_one_off_ms"] = row.spect_one_off_ms
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-        log(f"wrote {args.json}")
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_benchmark(args, "mlem", measure, render)
 
 
 if __name__ == "__main__":

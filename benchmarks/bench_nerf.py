@@ -3,7 +3,7 @@
 Three parts (``--part speed|quality|all``; ``all`` by default):
 
 **speed** — the time of one full training step (draw the lines, render them, Poisson loss,
-backward, gradient clipping, Adam: ``recon.nerf.training._Trainer._train_step``, exactly what
+backward, gradient clipping, Adam: ``recon.training.loop.Trainer._train_step``, exactly what
 ``fit`` runs each step), median over a few steps after a warm-up, for several models, interleaved
 round by round. On the CPU (``--device cpu``) at the original prototype's configuration: a
 128×128 AP/PA study (the torso on the 128³ default grid), 13 000 lines per step, 32 samples per
@@ -42,25 +42,35 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_nerf.py --quick              # smoke run
     .venv/bin/python benchmarks/bench_nerf.py --part speed --json nerf-speed.json
     .venv/bin/python benchmarks/bench_nerf.py --device cuda        # on a GPU
+    .venv/bin/python benchmarks/bench_nerf.py --from-json benchmarks/results/nerf.json --write-docs
+
+The options, the record (``--json``) and the tables of ``docs/performance.md`` (``--write-docs``)
+are handled by ``_report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _report import (
+    add_common_options,
+    check_common_options,
+    fmt_met,
+    log,
+    markdown_table,
+    run_benchmark,
+)
 from _timing import (
     CpuMark,
     QuietGate,
@@ -251,10 +261,25 @@ class SpeedRow:
         known = [v for v in self.others_load if v is not None]
         return statistics.median(known) if known else None
 
+    def summary(self) -> dict[str, Any]:
+        """The figures the table shows (a record keeps them beside the samples)."""
+        quiet = self.quiet_s
+        return {
+            "quiet_median_s": statistics.median(quiet) if quiet else None,
+            "quiet_steps": len(quiet),
+            "median_s": self.median_s,
+            "min_s": self.min_s,
+            "judged_s": self.judged_s,
+            "samples_per_s": self.samples_per_s,
+            "speedup": self.speedup,
+            "target_met": self.target_met,
+            "median_others_load": self.median_others_load,
+        }
+
 
 def make_trainer(study: Study, case: SpeedCase, lines: int, device: torch.device) -> Any:
-    """A started ``_Trainer`` (what ``fit`` builds) for one speed case."""
-    from recon.nerf.training import _Trainer
+    """A started ``Trainer`` (what ``fit`` builds) for one speed case."""
+    from recon.nerf.training import _trainer
 
     config = dataclasses.replace(
         TrainConfig.gpu_default(),
@@ -266,9 +291,8 @@ def make_trainer(study: Study, case: SpeedCase, lines: int, device: torch.device
         field=case.field,
     )
     rep = seeded_field(study, case.field, seed=0).to(device)
-    params = [p for p in rep.parameters() if p.requires_grad]
-    trainer = _Trainer(rep, study, config, device, params, None, None)
-    trainer.start(None, True)
+    trainer, objective = _trainer(rep, study, config, device)
+    objective.start(init_scale=True)
     return trainer
 
 
@@ -326,7 +350,7 @@ def run_speed(
     torch.set_num_threads(max(thread_counts))
     rows = []
     for k, (c, threads) in enumerate(runs):
-        n_params = sum(p.numel() for p in trainers[k].rep.parameters())
+        n_params = sum(p.numel() for p in trainers[k].objective.representation.parameters())
         precision = "bf16 autocast" if c.cpu_bf16 or c.amp == "bf16" else "fp32"
         rows.append(
             SpeedRow(
@@ -359,38 +383,42 @@ def run_speed(
     return rows, details
 
 
-def format_speed(rows: list[SpeedRow], device: torch.device) -> list[str]:
-    if device.type == "cuda":
-        lines = [
-            "| model | precision | params | ms / step | steps / s | samples / s | peak GiB "
-            "| others' CPU load |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for r in rows:
-            lines.append(
-                f"| {r.name} | {r.precision} | {r.parameters:,} | {1e3 * r.judged_s:.1f} "
-                f"| {1 / r.judged_s:.2f} | {r.samples_per_s:,.0f} "
-                f"| {r.peak_memory_gib or 0:.2f} | {_load(r.median_others_load)} |"
-            )
-        return lines
-    lines = [
-        "| model | threads | params | s / step: quiet steps (n) | all steps | min "
-        "| samples / s | vs prototype 50 s | target | others' load |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
-    ]
-    for r in rows:
-        if r.target is None:
-            target = "(reference)"
-        else:
-            target = f"≥ {r.target:g}×: **{'met' if r.target_met else 'NOT met'}**"
-        quiet = r.quiet_s
-        quiet_text = f"{statistics.median(quiet):.2f} ({len(quiet)})" if quiet else "— (0)"
-        lines.append(
-            f"| {r.name} | {r.threads} | {r.parameters:,} | {quiet_text} | {r.median_s:.2f} "
-            f"| {r.min_s:.2f} | {r.samples_per_s:,.0f} | {r.speedup:.1f}× | {target} "
-            f"| {_load(r.median_others_load)} |"
-        )
-    return lines
+def format_speed(rows: list[dict[str, Any]], device_type: str) -> list[str]:
+    """The speed table of a record's rows (``SpeedRow`` fields and its ``summary()``)."""
+    if device_type == "cuda":
+        return markdown_table(
+            ["model", "precision", "params", "ms / step", "steps / s", "samples / s",
+             "peak GiB", "others' CPU load"],
+            (
+                [r["name"], r["precision"], f"{r['parameters']:,}", f"{1e3 * r['judged_s']:.1f}",
+                 f"{1 / r['judged_s']:.2f}", f"{r['samples_per_s']:,.0f}",
+                 f"{r['peak_memory_gib'] or 0:.2f}", _load(r["median_others_load"])]
+                for r in rows
+            ),
+            "llrrrrrr",
+        )  # fmt: skip
+
+    def target(r: dict[str, Any]) -> str:
+        if r["target"] is None:
+            return "(reference)"
+        return f"≥ {r['target']:g}×: {fmt_met(r['target_met'])}"
+
+    def quiet(r: dict[str, Any]) -> str:
+        if r["quiet_median_s"] is None:
+            return "— (0)"
+        return f"{r['quiet_median_s']:.2f} ({r['quiet_steps']})"
+
+    return markdown_table(
+        ["model", "threads", "params", "s / step: quiet steps (n)", "all steps", "min",
+         "samples / s", f"vs prototype {PROTOTYPE_STEP_S:g} s", "target", "others' load"],
+        (
+            [r["name"], r["threads"], f"{r['parameters']:,}", quiet(r), f"{r['median_s']:.2f}",
+             f"{r['min_s']:.2f}", f"{r['samples_per_s']:,.0f}", f"{r['speedup']:.1f}×",
+             target(r), _load(r["median_others_load"])]
+            for r in rows
+        ),
+        "lrrrrrrrlr",
+    )  # fmt: skip
 
 
 def _load(value: float | None) -> str:
@@ -555,55 +583,61 @@ def run_quality(
     }
 
 
-def format_fits(quality: dict[str, Any]) -> list[str]:
-    lines = [
-        "| fit | torch threads | steps | wall s (whole `fit`) | training loop s | < 120 s "
-        "| others' load | held-out PSNR dB | deviance / pixel |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+def format_fits(quality: Mapping[str, Any]) -> list[str]:
+    def seconds(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1f}"
+
+    return markdown_table(
+        ["fit", "torch threads", "steps", "wall s (whole `fit`)", "training loop s",
+         f"< {CPU_DEFAULT_LIMIT_S:g} s", "others' load", "held-out PSNR dB", "deviance / pixel"],
+        (
+            [r["label"], r["threads"], r["steps"], seconds(r["wall_s"]), seconds(r["train_s"]),
+             fmt_met(r["wall_s"] < CPU_DEFAULT_LIMIT_S), _load(r["others_load"]),
+             f"{r['val_psnr']:.1f}", f"{r['val_deviance']:.2f}"]
+            for r in quality["fits"]
+        ),
+        "lrrrrlrrr",
+    )  # fmt: skip
+
+
+def format_quality(quality: Mapping[str, Any]) -> list[str]:
+    def ssim(m: Mapping[str, Any]) -> str:
+        return "—" if m["ssim"] is None else f"{m['ssim']:.3f}"
+
+    return markdown_table(
+        ["method", "NRMSE body", "NRMSE volume", "PSNR dB", "SSIM", "total activity error",
+         "activity outside body"],
+        (
+            [name, f"{m['nrmse_body']:.3f}", f"{m['nrmse']:.3f}", f"{m['psnr_db']:.1f}", ssim(m),
+             _pct(m["total_activity"]["relative_error"]),
+             _pct(m.get("activity_outside", {}).get("fraction"), signed=False)]
+            for name, m in quality["metrics"].items()
+        ),
+        "lrrrrrr",
+    )  # fmt: skip
+
+
+def format_organs(quality: Mapping[str, Any]) -> list[str]:
+    metrics: Mapping[str, Mapping[str, Any]] = quality["metrics"]
+    # a method without organ figures (e.g. one left out of a published table) has no column
+    methods = [
+        m for m in metrics if any(o["relative_error"] is not None for o in metrics[m]["organs"])
     ]
-    for r in quality["fits"]:
-        ok = "**met**" if r["wall_s"] < CPU_DEFAULT_LIMIT_S else "**NOT met**"
-        lines.append(
-            f"| {r['label']} | {r['threads']} | {r['steps']} | {r['wall_s']:.1f} "
-            f"| {r['train_s']:.1f} | {ok} | {_load(r['others_load'])} | {r['val_psnr']:.1f} "
-            f"| {r['val_deviance']:.2f} |"
-        )
-    return lines
-
-
-def format_quality(quality: dict[str, Any]) -> list[str]:
-    metrics: dict[str, dict[str, Any]] = quality["metrics"]
-    lines = [
-        "| method | NRMSE body | NRMSE volume | PSNR dB | SSIM | total activity error "
-        "| activity outside body |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, m in metrics.items():
-        total = m["total_activity"]["relative_error"]
-        outside = m.get("activity_outside", {}).get("fraction")
-        ssim = "—" if m["ssim"] is None else f"{m['ssim']:.3f}"
-        lines.append(
-            f"| {name} | {m['nrmse_body']:.3f} | {m['nrmse']:.3f} | {m['psnr_db']:.1f} "
-            f"| {ssim} | {_pct(total)} | {_pct(outside, signed=False)} |"
-        )
-    lines += ["", *format_organs(quality)]
-    return lines
-
-
-def format_organs(quality: dict[str, Any]) -> list[str]:
-    metrics: dict[str, dict[str, Any]] = quality["metrics"]
-    methods = list(metrics)
     conj = {row["name"]: row for row in quality["conjugate_view"]}
-    organ_names = [o["name"] for o in next(iter(metrics.values()))["organs"]]
-    header = "| organ | true MBq | " + " | ".join(methods) + " | conjugate view |"
-    lines = [header, "| --- | ---: |" + " ---: |" * (len(methods) + 1)]
-    for k, organ in enumerate(organ_names):
-        first = next(iter(metrics.values()))["organs"][k]
+    first = next(iter(metrics.values()))["organs"]
+    rows = []
+    for k, organ in enumerate(first):
         cells = [_pct(metrics[m]["organs"][k]["relative_error"]) for m in methods]
-        cv = conj.get(organ)
+        cv = conj.get(organ["name"])
         cells.append(_pct(cv["relative_error"]) if cv else "—")
-        lines.append(f"| {organ} | {first['true_mbq']:.2f} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([organ["name"], _mbq(organ["true_mbq"]), *cells])
+    return markdown_table(
+        ["organ", "true MBq", *methods, "conjugate view"], rows, "lr" + "r" * (len(methods) + 1)
+    )
+
+
+def _mbq(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.01 else f"{value:.1g}"
 
 
 def _pct(value: float | None, signed: bool = True) -> str:
@@ -615,102 +649,78 @@ def _pct(value: float | None, signed: bool = True) -> str:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def render(record: Mapping[str, Any]) -> dict[str, str]:
+    """The docs blocks of one record: the speed table and/or the fit, quality and organ tables."""
+    blocks = {}
+    if "speed" in record:
+        device_type = str(record["machine"].get("device", "cpu")).split(":")[0]
+        blocks["nerf-speed"] = "\n".join(format_speed(record["speed"]["rows"], device_type))
+    if "quality" in record:
+        quality = record["quality"]
+        blocks["nerf-fits"] = "\n".join(format_fits(quality))
+        blocks["nerf-quality"] = "\n".join(format_quality(quality))
+        blocks["nerf-organs"] = "\n".join(format_organs(quality))
+    return blocks
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (few steps)")
-    parser.add_argument("--json", type=Path, help="also write every sample as JSON here")
-    parser.add_argument("--markdown", type=Path, help="also write the tables here")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_common_options(
+        parser, repeats_default=5, repeats_help="timed steps per model", quiet_wait_default_s=20.0
+    )
     parser.add_argument("--part", default="all", choices=("speed", "quality", "all"))
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per model")
     parser.add_argument(
         "--only",
         action="append",
         help="time only the models whose name contains this text (repeatable)",
     )
-    parser.add_argument(
-        "--threads",
-        type=lambda text: [int(t) for t in text.split(",")],
-        default=None,
-        help="comma-separated torch thread counts to time on the CPU (default: 1 and all cores)",
-    )
-    parser.add_argument(
-        "--max-quiet-wait",
-        type=float,
-        default=20.0,
-        help="before each timed step, wait up to S s for other processes to go idle (0: off)",
-    )
     args = parser.parse_args(argv)
+    check_common_options(parser, args)
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen parts; the run's record."""
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available", file=sys.stderr)
-        return 2
     if args.threads is None:
         args.threads = sorted({1, usable_cores()})
     torch.set_num_threads(max(args.threads))
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     report: dict[str, Any] = {
+        "benchmark": "nerf",
+        "script": "benchmarks/bench_nerf.py",
         "machine": machine_info(device),
         "load_average_start": load_average(),
-        "settings": vars(args) | {"json": str(args.json), "markdown": str(args.markdown)},
+        "settings": vars(args),
     }
-    out: list[str] = [
-        f"Machine: {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
-        f"torch {report['machine']['torch']}, timed with {args.threads} threads"
-        + (f", {report['machine'].get('gpu')}" if device.type == "cuda" else "")
-        + f"; {report['machine']['date']}; load average at start "
-        f"{_load(report['load_average_start'])}.",
-        "",
-    ]
+    log(f"timed with {args.threads} threads; load average at start "
+        f"{_load(report['load_average_start'])}")  # fmt: skip
     if args.part in ("speed", "all"):
         rows, details = run_speed(args, device, log)
-        report["speed"] = {"rows": [dataclasses.asdict(r) for r in rows], **details}
-        out += [
-            f"Speed per training step ({details['lines_per_step']} lines = "
-            f"{details['pixels_per_step']} AP+PA pixels, {PROTOTYPE_SAMPLES} samples per ray, "
-            f"{details['lines_per_step'] * PROTOTYPE_SAMPLES} field samples per step; median of "
-            f"{details['timed_steps']} after {details['warmup_steps']} warm-up; "
+        report["speed"] = {
+            "rows": [dataclasses.asdict(r) | r.summary() for r in rows],
+            **details,
+        }
+        log(
+            f"speed per training step: {details['lines_per_step']} lines = "
+            f"{details['pixels_per_step']} AP+PA pixels, {PROTOTYPE_SAMPLES} samples per ray; "
+            f"median of {details['timed_steps']} after {details['warmup_steps']} warm-up; "
             f"{details['rounds_started_busy']} of {details['rounds']} steps started while others "
-            f"were busy; a step is quiet when others used < {QUIET_LOAD} cores meanwhile, and "
-            f"samples/s and the speed-up use the median of the quiet steps when there are at "
-            f"least {MIN_QUIET}, else of all):",
-            "",
-            *format_speed(rows, device),
-            "",
-        ]
+            f"were busy; a step is quiet when others used < {QUIET_LOAD} cores, and samples/s "
+            f"and the speed-up use the median of the quiet steps when there are at least "
+            f"{MIN_QUIET}, else of all"
+        )
     if args.part in ("quality", "all"):
-        quality = run_quality(args, device, log)
-        report["quality"] = quality
-        out += [
-            f"CPU default fit, {quality['study']['grid']}, AP/PA, "
-            f"{quality['study']['total_counts']:.3g} counts:",
-            "",
-            *format_fits(quality),
-            "",
-            "Quality (same study):",
-            "",
-            *format_quality(quality),
-            "",
-        ]
+        report["quality"] = run_quality(args, device, log)
     report["load_average_end"] = load_average()
-    text = "\n".join(out)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n", encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, default=_json_default), encoding="utf-8")
-    return 0
+    return report
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and args.from_json is None and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available", file=sys.stderr)
+        return 2
+    return run_benchmark(args, "nerf", measure, render)
 
 
 if __name__ == "__main__":

@@ -38,15 +38,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from _report import (
+    add_common_options,
+    check_common_options,
+    fmt_met,
+    fmt_ms,
+    fmt_ratio,
+    log,
+    machine_summary,
+    make_record,
+    markdown_table,
+    run_benchmark,
+)
 from _timing import (
     QuietGate,
     Timing,
@@ -322,8 +332,8 @@ def expected_probe_position(beta: float, k: int, j: int, i: int, n: int) -> tupl
     return k, bins[beta]
 
 
-def run_probe(device: torch.device, with_spect: bool) -> dict[str, Any]:
-    """Project one voxel (μ = 0) with both projectors; report peak (row, bin) and peak value."""
+def run_probe(device: torch.device, with_spect: bool, with_reference: bool) -> dict[str, Any]:
+    """Project one voxel (μ = 0) with each projector; report peak (row, bin) and peak value."""
     n, d = PROBE_N, PROBE_VOXEL_MM
     k, j, i = PROBE_POINT_ZYX
     point = torch.zeros((n, n, n), dtype=torch.float32)
@@ -355,9 +365,10 @@ def run_probe(device: torch.device, with_spect: bool) -> dict[str, Any]:
             for pos in [expected_probe_position(b, k, j, i, n)]
         ],
     }
-    pyt = PyTomographyCase(mu, d, PROBE_ANGLES, device)
-    with torch.no_grad():
-        result["pytomography"] = peaks(pyt.projection_in_our_units(point.to(device)))
+    if with_reference:
+        pyt = PyTomographyCase(mu, d, PROBE_ANGLES, device)
+        with torch.no_grad():
+            result["pytomography"] = peaks(pyt.projection_in_our_units(point.to(device)))
     if with_spect:
         sp = SpectCase(mu, d, PROBE_ANGLES, "angles", device)
         with torch.no_grad():
@@ -366,23 +377,29 @@ def run_probe(device: torch.device, with_spect: bool) -> dict[str, Any]:
 
 
 def format_probe(probe: dict[str, Any]) -> list[str]:
-    lines = [
+    def cells(side: str, idx: int) -> tuple[str, str]:
+        found = probe.get(side)
+        if not found:
+            return "—", "—"
+        return f"({found[idx]['row']}, {found[idx]['bin']})", f"{found[idx]['peak']:.4g}"
+
+    rows = []
+    for idx, exp in enumerate(probe["expected"]):
+        (pyt_pos, pyt_peak), (sp_pos, sp_peak) = cells("pytomography", idx), cells("spect", idx)
+        rows.append(
+            [f"{exp['beta']:.0f}", f"({exp['row']}, {exp['bin']})", pyt_pos, sp_pos, pyt_peak,
+             sp_peak]
+        )  # fmt: skip
+    return [
         f"Point-source probe ({probe['grid']}, voxel (z, y, x) = {tuple(probe['point_zyx'])}); "
         "peak (row, bin) in our layout; PyTomography values × voxel mm:",
         "",
-        "| β | expected (docs) | PyTomography | spect | PyTomography peak | spect peak |",
-        "| ---: | --- | --- | --- | ---: | ---: |",
+        *markdown_table(
+            ["β", "expected (docs)", "PyTomography", "spect", "PyTomography peak", "spect peak"],
+            rows,
+            "rlllrr",
+        ),
     ]
-    for idx, exp in enumerate(probe["expected"]):
-        pyt = probe["pytomography"][idx]
-        sp = probe.get("spect", [None] * len(probe["expected"]))[idx]
-        sp_pos = f"({sp['row']}, {sp['bin']})" if sp else "—"
-        sp_peak = f"{sp['peak']:.4g}" if sp else "—"
-        lines.append(
-            f"| {exp['beta']:.0f} | ({exp['row']}, {exp['bin']}) | ({pyt['row']}, {pyt['bin']}) "
-            f"| {sp_pos} | {pyt['peak']:.4g} | {sp_peak} |"
-        )
-    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,6 +424,39 @@ def smoothed(volume: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
     return torch.from_numpy(gaussian_filter(data, sigma=sigma_voxels, mode="nearest"))
 
 
+@torch.no_grad()
+def cross_check(
+    sp: SpectCase,
+    pyt: PyTomographyCase,
+    activity: torch.Tensor,
+    our_proj: torch.Tensor,
+    pyt_proj: torch.Tensor,
+    diffs: dict[str, float | None],
+) -> dict[str, float]:
+    """Compare both projectors in our units; fills ``diffs`` and returns the details."""
+    if tuple(our_proj.shape) != tuple(pyt_proj.shape):
+        raise RuntimeError(
+            f"spect projection shape {tuple(our_proj.shape)} != expected "
+            f"{tuple(pyt_proj.shape)} [V, rows=Z, bins=X]"
+        )
+    # Both back-project the same projections (ours); values compared in our units.
+    our_bp = sp.backward(our_proj)
+    pyt_bp = pyt.back_projection_in_our_units(our_proj)
+    diffs.update(
+        fwd=rel_diff(our_proj, pyt_proj),
+        bwd=rel_diff(our_bp, pyt_bp),
+        ffun=rel_diff(sp.forward_functional(activity), pyt_proj),
+        bfun=rel_diff(sp.backward_functional(our_proj), pyt_bp),
+    )
+    return {
+        "forward_rel_diff": diffs["fwd"],
+        "forward_sum_ratio": float(our_proj.double().sum() / pyt_proj.double().sum()),
+        "back_rel_diff": diffs["bwd"],
+        "back_rel_diff_smoothed_1voxel": rel_diff(smoothed(our_bp, 1.0), smoothed(pyt_bp, 1.0)),
+        "back_sum_ratio": float(our_bp.double().sum() / pyt_bp.double().sum()),
+    }
+
+
 def bench_config(
     config: Config, args: argparse.Namespace, log: Callable[[str], None]
 ) -> tuple[list[Row], dict[str, Any]]:
@@ -418,15 +468,16 @@ def bench_config(
     activity = torch.from_numpy(activity_np).to(device)
     mu = torch.from_numpy(mu_np).to(device)
 
-    pyt = PyTomographyCase(mu, config.voxel_mm, config.angles_deg, device)
-    obj = pyt.to_object(activity)
-    with torch.no_grad():
-        pyt_proj_native = pyt.forward(obj)
-    pyt_proj = pyt.from_projection(pyt_proj_native)
-    fns: dict[str, Callable[[], Any]] = {
-        "pyt_fwd": lambda: pyt.forward(obj),
-        "pyt_bwd": lambda: pyt.backward(pyt_proj_native),
-    }
+    fns: dict[str, Callable[[], Any]] = {}
+    pyt = None
+    if not args.no_reference:
+        pyt = PyTomographyCase(mu, config.voxel_mm, config.angles_deg, device)
+        obj = pyt.to_object(activity)
+        with torch.no_grad():
+            pyt_proj_native = pyt.forward(obj)
+        pyt_proj = pyt.from_projection(pyt_proj_native)
+        fns["pyt_fwd"] = lambda: pyt.forward(obj)
+        fns["pyt_bwd"] = lambda: pyt.backward(pyt_proj_native)
 
     details: dict[str, Any] = {
         "config": config.name,
@@ -441,27 +492,8 @@ def bench_config(
         sp = SpectCase(mu, config.voxel_mm, config.angles_deg, config.kind, device)
         with torch.no_grad():
             our_proj = sp.forward(activity)
-            if tuple(our_proj.shape) != tuple(pyt_proj.shape):
-                raise RuntimeError(
-                    f"spect projection shape {tuple(our_proj.shape)} != expected "
-                    f"{tuple(pyt_proj.shape)} [V, rows=Z, bins=X]"
-                )
-            # Both back-project the same projections (ours); values compared in our units.
-            our_bp = sp.backward(our_proj)
-            pyt_bp = pyt.back_projection_in_our_units(our_proj)
-            diffs = {
-                "fwd": rel_diff(our_proj, pyt_proj),
-                "bwd": rel_diff(our_bp, pyt_bp),
-                "ffun": rel_diff(sp.forward_functional(activity), pyt_proj),
-                "bfun": rel_diff(sp.backward_functional(our_proj), pyt_bp),
-            }
-        details.update(
-            forward_rel_diff=diffs["fwd"],
-            forward_sum_ratio=float(our_proj.double().sum() / pyt_proj.double().sum()),
-            back_rel_diff=diffs["bwd"],
-            back_rel_diff_smoothed_1voxel=rel_diff(smoothed(our_bp, 1.0), smoothed(pyt_bp, 1.0)),
-            back_sum_ratio=float(our_bp.double().sum() / pyt_bp.double().sum()),
-        )
+        if pyt is not None:
+            details.update(cross_check(sp, pyt, activity, our_proj, pyt_proj, diffs))
         fns.update(
             spect_fwd=lambda: sp.forward(activity),
             spect_bwd=lambda: sp.backward(our_proj),
@@ -469,7 +501,9 @@ def bench_config(
             spect_bfun=lambda: sp.backward_functional(our_proj),
         )
 
-    who = "PyTomography and spect, interleaved" if with_spect else "PyTomography"
+    who = {True: "PyTomography and spect, interleaved", False: "PyTomography"}[with_spect]
+    if pyt is None:
+        who = "spect alone (no reference)"
     log(f"{config.name}: timing {who} ({n_rep} repeats after {warmup} warm-up)")
     with torch.no_grad():
         gate = QuietGate(max_wait_s=args.max_quiet_wait)
@@ -507,96 +541,94 @@ def bench_config(
     if not with_spect:
         specs = specs[:2]
     rows = [
-        Row(config.name, op, t[kp], t.get(ks), diffs[kd], note, TARGETS.get((config.name, op)))
+        Row(config.name, op, t.get(kp), t.get(ks), diffs[kd], note, TARGETS.get((config.name, op)))
         for op, kp, ks, kd, note in specs
     ]
     return rows, details
 
 
-def format_details(details: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "Cross-check details (spect vs PyTomography in our units; sums are spect / PyTomography):",
-        "",
-        "| config | forward rel. diff | forward sum ratio | back-proj. rel. diff "
-        "| … after 1-voxel smoothing | back-proj. sum ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for d in details:
-        lines.append(
-            f"| {d['config']} | {d['forward_rel_diff']:.1e} | {d['forward_sum_ratio']:.6f} "
-            f"| {d['back_rel_diff']:.1e} | {d['back_rel_diff_smoothed_1voxel']:.1e} "
-            f"| {d['back_sum_ratio']:.6f} |"
-        )
-    return lines
+def fmt_diff(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"
 
 
-def fmt_ms(t: Timing | None) -> str:
-    if t is None:
-        return "—"
-    return f"{t.median_ms:.1f}" if t.median_ms >= 10 else f"{t.median_ms:.2f}"
+def _ms(timing: dict[str, Any] | None) -> float | None:
+    return None if timing is None else timing["median_ms"]
 
 
-def format_table(rows: list[Row]) -> list[str]:
-    lines = [
-        "| config | operation | PyTomography ms | spect ms | speed-up | (of minima) "
-        "| rel. diff | target |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in rows:
-        speed = f"{r.speedup:.1f}×" if r.speedup is not None else "—"
-        speed_min = f"{r.speedup_of_minima:.1f}×" if r.speedup_of_minima is not None else "—"
-        diff = f"{r.rel_diff:.1e}" if r.rel_diff is not None else "—"
-        if r.target is None:
-            target = ""
-        elif r.target_met is None:
-            target = f"≥{r.target:g}×"
-        else:
-            target = f"≥{r.target:g}×: {'met' if r.target_met else 'NOT met'}"
-        lines.append(
-            f"| {r.config} | {r.operation} | {fmt_ms(r.pytomography)} | {fmt_ms(r.spect)} "
-            f"| {speed} | {speed_min} | {diff} | {target} |"
-        )
-    return lines
+def render(record: Mapping[str, Any]) -> dict[str, str]:
+    """The docs blocks of one record: results, targets and (with both packages) cross-check."""
+    rows = record["rows"]
+    table = markdown_table(
+        ["config", "operation", "PyTomography ms", "spect ms", "speed-up", "(of minima)",
+         "rel. diff"],
+        (
+            [r["config"], r["operation"], fmt_ms(_ms(r["pytomography"])), fmt_ms(_ms(r["spect"])),
+             fmt_ratio(r["speedup"]), fmt_ratio(r["speedup_of_minima"]), fmt_diff(r["rel_diff"])]
+            for r in rows
+        ),
+        "llrrrrr",
+    )  # fmt: skip
+    blocks = {"projector": "\n".join(table)}
+    with_targets = [r for r in rows if r.get("target") is not None and r["speedup"] is not None]
+    if with_targets:
+        targets = markdown_table(
+            ["target", "measured", "met?"],
+            (
+                [f"{r['config']} with attenuation, {r['operation']}: ≥ {r['target']:g}× faster "
+                 "than PyTomography",
+                 f"{fmt_ratio(r['speedup'])} ({fmt_ms(_ms(r['pytomography']))} → "
+                 f"{fmt_ms(_ms(r['spect']))} ms)",
+                 fmt_met(r["target_met"])]
+                for r in with_targets
+            ),
+            "lll",
+        )  # fmt: skip
+        blocks["projector-targets"] = "\n".join(targets)
+    checks = [d for d in record.get("cross_check", []) if d.get("forward_rel_diff") is not None]
+    if checks:
+        cross = markdown_table(
+            ["config", "forward rel. diff", "forward sum ratio", "back-proj. rel. diff",
+             "… after 1-voxel smoothing", "back-proj. sum ratio"],
+            (
+                [d["config"], fmt_diff(d["forward_rel_diff"]), f"{d['forward_sum_ratio']:.6f}",
+                 fmt_diff(d["back_rel_diff"]), fmt_diff(d["back_rel_diff_smoothed_1voxel"]),
+                 f"{d['back_sum_ratio']:.6f}"]
+                for d in checks
+            ),
+            "lrrrrr",
+        )  # fmt: skip
+        blocks["projector-cross-check"] = "\n".join(cross)
+    return blocks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--repeats", type=int, help="timed repeats per operation (overrides defaults)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_common_options(p, reference=True)
     p.add_argument(
         "--pytomography-only",
         action="store_true",
         help="time PyTomography alone; spectproj is not imported",
     )
     p.add_argument("--no-probe", action="store_true", help="skip the point-source probe")
-    p.add_argument(
-        "--max-quiet-wait",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="before each timed round wait up to S seconds for other processes to go idle "
-        "(default 30; 0 = never wait)",
-    )
     args = p.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        p.error("--repeats must be at least 1")
+    check_common_options(p, args)
+    if args.pytomography_only and args.no_reference:
+        p.error("--pytomography-only and --no-reference leave nothing to time")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every configuration (and the probe); the run's record."""
     device = torch.device(args.device)
-    torch.set_num_threads(usable_cores())
+    threads = args.threads[-1] if args.threads else usable_cores()
+    torch.set_num_threads(threads)
     torch.set_default_dtype(torch.float32)
     with_spect = not args.pytomography_only
-
-    def log(msg: str) -> None:
-        print(f"# {msg}", file=sys.stderr, flush=True)
-
     machine = machine_info(device)
     machine["load_average_start"] = load_average()
+    if with_spect:
+        machine["spect"] = package_version("spect")
+    log(f"projector benchmark on {machine_summary(machine)}")
     report = Report(
         machine=machine,
         settings={
@@ -605,85 +637,33 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": "float32",
             "statistic": "median wall time after warm-up, calls interleaved",
             "with_spect": with_spect,
+            "with_reference": not args.no_reference,
             "max_quiet_wait_s": args.max_quiet_wait,
         },
     )
-    if with_spect:
-        report.machine["spect"] = package_version("spect")
-
-    load = machine["load_average_start"]
-    print(
-        "\n".join(
-            [
-                "# spect vs PyTomography: projector benchmark",
-                "",
-                f"- date: {machine['date']}",
-                f"- CPU: {machine['cpu_model']}, {machine['cores']} cores; "
-                f"device: {machine['device']}"
-                + (f" ({machine['gpu']})" if "gpu" in machine else ""),
-                f"- torch {machine['torch']}, {machine['torch_threads']} threads; "
-                f"PyTomography {machine['pytomography']}, kornia {machine['kornia']}; "
-                f"Python {machine['python']}",
-                "- float32, attenuation on, no PSF; times are medians after warm-up"
-                + (" (quick run: 2 repeats)" if args.quick else ""),
-                f"- 1-min load average at start: {load:.2f}" if load is not None else "",
-                "",
-            ]
-        ),
-        flush=True,
-    )
-
-    details = []
     for config in CONFIGS:
         rows, det = bench_config(config, args, log)
         report.rows.extend(rows)
-        details.append(det)
-    report.cross_check = details
-
-    print("\n".join(format_table(report.rows)))
-    print()
-    print(
-        "speed-up = PyTomography / spect, of the medians (and of the minima). "
-        "rel. diff = ‖spect − PyTomography‖₂ / "
-        "‖PyTomography‖₂ on the same smooth phantom, PyTomography converted to "
-        "[view, row=z, bin] and × voxel mm; back-projections are of the same projections. "
-        "PyTomography recomputes attenuation on every call; the functional rows time spect "
-        "doing the same."
-    )
+        report.cross_check.append(det)
     busy = [
         f"{d['config']}: {d['rounds_started_busy']} of {d['rounds']}"
-        for d in details
+        for d in report.cross_check
         if d.get("rounds_started_busy")
     ]
-    print()
-    print(
-        "Timed rounds that started while other processes were busy: "
-        + ("; ".join(busy) if busy else "none")
-        + (" (quiet gate off)" if args.max_quiet_wait <= 0 else "")
-        + "."
-    )
-    if with_spect:
-        print()
-        print("\n".join(format_details(details)))
+    log("timed rounds that started while other processes were busy: " + ("; ".join(busy) or "none"))
     if not args.no_probe:
         log("point-source probe")
-        report.probe = run_probe(device, with_spect)
-        print()
+        report.probe = run_probe(device, with_spect, not args.no_reference)
         print("\n".join(format_probe(report.probe)))
     machine["load_average_end"] = load_average()
-    if machine["load_average_end"] is not None:
-        print(f"\n1-min load average at the end: {machine['load_average_end']:.2f}")
+    properties = ("speedup", "speedup_of_minima", "target_met")
+    script = "benchmarks/bench_projector.py"
+    return make_record("projector", script, report, report.rows, properties)
 
-    if args.json:
-        payload = asdict(report)
-        for row, obj in zip(report.rows, payload["rows"], strict=True):
-            obj["speedup"] = row.speedup
-            obj["speedup_of_minima"] = row.speedup_of_minima
-            obj["target_met"] = row.target_met
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-        log(f"wrote {args.json}")
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_benchmark(args, "projector", measure, render)
 
 
 if __name__ == "__main__":

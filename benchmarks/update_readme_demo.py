@@ -18,13 +18,13 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 from pathlib import Path
 
+from _report import replace_block
+
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- demo:begin -->", "<!-- demo:end -->"
 
 
 def _tables(summary_md: str) -> str:
@@ -56,15 +56,16 @@ def _block(folder: Path, note: str | None = None) -> str:
     if note:
         made += f" {note}"
     tables = _tables((folder / "summary.md").read_text(encoding="utf-8"))
-    return f"{BEGIN}\n{tables}\n\n{made}\n{END}"
+    return f"{tables}\n\n{made}"
 
 
 def _replace(path: Path, block: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} block")
-    path.write_text(pattern.sub(lambda _: block, text, count=1), encoding="utf-8")
+    """Replace the ``<!-- demo:begin -->`` … ``<!-- demo:end -->`` block of ``path``."""
+    try:
+        text = replace_block(path.read_text(encoding="utf-8"), "demo", block, prefix="")
+    except ValueError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
+    path.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

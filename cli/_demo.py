@@ -7,21 +7,6 @@ from pathlib import Path
 __all__ = ["run"]
 
 
-def _device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        build = torch.version.cuda
-        why = "no CUDA device is visible" if build else "this PyTorch is a CPU-only build"
-        raise ValueError(
-            f"--device cuda: CUDA is not available ({why}; torch {torch.__version__}); "
-            "use --device cpu"
-        )
-    return choice
-
-
 def run(
     output: Path,
     *,
@@ -38,11 +23,12 @@ def run(
     """
     from rich.console import Console
 
+    from cli.commands import resolve_device
     from cli.commands.evaluate import headline_table, organ_table
     from cli.progress import progress_enabled, stderr_console
     from recon.demo import run_demo
 
-    dev = _device(device)
+    dev = resolve_device(device).type
     chosen = quality if quality is not None else ("full" if dev == "cuda" else "fast")
     console = Console()
     err = stderr_console()

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from cli.commands import ForceOption, output_option
 from cli.commands import evaluate as _evaluate
 from cli.commands import help_text as _help_text
 from cli.commands import register as _register_commands
@@ -63,15 +64,17 @@ class SpectGroup(TyperGroup):
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        extra["windows_expand_args"] = windows_expand_args
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         debug = os.environ.get("SPECT_DEBUG", "") not in ("", "0")
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _ClickException as e:  # bad option, missing value, ...
-            _fail(e.format_message(), getattr(e, "exit_code", 2))
+            _fail(e.format_message(), getattr(e, "exit_code", 2))  # type: ignore[attr-defined]  # a ClickException
         except typer.Abort:
             _fail("aborted", 1)
         except USER_ERRORS as e:
@@ -133,10 +136,9 @@ class DemoDevice(str, Enum):
 
 @app.command()
 def demo(
-    output: Annotated[
-        Path,
-        typer.Option("-o", "--output", help="Folder for the report, figures and data files."),
-    ] = Path("spect-demo"),
+    output: Annotated[Path, output_option("Folder for the report, figures and data files.")] = Path(
+        "spect-demo"
+    ),
     device: Annotated[
         DemoDevice,
         typer.Option(
@@ -153,9 +155,7 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite existing output files.")
-    ] = False,
+    force: ForceOption = False,
     size: Annotated[
         int | None,
         typer.Option("--size", hidden=True, min=8, max=512, help="Voxels per axis (tests)."),

@@ -51,13 +51,14 @@ def stderr_console() -> Console:
 
 
 @contextlib.contextmanager
-def status(message: str) -> Iterator[None]:
-    """Show a spinner with ``message`` while the body runs (nothing if progress is disabled)."""
+def status(message: str) -> Iterator[Callable[[str], None]]:
+    """Show a spinner with ``message`` while the body runs (nothing if progress is disabled);
+    yields ``update(message)`` to change the message (e.g. a library's progress callback)."""
     if not progress_enabled():
-        yield
+        yield lambda text: None
         return
-    with stderr_console().status(Text(message), spinner="dots"):
-        yield
+    with stderr_console().status(Text(message), spinner="dots") as spinner:
+        yield lambda text: spinner.update(Text(text))
 
 
 @contextlib.contextmanager
@@ -103,10 +104,12 @@ def iteration_progress(
         transient=False,
     )
     with progress:
-        task = progress.add_task(description, total=total, **fields)
+        shown: dict[str, Any] = fields  # display fields only, never add_task's own arguments
+        task = progress.add_task(description, total=total, **shown)
 
         def update(completed: int, **values: str) -> None:
-            progress.update(task, completed=completed, **values)
+            now: dict[str, Any] = values
+            progress.update(task, completed=completed, **now)
 
         yield update
 

@@ -30,14 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from recon.io import Result, read_study, write_result
 from recon.io.atomic import atomic_output
 from recon.io.study import Study
-from recon.mlem import EMConfig, em_reconstruct
+from recon.io.summary import total_mbq
+from recon.mlem import EMConfig
 from recon.nerf.config import TrainConfig
+from recon.reconstruct import reconstruct_mlem, reconstruct_nerf
+from recon.support import SUPPORT_KINDS
 
 __all__ = [
     "METHODS",
@@ -55,7 +57,6 @@ SUMMARY_COLUMNS = (
     "study", "status", "output", "method", "device", "seconds", "total_mbq", "truth_mbq",
     "total_error", "organ_error", "error",
 )  # fmt: skip
-_MBQ_PER_BQ = 1e-6
 
 #: ``callback(done, total, row)`` in the calling process each time a study finishes.
 BatchCallback = Callable[[int, int, "BatchRow"], None]
@@ -164,6 +165,7 @@ class _Task:
     device: str
     overwrite: bool
     threads: int
+    support: str | None = None
 
 
 def reconstruct_batch(
@@ -180,6 +182,7 @@ def reconstruct_batch(
     overwrite: bool = False,
     callback: BatchCallback | None = None,
     write_summary: bool = True,
+    support: str | None = None,
 ) -> BatchSummary:
     """Reconstruct every study file, each into ``out_dir/<stem>.h5``; failures are rows.
 
@@ -188,10 +191,11 @@ def reconstruct_batch(
     study_paths:
         Study files (their stems must be unique).
     method:
-        ``"mlem"`` (`recon.mlem.em_reconstruct` with ``mlem``: MLEM, OSEM or MAP-OSL, with the
-        study's μ, background and named collimator) or ``"nerf"``
-        (`recon.nerf.training.fit` with ``nerf``, or `recon.cohort.prior.fit_with_prior` with
-        ``prior``).
+        ``"mlem"`` (`recon.reconstruct.reconstruct_mlem` with ``mlem``: MLEM, OSEM or MAP-OSL,
+        with the study's μ, background and named collimator) or ``"nerf"``
+        (`recon.reconstruct.reconstruct_nerf` with ``nerf``, and ``prior`` when given), as
+        ``spect recon mlem`` / ``spect recon nerf`` do; each result's parameters also hold
+        ``batch: true``.
     out_dir:
         Folder of the results (created if missing) and of ``summary.csv``/``summary.json``.
     workers:
@@ -213,6 +217,11 @@ def reconstruct_batch(
         `BatchCallback`, called as studies finish (in completion order).
     write_summary:
         Write ``summary.csv`` and ``summary.json`` to ``out_dir``.
+    support:
+        Where activity may be (`recon.support.resolve_support`): ``"body"``, ``"anatomy"``,
+        ``"none"`` or ``None`` (default: the body of each study that has μ, a CT or an
+        anatomy, else none). Recorded in each result's parameters (``support``,
+        ``support_note``). Not yet applied with a cohort ``prior``.
 
     Returns
     -------
@@ -232,6 +241,8 @@ def reconstruct_batch(
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if prior is not None and method != "nerf":
         raise ValueError("a cohort prior is for method 'nerf'")
+    if support is not None and support not in SUPPORT_KINDS:
+        raise ValueError(f"support must be one of {list(SUPPORT_KINDS)} or None, got {support!r}")
     stems: dict[str, str] = {}
     for p in paths:
         stem = Path(p).stem
@@ -253,7 +264,7 @@ def reconstruct_batch(
         output = os.fspath(output_path(p, folder))
         tasks.append(
             _Task(k, p, output, method, mlem_config, nerf, prior_file, fine_tune, device,
-                  overwrite, threads)
+                  overwrite, threads, support)
         )  # fmt: skip
     t0 = time.perf_counter()
     rows: list[BatchRow | None] = [None] * len(tasks)
@@ -322,78 +333,32 @@ def _run(task: _Task, set_threads: bool = True) -> BatchRow:
 
 
 def _mlem(study: Study, task: _Task) -> Result:
-    from spectproj import CollimatorResponse
-
-    config, dev = task.mlem, torch.device(task.device)
-    acq = study.acquisition
-    response = None
-    if acq.collimator and acq.radius_mm is not None:
-        response = CollimatorResponse.preset(acq.collimator, acq.energy_keV)
-
-    def tensor(a: np.ndarray | None) -> torch.Tensor | None:
-        if a is None:
-            return None
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=dev)
-
-    counts = tensor(study.projections)
-    assert counts is not None
-    em = em_reconstruct(
-        counts, study.geometry(), config, mu=tensor(study.mu_per_mm), collimator=response,
-        background=tensor(study.background), count_scale=acq.count_scale,
+    return reconstruct_mlem(
+        study, task.mlem, support=task.support, device=task.device, study_file=task.study,
+        extra_parameters={"batch": True},
     )  # fmt: skip
-    parameters = dataclasses.asdict(config)
-    parameters.update(
-        method=config.method, study_file=task.study, device=str(dev), dtype="float32",
-        count_scale=acq.count_scale, attenuation=study.mu_per_mm is not None,
-        collimator=None if response is None else (acq.collimator or "").upper(),
-        background=study.background is not None, batch=True,
-    )  # fmt: skip
-    return Result(
-        activity=em.activity.detach().cpu().numpy().astype(np.float32),
-        grid=study.grid,
-        method=config.method,
-        parameters=parameters,
-        history={
-            "log_likelihood": np.asarray(em.log_likelihood, dtype=np.float64),
-            "log_prior": np.asarray(em.log_prior, dtype=np.float64),
-        },
-        activity_unit=study.activity_unit,
-        study_file=task.study,
-    )
 
 
 def _nerf(study: Study, task: _Task) -> Result:
-    from recon.nerf.export import to_result
-    from recon.nerf.field import EmissionField
-    from recon.nerf.training import fit
-
-    dev = torch.device(task.device)
     config = task.nerf
     if config is None:
-        config = TrainConfig.gpu_default() if dev.type == "cuda" else TrainConfig.cpu_default()
-    extra: dict[str, object] = {"study_file": task.study, "batch": True}
-    if task.prior is not None:
-        from recon.cohort.prior import fit_with_prior
-
-        trained = fit_with_prior(
-            study, task.prior, fine_tune=task.fine_tune, config=config, device=dev
-        )
-        extra["prior"] = trained.prior
-    else:
-        trained = fit(EmissionField(study.grid, config.field), study, config, device=dev)
-    return to_result(trained, study, study_file=task.study, extra_parameters=extra)
+        on_gpu = torch.device(task.device).type == "cuda"
+        config = TrainConfig.gpu_default() if on_gpu else TrainConfig.cpu_default()
+    return reconstruct_nerf(
+        study, config, support=None if task.prior is not None else task.support,
+        prior=task.prior, fine_tune=task.fine_tune, device=task.device, study_file=task.study,
+        extra_parameters={"batch": True},
+    )  # fmt: skip
 
 
 def _ok(task: _Task, study: Study, result: Result, seconds: float) -> BatchRow:
     from recon.cohort.prior import organ_activity_error
 
-    total = truth = total_error = None
-    if study.activity_unit == "Bq/mL":
-        voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
-        total = float(np.sum(result.activity, dtype=np.float64)) * voxel_ml * _MBQ_PER_BQ
-        if study.truth_activity is not None:
-            truth = float(np.sum(study.truth_activity, dtype=np.float64)) * voxel_ml * _MBQ_PER_BQ
-            total_error = total / truth - 1.0 if truth > 0 else None
+    total = total_mbq(result.activity, result.grid, result.activity_unit)
+    truth = total_error = None
+    if total is not None and study.truth_activity is not None:
+        truth = total_mbq(study.truth_activity, study.grid, study.activity_unit)
+        total_error = total / truth - 1.0 if truth else None
     return BatchRow(
         study=task.study, status="ok", output=task.output, method=result.method,
         device=task.device, seconds=seconds, total_mbq=total, truth_mbq=truth,

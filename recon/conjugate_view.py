@@ -112,7 +112,7 @@ def self_attenuation_factor(mu_t: np.ndarray) -> np.ndarray:
     return np.where(h == 0, 1.0, safe / np.sinh(safe))
 
 
-def _numpy(x: ArrayLike, name: str) -> np.ndarray:
+def _numpy(x: ArrayLike | None, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     if x is None:
@@ -310,7 +310,7 @@ def conjugate_view_quantification(
         unit_factor = unit_to_bq_per_ml(study.activity_unit)
     except ValueError:
         unit_factor = 1.0
-    pixel_area = geometry.pixel_size_mm[0] * geometry.pixel_size_mm[1]  # type: ignore[index]
+    pixel_area = geometry.pixel_size_mm[0] * geometry.pixel_size_mm[1]
     to_mbq = pixel_area * ML_PER_MM3 * unit_factor * MBQ_PER_BQ
     voxel_to_mbq = grid.voxel_volume_mm3 * ML_PER_MM3 * unit_factor * MBQ_PER_BQ
 

@@ -8,6 +8,9 @@ Functions
 ---------
 read_pienerf_entries
     A pieNeRF manifest, leniently: a bad row is an entry with an error, not a failure.
+convert_pienerf_manifest
+    Every row of a pieNeRF manifest into ``OUT/<patient_id>.h5``; a failed row is an outcome
+    with its error (``spect convert pienerf``).
 pienerf_study_file_name, spacing_to_array_order, canonical_isotope
     Small helpers of the pieNeRF conversion.
 interfile_study
@@ -27,10 +30,10 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,7 +45,9 @@ __all__ = [
     "NIFTI_DATASETS",
     "PATIENT15_SUBFOLDER",
     "ManifestEntry",
+    "PienerfOutcome",
     "canonical_isotope",
+    "convert_pienerf_manifest",
     "ct_on_grid",
     "detector_grid",
     "dicom_planar_study",
@@ -117,7 +122,7 @@ def spacing_to_array_order(
     """
     code = str(orientation).strip().upper()
     axes = [_AXIS_OF_LETTER.get(c) for c in code]
-    if len(code) != 3 or None in axes or sorted(axes) != [0, 1, 2]:  # type: ignore[type-var]
+    if len(code) != 3 or None in axes or sorted(axes) != [0, 1, 2]:  # type: ignore[type-var]  # None excluded just before
         raise ValueError(
             f"orientation must be three letters, one of R/L, A/P, S/I each (e.g. 'PIL'), "
             f"got {orientation!r}"
@@ -125,7 +130,7 @@ def spacing_to_array_order(
     spacing = tuple(float(s) for s in spacing_zyx)
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing must be three positive lengths (mm), got {tuple(spacing_zyx)}")
-    return tuple(spacing[a] for a in axes)  # type: ignore[return-value,index]
+    return tuple(spacing[a] for a in axes)  # type: ignore[return-value,index]  # 3 axes, no None (checked above)
 
 
 def pienerf_study_file_name(patient_id: str) -> str:
@@ -234,6 +239,140 @@ def _pienerf_row(
     return row, None
 
 
+#: Errors of one pieNeRF row that make it a failed outcome while the other rows go on.
+_ROW_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, EOFError)
+
+
+@dataclass(frozen=True)
+class PienerfOutcome:
+    """What became of one row of a pieNeRF manifest (`convert_pienerf_manifest`).
+
+    Attributes
+    ----------
+    label
+        The patient id, or ``"line N"``.
+    output
+        The study file written, or ``None`` on failure.
+    grid_shape
+        ``(Z, Y, X)`` of the study's grid (``None`` on failure).
+    total_counts
+        Sum of the study's projections (``None`` on failure).
+    error
+        One line on why the row failed, or ``None``.
+    """
+
+    label: str
+    output: Path | None = None
+    grid_shape: tuple[int, int, int] | None = None
+    total_counts: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def convert_pienerf_manifest(
+    manifest: PathLike,
+    out_dir: PathLike,
+    *,
+    spacing_mm: Sequence[float],
+    energy_keV: float,
+    ct_orientation: str = "PIL",
+    pa_mirrored: bool = True,
+    ct_is_mu: bool = False,
+    ct_mu_unit: Literal["1/mm", "1/cm"] = "1/mm",
+    isotope: str | None = None,
+    overwrite: bool = False,
+    provenance: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[PienerfOutcome]:
+    """Convert every row of a pieNeRF manifest into ``out_dir/<patient_id>.h5``.
+
+    Each row's ap.npy and pa.npy (counts), ct.npy (HU, or μ with ``ct_is_mu``) and optional
+    act.npy (truth) become a study (`recon.importers.pienerf_row_to_study`) written atomically.
+    A row that fails (a bad cell, a missing file, bad data, an existing output without
+    ``overwrite``) is an outcome with its error; the others go on.
+
+    Parameters
+    ----------
+    manifest, out_dir:
+        The CSV, and the folder of the studies (created if missing).
+    spacing_mm:
+        Voxel size (mm) along the CT array's axes in ``ct_orientation`` order (z, y, x of ours
+        after `spacing_to_array_order`).
+    energy_keV, ct_orientation, pa_mirrored, ct_is_mu, ct_mu_unit:
+        As `recon.importers.pienerf_row_to_study` (docs/importers.md).
+    isotope:
+        Isotope to record (any spelling `canonical_isotope` knows).
+    overwrite:
+        Replace existing study files.
+    provenance:
+        Entries added to each study's provenance (e.g. the command line).
+    progress:
+        Called with ``"Converting <label>..."`` before each row.
+
+    Returns
+    -------
+    list of PienerfOutcome
+        One per data row, in the manifest's order.
+
+    Raises
+    ------
+    ValueError
+        A bad orientation or spacing, a manifest without the required columns or rows.
+    NotADirectoryError
+        ``out_dir`` is a file.
+    """
+    from recon.importers import pienerf_row_to_study
+    from recon.io.hdf5 import write_study
+
+    array_spacing = spacing_to_array_order(spacing_mm, ct_orientation)  # checks the orientation
+    entries = read_pienerf_entries(manifest)
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = canonical_isotope(isotope)
+    outcomes: list[PienerfOutcome] = []
+    for entry in entries:
+        try:
+            if entry.error is not None:
+                raise ValueError(entry.error)
+            assert entry.row is not None
+            target = folder / pienerf_study_file_name(entry.patient_id)
+            if not overwrite and os.path.lexists(target):
+                raise FileExistsError(f"{target}: already exists; use --force to overwrite it")
+            if progress is not None:
+                progress(f"Converting {entry.label}...")
+            study = pienerf_row_to_study(
+                entry.row,
+                spacing_mm=array_spacing,
+                energy_keV=energy_keV,
+                ct_orientation=ct_orientation,
+                pa_mirrored=pa_mirrored,
+                ct_is_mu=ct_is_mu,
+                ct_mu_unit=ct_mu_unit,
+                isotope=name,
+            )
+            if provenance:
+                study = dataclasses.replace(study, provenance={**study.provenance, **provenance})
+            write_study(target, study, overwrite=overwrite)
+        except _ROW_ERRORS as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            outcomes.append(PienerfOutcome(entry.label, error=message))
+            continue
+        outcomes.append(
+            PienerfOutcome(
+                entry.label,
+                target,
+                study.grid.shape,
+                float(study.projections.sum(dtype=np.float64)),
+            )
+        )
+    return outcomes
+
+
 # -- Interfile ----------------------------------------------------------------------------------
 def interfile_study(
     projections_header: PathLike,
@@ -299,8 +438,8 @@ def interfile_study(
     radius = radius_mm if radius_mm is not None else projections.radius_mm
     acquisition = Acquisition(
         angles_deg=projections.angles_deg,
-        detector_shape=projections.data.shape[1:],  # type: ignore[arg-type]
-        pixel_size_mm=projections.spacing_mm,  # type: ignore[arg-type]
+        detector_shape=projections.data.shape[1:],
+        pixel_size_mm=projections.spacing_mm,  # type: ignore[arg-type]  # Acquisition checks the length
         energy_keV=float(energy_keV),
         radius_mm=radius,
         isotope=canonical_isotope(isotope),
@@ -553,12 +692,12 @@ def dicom_tomo_study(
 
     tomo = read_nm_tomo_details(path, energy_keV=energy_keV)
     acquisition = tomo.acquisition
-    changes: dict[str, float] = {}
+    changes: dict[str, Any] = {}
     if duration_s is not None:
         changes["duration_s"] = duration_s
     if sensitivity_cps_per_mbq is not None:
         changes["sensitivity_cps_per_mbq"] = sensitivity_cps_per_mbq
-    acquisition = dataclasses.replace(acquisition, **changes)  # type: ignore[arg-type]
+    acquisition = dataclasses.replace(acquisition, **changes)
     grid = detector_grid(
         acquisition.detector_shape,
         acquisition.pixel_size_mm,
@@ -602,7 +741,8 @@ def file_kind(path: PathLike) -> Literal["study", "result"] | None:
         return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
-    return {STUDY_FORMAT: "study", RESULT_FORMAT: "result"}.get(str(value))  # type: ignore[return-value]
+    kinds: dict[str, Literal["study", "result"]] = {STUDY_FORMAT: "study", RESULT_FORMAT: "result"}
+    return kinds.get(str(value))
 
 
 def nifti_volume(path: PathLike, dataset: str = "activity") -> tuple[np.ndarray, ImageGrid, str]:
@@ -663,7 +803,7 @@ def tidy_nifti_grid(grid: ImageGrid) -> ImageGrid:
     its float32 value (3.9063000679 → 3.9063) and each offset is rounded to 0.001 mm."""
     spacing = tuple(float(str(np.float32(s))) for s in grid.spacing_mm)
     offset = tuple(round(float(o), 3) + 0.0 for o in grid.offset_mm)
-    return ImageGrid(grid.shape, spacing, offset)  # type: ignore[arg-type]
+    return ImageGrid(grid.shape, spacing, offset)  # type: ignore[arg-type]  # three axes in, three out
 
 
 def snap_grid(grid: ImageGrid, reference: ImageGrid, *, atol_mm: float = 0.01) -> ImageGrid:

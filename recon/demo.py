@@ -1,4 +1,4 @@
-"""The demo pipeline behind ``spect demo``: phantom → noisy AP/PA acquisition → three
+"""The demo pipeline behind ``spect demo``: phantom → noisy AP/PA acquisition → four
 reconstructions → evaluation → report, from nothing but the built-in torso.
 
 Steps (`run_demo`):
@@ -8,16 +8,21 @@ Steps (`run_demo`):
    for ``full``);
 2. an anterior/posterior acquisition with attenuation and seeded Poisson noise, 1.5 million
    expected counts over both views (`recon.simulate.simulate_acquisition`; no collimator blur
-   and no scatter, so every method models the data exactly: the NeRF renderer has no collimator
-   blur yet); written as ``study.h5``;
-3. reconstructions that use the study's μ map and its body outline (μ > 0) as support, as a CT
-   would give them:
+   and no scatter, so that the demo stays quick; `docs/anatomy.md` measures every method with
+   both); written as ``study.h5`` with its anatomy (`recon.phantoms.segmentation_from_phantom`:
+   the organs and the body outline, not the lesions);
+3. reconstructions that use the study's μ map and its body outline (`recon.support.support_mask`,
+   from μ) as support, as a CT would give them:
 
    - **NeRF**: an emission field (`recon.nerf.config.TrainConfig.cpu_default`, a small hash
      grid, for ``fast``; `TrainConfig.gpu_default`, pieNeRF's size, for ``full``)
-     fitted by `recon.nerf.training.fit`, its activity zero outside the body; ``nerf.h5``;
-   - **MLEM** from the two views (`recon.mlem.em_reconstruct`, 50 iterations, voxels outside
-     the body held at 0); ``mlem.h5``;
+     fitted by `recon.reconstruct.reconstruct_nerf`, its activity zero outside the body;
+     ``nerf.h5``;
+   - **MLEM** from the two views (`recon.reconstruct.reconstruct_mlem`, 50 iterations, voxels
+     outside the body held at 0); ``mlem.h5``;
+   - **organs + residual** (`recon.anatomy.reconstruct_organs`): one activity per organ of the
+     study's anatomy (the phantom's organs without its lesions, as a CT would show them) plus
+     residual sources for what the anatomy misses; ``organs.h5``;
    - **conjugate view**, the clinical geometric-mean method (`recon.conjugate_view`, organ
      ROIs from the labels, tissue background from the body): organ activities only;
 
@@ -40,9 +45,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from recon.report import FIGURES, REPORT_HTML, SUMMARY_JSON, SUMMARY_MD
+from recon.support import SupportedField
 
 __all__ = [
     "DEMO_FILES",
@@ -57,11 +62,13 @@ __all__ = [
 QUALITIES = ("fast", "full")
 #: Result and study files of the demo (besides the report's files).
 STUDY_FILE, NERF_FILE, MLEM_FILE = "study.h5", "nerf.h5", "mlem.h5"
+ORGANS_FILE = "organs.h5"
 #: Every file `run_demo` writes into its folder.
 DEMO_FILES = (
     STUDY_FILE,
     NERF_FILE,
     MLEM_FILE,
+    ORGANS_FILE,
     REPORT_HTML,
     SUMMARY_JSON,
     SUMMARY_MD,
@@ -91,7 +98,7 @@ class DemoSettings:
     nerf : recon.nerf.config.TrainConfig
         The NeRF training settings.
     body_support : bool
-        Whether MLEM and NeRF put activity only inside the body (μ > 0).
+        Whether MLEM and NeRF put activity only inside the body (`recon.support`, from μ).
     """
 
     quality: str
@@ -206,46 +213,6 @@ class DemoSummary:
     cpu_time_s: float = 0.0
 
 
-class SupportedField(nn.Module):
-    """A representation whose activity is zero outside a support (the body).
-
-    ``e(x) = field(x) · s(x)`` with ``s`` the support volume read by trilinear interpolation
-    (`spectproj.GridField`; 1 inside, 0 outside, in between across the boundary voxels). It
-    exposes the field's ``scale``, ``grid`` and ``config``, so `recon.nerf.training.fit` and
-    `recon.nerf.export.to_result` treat it like the field itself.
-
-    Parameters
-    ----------
-    field : torch.nn.Module
-        The representation (e.g. `recon.nerf.field.EmissionField`) with a ``grid``.
-    support : torch.Tensor
-        ``[Z, Y, X]`` support on ``field.grid`` (bool or 0..1); not saved with the model.
-    """
-
-    def __init__(self, field: nn.Module, support: torch.Tensor) -> None:
-        super().__init__()
-        self.field = field
-        self.grid = field.grid
-        self.config = getattr(field, "config", None)
-        if tuple(support.shape) != tuple(self.grid.shape):
-            raise ValueError(
-                f"support has shape {tuple(support.shape)}, "
-                f"the field's grid {tuple(self.grid.shape)}"
-            )
-        self.register_buffer("support", support.detach().to(torch.float32), persistent=False)
-
-    @property
-    def scale(self) -> torch.Tensor:
-        """The field's ``scale`` buffer (activity of a unit network output)."""
-        return self.field.scale  # type: ignore[return-value]
-
-    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
-        from spectproj import GridField
-
-        inside = GridField(self.support, self.grid)(points_mm.to(self.support.dtype))
-        return self.field(points_mm) * inside.to(points_mm.dtype)
-
-
 def _check_outputs(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder}: exists and is not a folder")
@@ -298,12 +265,17 @@ def run_demo(
     FileExistsError
         Outputs exist and ``overwrite`` is false.
     """
-    from recon.io import Result, write_result, write_study
-    from recon.mlem import EMConfig, em_reconstruct
-    from recon.nerf.export import to_result
-    from recon.nerf.field import EmissionField
-    from recon.nerf.training import fit
-    from recon.phantoms import NUCLIDES, default_grid, make_torso
+    from recon.io import write_result, write_study
+    from recon.mlem import EMConfig
+    from recon.anatomy import reconstruct_organs
+    from recon.phantoms import (
+        NUCLIDES,
+        PhantomVariant,
+        default_grid,
+        make_torso,
+        segmentation_from_phantom,
+    )
+    from recon.reconstruct import reconstruct_mlem, reconstruct_nerf
     from recon.report import MethodResult, compare, write_report
     from recon.simulate import simulate_acquisition
     from spectproj import ParallelGeometry
@@ -343,86 +315,68 @@ def run_demo(
     )
     provenance = dict(study.provenance)
     provenance["demo"] = f"recon.demo.run_demo(quality={settings.quality!r}, size={settings.size})"
-    study = dataclasses.replace(study, provenance=provenance)
+    # The segmentation a CT would give: the organs, not the lesions.
+    anatomy = segmentation_from_phantom(phantom, PhantomVariant(unsegmented_lesions=True))
+    study = dataclasses.replace(study, provenance=provenance, anatomy=anatomy)
     study_path = folder / STUDY_FILE
     write_study(study_path, study, overwrite=overwrite)
     t = lap("simulate", t)
 
-    counts = torch.as_tensor(study.projections, dtype=torch.float32, device=dev)
-    mu = torch.as_tensor(study.mu_per_mm, dtype=torch.float32, device=dev)
-    body = mu > 0
-
     # 3a. MLEM
     say(f"MLEM, {settings.mlem_iterations} iterations...")
-    em_config = EMConfig(iterations=settings.mlem_iterations)
-    em = em_reconstruct(
-        counts,
-        study.geometry(),
-        em_config,
-        mu=mu,
-        count_scale=study.acquisition.count_scale,
-        mask=body if settings.body_support else None,
-    )
-    mlem_result = Result(
-        activity=em.activity.detach().cpu().numpy().astype(np.float32),
-        grid=grid,
-        method=em_config.method,
-        parameters={
-            **dataclasses.asdict(em_config),
-            "method": em_config.method,
-            "study_file": STUDY_FILE,
-            "device": str(dev),
-            "attenuation": True,
-            "collimator": None,
-            "mask": "body (μ > 0)" if settings.body_support else None,
-            "count_scale": study.acquisition.count_scale,
+    support = "body" if settings.body_support else "none"
+    mlem_result = reconstruct_mlem(
+        study,
+        EMConfig(iterations=settings.mlem_iterations),
+        support=support,
+        device=dev,
+        study_file=STUDY_FILE,
+        extra_parameters={
+            "mask": "body (from μ, recon.support)" if settings.body_support else None,
             "made_by": "recon.demo.run_demo",
         },
-        history={"log_likelihood": np.asarray(em.log_likelihood, dtype=np.float64)},
-        activity_unit=study.activity_unit,
-        study_file=STUDY_FILE,
     )
     mlem_path = folder / MLEM_FILE
     write_result(mlem_path, mlem_result, overwrite=overwrite)
     t = lap("mlem", t)
 
     # 3b. NeRF
-    config = settings.nerf
+    config = dataclasses.replace(settings.nerf, seed=settings.seed)
     say(f"NeRF, {config.steps} steps of {config.rays_per_step} rays...")
-    with torch.random.fork_rng(devices=[]):  # seeded initial weights: a reproducible demo
-        torch.manual_seed(settings.seed)
-        field = EmissionField(grid, config.field)
-    representation: nn.Module = (
-        SupportedField(field, body.cpu()) if settings.body_support else field
-    )
     every = max(config.steps // 20, 1)
 
     def on_step(step: int, total: int, metrics: Any) -> None:
         if step % every == 0 or step == total:
             say(f"NeRF step {step}/{total}, loss {float(metrics['loss']):.4g}")
 
-    fitted = fit(representation, study, config, device=dev, callback=on_step)
-    say("Sampling the NeRF on the grid...")
-    nerf_result = to_result(
-        fitted,
+    nerf_result = reconstruct_nerf(
         study,
+        config,
+        support=support,
+        device=dev,
+        callback=on_step,
         study_file=STUDY_FILE,
-        extra_parameters={
-            "support": "body (μ > 0)" if settings.body_support else None,
-            "made_by": "recon.demo.run_demo",
-        },
+        extra_parameters={"made_by": "recon.demo.run_demo"},
     )
     nerf_path = folder / NERF_FILE
     write_result(nerf_path, nerf_result, overwrite=overwrite)
     t = lap("nerf", t)
 
-    # 3c-4. conjugate view, evaluation, report
+    # 3c. organs + residual from the anatomy
+    say("Organs + residual from the anatomy...")
+    organs_result = reconstruct_organs(study, support=support, study_file=STUDY_FILE).result
+    organs_path = folder / ORGANS_FILE
+    write_result(organs_path, organs_result, overwrite=overwrite)
+    t = lap("organs", t)
+
+    # 3d-4. conjugate view, evaluation, report
     say("Evaluating and writing the report...")
     comparison = compare(
         study,
         [
             MethodResult.from_result(nerf_result, "NeRF", str(nerf_path)),
             MethodResult.from_result(mlem_result, "MLEM", str(mlem_path)),
+            MethodResult.from_result(organs_result, "organs + residual", str(organs_path)),
         ],
         conjugate_view=True,
         conjugate_background="body",
@@ -434,10 +388,12 @@ def run_demo(
     intro = (
         f"The built-in torso phantom ({settings.size}³ voxels of {grid.spacing_mm[0]:g} mm, "
         f"Tc-99m) seen by an anterior and a posterior view with attenuation and Poisson noise "
-        f"({counts_text} counts), reconstructed three ways: a neural field (NeRF) fitted to "
-        f"the two views, 2-view MLEM ({settings.mlem_iterations} iterations), and the clinical "
-        "conjugate-view method (organ activities only). NeRF and MLEM use the μ map and keep "
-        "activity inside the body outline (μ > 0)."
+        f"({counts_text} counts), reconstructed four ways: a neural field (NeRF) fitted to "
+        f"the two views, 2-view MLEM ({settings.mlem_iterations} iterations), organs + residual "
+        "(one activity per segmented organ plus sources for what the segmentation misses; the "
+        "segmentation, like a CT's, does not show the lesions), and the clinical conjugate-view "
+        "method (organ activities only). All use the μ map and keep activity inside the body "
+        "outline."
     )
     demo_info = {
         "demo": {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -28,14 +28,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure, FigureBase
 
-    from recon.io.study import Result, Study
+    from recon.io.study import Anatomy, Result, Study
     from spectproj import ImageGrid
 
 __all__ = [
+    "ACTIVITY_CMAP",
     "SliceAt",
     "choose_views",
     "draw_projections",
     "draw_volume",
+    "mark_sides",
+    "new_figure",
     "projections_figure",
     "result_figure",
     "save_png",
@@ -43,6 +46,8 @@ __all__ = [
     "study_figure",
     "view_name",
     "volume_figure",
+    "voxel_centre_mm",
+    "voxel_edges_mm",
 ]
 
 SliceAt = Literal["hottest", "centre"]
@@ -52,7 +57,21 @@ StudyKind = Literal["projections", "volume", "both"]
 PROJECTION_CMAP = "gray_r"
 ACTIVITY_CMAP = "inferno"
 MU_CMAP = "gray"
-_MARK = {"color": "tab:cyan", "weight": "bold", "fontsize": 9}
+_MARK: dict[str, Any] = {"color": "tab:cyan", "weight": "bold", "fontsize": 9}
+#: Anatomy overlays: segment contours in these colours (cycled), the body outline dashed white.
+CONTOUR_COLOURS = (
+    "tab:green",
+    "tab:blue",
+    "tab:orange",
+    "tab:purple",
+    "tab:red",
+    "tab:olive",
+    "tab:pink",
+    "tab:brown",
+    "gold",
+    "deepskyblue",
+)
+_BODY_STYLE = {"colors": "white", "linewidths": 0.8, "linestyles": "dashed"}
 
 # Orientation letters (left, right) of the bins of the four axis-aligned views: bins run along
 # r = x·cos β − y·sin β (docs/conventions.md), shown left to right as seen from the detector.
@@ -63,7 +82,8 @@ _VIEW_NAMES = {0: "Anterior", 1: "Right lateral", 2: "Posterior", 3: "Left later
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """An empty ``width`` × ``height`` inch figure (constrained layout) on the Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -110,27 +130,29 @@ def slice_point(volume: np.ndarray, at: SliceAt = "hottest") -> tuple[int, int, 
     if a.ndim != 3:
         raise ValueError(f"volume must be [Z, Y, X], got shape {a.shape}")
     if at == "centre" or not np.isfinite(a).any() or float(np.nanmax(a)) <= 0:
-        return tuple(n // 2 for n in a.shape)  # type: ignore[return-value]
+        return tuple(n // 2 for n in a.shape)
     if at != "hottest":
         raise ValueError(f"at must be 'hottest' or 'centre', got {at!r}")
     k, j, i = np.unravel_index(int(np.nanargmax(a)), a.shape)
     return int(k), int(j), int(i)
 
 
-def _edges(grid: ImageGrid, axis: int) -> tuple[float, float]:
-    """Outer edges (mm) of the voxels along ``axis`` (0 z, 1 y, 2 x)."""
+def voxel_edges_mm(grid: ImageGrid, axis: int) -> tuple[float, float]:
+    """Outer edges ``(low, high)`` in mm of ``grid``'s voxels along ``axis`` (0 z, 1 y, 2 x)."""
     n, d, o = grid.shape[axis], grid.spacing_mm[axis], grid.offset_mm[axis]
     return (-(n / 2) * d + o, (n / 2) * d + o)
 
 
-def _centre(grid: ImageGrid, axis: int, index: int) -> float:
+def voxel_centre_mm(grid: ImageGrid, axis: int, index: int) -> float:
+    """Centre in mm of voxel ``index`` along ``axis`` (0 z, 1 y, 2 x) of ``grid``."""
     n, d, o = grid.shape[axis], grid.spacing_mm[axis], grid.offset_mm[axis]
     return (index - (n - 1) / 2) * d + o
 
 
-def _mark(
+def mark_sides(
     ax: Axes, left: str, right: str, top: str | None = None, bottom: str | None = None
 ) -> None:
+    """Orientation letters on the edges of ``ax``: ``left``/``right`` (and ``top``/``bottom``)."""
     ax.text(0.02, 0.5, left, transform=ax.transAxes, ha="left", va="center", **_MARK)
     ax.text(0.98, 0.5, right, transform=ax.transAxes, ha="right", va="center", **_MARK)
     if top:
@@ -187,9 +209,9 @@ def draw_projections(
         ax.set_xlabel("detector position r (mm)")
         q = _quadrant(beta % 360.0)
         if q is not None:
-            _mark(ax, *_VIEW_SIDES[q])
+            mark_sides(ax, *_VIEW_SIDES[q])
     axes[0].set_ylabel("z (mm), head up")
-    fig.colorbar(image, ax=list(axes), shrink=0.9, label=unit)
+    fig.colorbar(image, ax=list(axes), shrink=0.9, label=unit)  # type: ignore[arg-type]  # >= 1 view
     if title:
         fig.suptitle(title)
 
@@ -229,7 +251,7 @@ def projections_figure(
     rows, bins = np.asarray(projections).shape[-2:]
     aspect = (rows * pixel_size_mm[0]) / max(bins * pixel_size_mm[1], 1e-9)
     width = 1.2 + 3.6 * n
-    fig = _new_figure(width, min(max(3.6 * aspect + 1.0, 3.0), 9.0))
+    fig = new_figure(width, min(max(3.6 * aspect + 1.0, 3.0), 9.0))
     draw_projections(
         fig,
         projections,
@@ -254,15 +276,20 @@ def draw_volume(
     cmap: str = ACTIVITY_CMAP,
     point: tuple[int, int, int] | None = None,
     title: str | None = None,
+    anatomy: Anatomy | None = None,
 ) -> None:
-    """Draw MIPs (top row) and slices through ``point`` (bottom row) of ``volume`` into ``fig``."""
+    """Draw MIPs (top row) and slices through ``point`` (bottom row) of ``volume`` into ``fig``.
+
+    With ``anatomy`` (on ``grid``) the outline of each segment is drawn over every panel (on a
+    MIP, the outline of the segment's projection), and the body outline dashed white.
+    """
     v = np.asarray(volume, dtype=np.float64)
     if v.shape != tuple(grid.shape):
         raise ValueError(f"volume shape {v.shape} does not match the grid {tuple(grid.shape)}")
     k, j, i = slice_point(v, "hottest") if point is None else point
-    z0, z1 = _edges(grid, 0)
-    y0, y1 = _edges(grid, 1)
-    x0, x1 = _edges(grid, 2)
+    z0, z1 = voxel_edges_mm(grid, 0)
+    y0, y1 = voxel_edges_mm(grid, 1)
+    x0, x1 = voxel_edges_mm(grid, 2)
     finite = v[np.isfinite(v)]
     vmax = float(finite.max()) if finite.size else 1.0
     vmin = min(0.0, float(finite.min())) if finite.size else 0.0
@@ -271,7 +298,11 @@ def draw_volume(
     axes = fig.subplots(2, 3)
     z_label, x_label = "z (mm), head up", "x (mm), patient left →"
     y_label_h, y_label_v = "y (mm), posterior →", "y (mm), posterior ↓"
-    zc, yc, xc = _centre(grid, 0, k), _centre(grid, 1, j), _centre(grid, 2, i)
+    zc, yc, xc = (
+        voxel_centre_mm(grid, 0, k),
+        voxel_centre_mm(grid, 1, j),
+        voxel_centre_mm(grid, 2, i),
+    )
     panels = (
         # (row, col, image, origin, extent, title, xlabel, ylabel, marks, cross)
         (0, 0, v.max(axis=1), "lower", (x0, x1, z0, z1), "coronal MIP", x_label, z_label,
@@ -288,21 +319,89 @@ def draw_volume(
          x_label, y_label_v, ("R", "L", "A", "P"), (xc, yc)),
     )  # fmt: skip
     image = None
-    for row, col, img, origin, extent, name, xlabel, ylabel, marks, cross in panels:
+    cuts = (  # how each panel's 2D image comes from a [Z, Y, X] mask, in the order of `panels`
+        lambda m: m.any(axis=1),
+        lambda m: m.any(axis=2),
+        lambda m: m.any(axis=0),
+        lambda m: m[:, j, :],
+        lambda m: m[:, :, i],
+        lambda m: m[k],
+    )
+    outlines = _anatomy_outlines(anatomy, v.shape)
+    for (row, col, img, origin, extent, name, xlabel, ylabel, marks, cross), cut in zip(
+        panels, cuts, strict=True
+    ):
         ax = axes[row, col]
         image = ax.imshow(img, origin=origin, extent=extent, **style)
+        for mask, contour_style in outlines:
+            _draw_outline(ax, cut(mask), origin, extent, contour_style)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.tick_params(labelsize=8)
-        _mark(ax, *marks)
+        mark_sides(ax, *marks)
         if cross is not None:
             line = {"color": "tab:cyan", "lw": 0.6, "alpha": 0.6, "ls": "--"}
             ax.axvline(cross[0], **line)
             ax.axhline(cross[1], **line)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, label=label)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, label=label)  # type: ignore[arg-type]  # >= 1 panel
+    if outlines:
+        from matplotlib.lines import Line2D
+
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=style_["colors"],
+                linestyle="--" if style_["linestyles"] == "dashed" else "-",
+                label=style_["label"],
+            )
+            for _, style_ in outlines
+        ]
+        fig.legend(
+            handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8
+        )
     if title:
         fig.suptitle(title)
+
+
+def _anatomy_outlines(
+    anatomy: Anatomy | None, shape: tuple[int, ...]
+) -> list[tuple[np.ndarray, dict]]:
+    """``(bool mask [Z, Y, X], contour style with a legend label)`` per segment, then the body."""
+    if anatomy is None:
+        return []
+    if tuple(anatomy.shape) != tuple(shape):
+        raise ValueError(f"anatomy shape {anatomy.shape} does not match the volume {shape}")
+    outlines = []
+    for n, (value, name) in enumerate(sorted(anatomy.names.items())):
+        colour = CONTOUR_COLOURS[n % len(CONTOUR_COLOURS)]
+        style = {"colors": colour, "linewidths": 0.9, "linestyles": "solid", "label": name}
+        outlines.append((anatomy.labels == value, style))
+    if anatomy.body is not None:
+        outlines.append((anatomy.body, {**_BODY_STYLE, "label": "body outline"}))
+    return outlines
+
+
+def _draw_outline(
+    ax: Axes, mask: np.ndarray, origin: str, extent: tuple[float, ...], style: dict
+) -> None:
+    """The outline (level 0.5) of a 2D bool ``mask`` drawn as ``imshow`` would place it."""
+    if not mask.any():
+        return
+    contour_style = {k: v for k, v in style.items() if k != "label"}
+    # Pad by one voxel so outlines close at the edge of the volume; keep voxel centres in place.
+    padded = np.pad(mask.astype(np.float32), 1)
+    rows, cols = mask.shape
+    dx = (extent[1] - extent[0]) / cols
+    dy = (extent[3] - extent[2]) / rows
+    x = extent[0] + dx * (np.arange(cols + 2) - 0.5)
+    y = extent[2] + dy * (np.arange(rows + 2) - 0.5)
+    if origin == "upper":  # row 0 at the top: y runs from extent[3] down to extent[2]
+        y = extent[3] - dy * (np.arange(rows + 2) - 0.5)
+    ax.contour(x, y, padded, levels=[0.5], **contour_style)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
 
 
 def volume_figure(
@@ -336,7 +435,7 @@ def volume_figure(
     title
         Figure title.
     """
-    fig = _new_figure(12.0, 8.0)
+    fig = new_figure(12.0, 8.0)
     draw_volume(
         fig,
         volume,
@@ -377,6 +476,7 @@ def study_figure(
     slice_at: SliceAt = "hottest",
     max_views: int = 4,
     title: str | None = None,
+    contours: bool = True,
 ) -> Figure:
     """A figure of a study: its projections, its volumes (truth activity, μ), or both.
 
@@ -395,6 +495,9 @@ def study_figure(
         Most views shown.
     title
         Figure title; by default a line on the study (nuclide, views, counts).
+    contours
+        Outline the study's anatomy (``study.anatomy``: each segment, and the body outline
+        dashed) on the volume panels, when it has one.
 
     Raises
     ------
@@ -422,7 +525,7 @@ def study_figure(
     proj_h = min(max(3.6 * aspect + 1.0, 3.0), 9.0)
     heights = ([proj_h] if show_projections else []) + [8.0] * len(volumes)
     width = max(1.2 + 3.6 * n_views if show_projections else 0.0, 12.0 if volumes else 0.0)
-    fig = _new_figure(width, sum(heights) + 0.5)
+    fig = new_figure(width, sum(heights) + 0.5)
     subfigs = fig.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
     parts = list(subfigs)
     if show_projections:
@@ -434,8 +537,18 @@ def study_figure(
             max_views=max_views,
             title="projections" if volumes else None,
         )
+    anatomy = study.anatomy if contours else None
     for sub, (name, volume, label, cmap) in zip(parts, volumes, strict=True):
-        draw_volume(sub, volume, study.grid, label=label, cmap=cmap, point=point, title=name)
+        draw_volume(
+            sub,
+            volume,
+            study.grid,
+            label=label,
+            cmap=cmap,
+            point=point,
+            title=name,
+            anatomy=anatomy,
+        )
     fig.suptitle(title)
     return fig
 

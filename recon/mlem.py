@@ -1,18 +1,20 @@
 """MLEM, OSEM and one-step-late MAP-EM for y ~ Poisson(scale · A x + b).
 
-``A`` is ``spectproj``'s projector (attenuation and collimator blur included), ``scale`` converts
-its line integrals to expected counts (``Acquisition.count_scale``: pixel area, sensitivity and
-duration) and ``b`` is an optional additive background (scatter) in counts. The estimate ``x`` is
-an activity concentration in the projector's input units, so results are quantitative.
+``A`` is ``spectproj``'s projector (attenuation and collimator blur included; ``em_reconstruct``)
+or any ``spectproj.LinearOperator`` (``em_reconstruct_operator``), ``scale`` converts its line
+integrals to expected counts (``Acquisition.count_scale``: pixel area, sensitivity and duration)
+and ``b`` is an optional additive background (scatter) in counts. The estimate ``x`` is an
+activity concentration in the projector's input units, so results are quantitative.
 
 OSEM uses ordered subsets of interleaved views (subset m holds views m, m + M, m + 2M, ...), each
-with its own sensitivity image ``scale · A_mᵀ 1`` computed once. Voxels that no view sees (zero
-sensitivity) and voxels outside the optional mask are held at 0.
+with its own sensitivity image ``scale · A_mᵀ 1`` computed once. ``A_m`` is
+``spectproj.subset_operator(A, views)``: for the projector a view of it that shares its cached
+attenuation weights and matrices. Voxels that no view sees (zero sensitivity) and voxels outside
+the optional mask are held at 0.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,14 @@ import torch
 from recon.filters import gaussian_filter
 from recon.poisson import measurement_ratio, poisson_log_likelihood
 from recon.priors import prior_value, quadratic_gradient, relative_difference_gradient
-from spectproj import CollimatorResponse, ParallelGeometry, SPECTProjector
+from spectproj import (
+    CollimatorResponse,
+    ImageGrid,
+    LinearOperator,
+    ParallelGeometry,
+    SPECTProjector,
+    subset_operator,
+)
 from spectproj.projector import VolumeOrField
 
 PRIORS = ("quadratic", "relative_difference")
@@ -118,6 +127,10 @@ def em_reconstruct(
 ) -> EMResult:
     """Reconstruct activity ``[Z, Y, X]`` from ``counts`` ``[V, rows, bins]`` by (OS)EM.
 
+    Builds one ``SPECTProjector`` (its chunks formed within the subsets) and runs
+    ``em_reconstruct_operator`` with it: each subset's operator is a view of it
+    (``SPECTProjector.subset``), so the attenuation weights are computed and held once.
+
     Parameters
     ----------
     counts: measured counts (>= 0) on ``geometry``'s detector; its dtype and device are used.
@@ -133,29 +146,81 @@ def em_reconstruct(
     callback: called after each iteration with ``(iteration, activity, log_likelihood)``.
     """
     y = _check_counts(counts, geometry)
-    b = None if background is None else _check_background(background, y)
-    if not (math.isfinite(count_scale) and count_scale > 0):
-        raise ValueError(f"count_scale must be a positive number, got {count_scale!r}")
-    dtype, device = y.dtype, y.device
+    if background is not None:
+        _check_background(background, y)
+    _check_count_scale(count_scale)
     subsets = interleaved_subsets(geometry.n_views, config.subsets)
-    full = SPECTProjector(geometry, mu, collimator, dtype=dtype, device=device)
-    ops = [full] if len(subsets) == 1 else [
-        SPECTProjector(
-            dataclasses.replace(geometry, angles_deg=tuple(geometry.angles_deg[v] for v in views)),
-            mu, collimator, dtype=dtype, device=device,
+    projector = SPECTProjector(
+        geometry, mu, collimator, dtype=y.dtype, device=y.device,
+        view_groups=subsets if len(subsets) > 1 else None,
+    )  # fmt: skip
+    return em_reconstruct_operator(
+        y, projector, config, grid=geometry.grid, background=background,
+        count_scale=count_scale, initial=initial, mask=mask, callback=callback,
+    )  # fmt: skip
+
+
+def em_reconstruct_operator(
+    counts: torch.Tensor,
+    operator: LinearOperator,
+    config: EMConfig = EMConfig(),
+    *,
+    grid: ImageGrid | None = None,
+    background: torch.Tensor | None = None,
+    count_scale: float = 1.0,
+    initial: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    callback: IterationCallback | None = None,
+) -> EMResult:
+    """(OS)EM for any linear operator ``A`` (``spectproj.LinearOperator``).
+
+    Parameters
+    ----------
+    counts: measured counts (>= 0), ``operator.output_shape`` ``[V, rows, bins]``, with the
+        operator's dtype and device.
+    operator: ``A``, mapping activity ``operator.input_shape`` ``[Z, Y, X]`` to projections.
+        Subset m uses ``spectproj.subset_operator(operator, views)`` (the operator's own
+        ``subset`` if it has one) over the first axis of the projections.
+    config: iterations, subsets, prior and post-filter.
+    grid: the voxel grid (spacing in mm), needed only for the post-filter
+        (``config.filter_fwhm_mm > 0``).
+    background, count_scale, initial, mask, callback: as in ``em_reconstruct``.
+    """
+    if not isinstance(operator, LinearOperator):
+        raise TypeError(
+            "operator must be a LinearOperator (input_shape, output_shape, dtype, device, "
+            f"forward, adjoint), got {type(operator).__name__}"
         )
-        for views in subsets
-    ]  # fmt: skip
+    y = _check_counts_shape(counts, list(operator.output_shape))
+    if y.dtype != operator.dtype:
+        raise TypeError(f"counts must have the operator's dtype {operator.dtype}, got {y.dtype}")
+    if y.device != operator.device:
+        raise ValueError(
+            f"counts must be on the operator's device {operator.device}, got {y.device}"
+        )
+    b = None if background is None else _check_background(background, y)
+    _check_count_scale(count_scale)
+    if config.filter_fwhm_mm and grid is None:
+        raise ValueError(
+            f"grid (ImageGrid) is required for the post-filter of "
+            f"filter_fwhm_mm = {config.filter_fwhm_mm} mm, got None"
+        )
+    device = y.device
+    subsets = interleaved_subsets(y.shape[0], config.subsets)
+    ops = [operator] if len(subsets) == 1 else [subset_operator(operator, v) for v in subsets]
     data = [y[views] for views in subsets]
     bgs = [None if b is None else b[views] for views in subsets]
     sens = [count_scale * op.adjoint(torch.ones_like(d)) for op, d in zip(ops, data, strict=True)]
-    support = sum(sens) > 0  # type: ignore[operator]
+    seen = sens[0]
+    for part in sens[1:]:
+        seen = seen + part
+    support = seen > 0
     if mask is not None:
         if mask.shape != support.shape:
             raise ValueError(f"mask must have shape {list(support.shape)}, got {list(mask.shape)}")
         support = support & mask.to(device=device, dtype=torch.bool)
 
-    x = _initial_image(initial, full, y, b, count_scale, support)
+    x = _initial_image(initial, operator, y, b, count_scale, support)
     result = EMResult(activity=x)
 
     def record(iteration: int, estimate: torch.Tensor, expected: torch.Tensor) -> None:
@@ -173,7 +238,8 @@ def em_reconstruct(
     single = len(ops) == 1
     for it in range(1, config.iterations + 1):
         for op, d, bg, s in zip(ops, data, bgs, sens, strict=True):
-            expected = count_scale * op(x) if bg is None else count_scale * op(x) + bg
+            projected = count_scale * op.forward(x)
+            expected = projected if bg is None else projected + bg
             if single and it > 1:
                 record(it - 1, x, expected)
             back = count_scale * op.adjoint(measurement_ratio(d, expected))
@@ -182,11 +248,11 @@ def em_reconstruct(
             updated = torch.where(denom > 0, x * back / torch.where(denom > 0, denom, 1.0), x)
             x = torch.where(support, updated, 0.0)
         if not single or it == config.iterations:
-            record(it, x, count_scale * full(x) + (0.0 if b is None else b))
+            record(it, x, count_scale * operator.forward(x) + (0.0 if b is None else b))
     result.unfiltered = x
-    result.activity = (
-        gaussian_filter(x, geometry.grid, config.filter_fwhm_mm) if config.filter_fwhm_mm else x
-    )
+    result.activity = x
+    if config.filter_fwhm_mm and grid is not None:  # grid is not None: checked above
+        result.activity = gaussian_filter(x, grid, config.filter_fwhm_mm)
     return result
 
 
@@ -198,13 +264,13 @@ def _prior_gradient(x: torch.Tensor, config: EMConfig) -> torch.Tensor:
 
 def _initial_image(
     initial: torch.Tensor | None,
-    op: SPECTProjector,
+    op: LinearOperator,
     y: torch.Tensor,
     b: torch.Tensor | None,
     count_scale: float,
     support: torch.Tensor,
 ) -> torch.Tensor:
-    shape = op.geometry.grid.shape
+    shape = tuple(op.input_shape)
     if initial is not None:
         if tuple(initial.shape) != shape:
             raise ValueError(f"initial must have shape {list(shape)}, got {list(initial.shape)}")
@@ -212,16 +278,20 @@ def _initial_image(
             raise ValueError("initial must be finite and >= 0")
         return torch.where(support, initial.to(dtype=y.dtype, device=y.device), 0.0)
     ones = support.to(y.dtype)
-    projected = float((count_scale * op(ones)).sum())
+    projected = float((count_scale * op.forward(ones)).sum())
     signal = float(y.sum()) - (0.0 if b is None else float(b.sum()))
     level = signal / projected if projected > 0 and signal > 0 else 1.0
     return ones * level
 
 
 def _check_counts(counts: torch.Tensor, geometry: ParallelGeometry) -> torch.Tensor:
+    expected = [geometry.n_views, *geometry.detector_shape]
+    return _check_counts_shape(counts, expected)
+
+
+def _check_counts_shape(counts: torch.Tensor, expected: list[int]) -> torch.Tensor:
     if not isinstance(counts, torch.Tensor) or not counts.is_floating_point():
         raise TypeError("counts must be a floating-point torch.Tensor [V, rows, bins]")
-    expected = [geometry.n_views, *geometry.detector_shape]  # type: ignore[misc]
     if list(counts.shape) != expected:
         raise ValueError(
             f"counts must have shape [V, rows, bins] = {expected}, got {list(counts.shape)}"
@@ -229,6 +299,11 @@ def _check_counts(counts: torch.Tensor, geometry: ParallelGeometry) -> torch.Ten
     if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
         raise ValueError("counts must be finite and >= 0")
     return counts
+
+
+def _check_count_scale(count_scale: float) -> None:
+    if not (math.isfinite(count_scale) and count_scale > 0):
+        raise ValueError(f"count_scale must be a positive number, got {count_scale!r}")
 
 
 def _check_background(background: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -197,8 +197,8 @@ def simulate_acquisition(
     )
     acquisition = Acquisition(
         angles_deg=geometry.angles_deg,
-        detector_shape=geometry.detector_shape,  # type: ignore[arg-type]
-        pixel_size_mm=geometry.pixel_size_mm,  # type: ignore[arg-type]
+        detector_shape=geometry.detector_shape,
+        pixel_size_mm=geometry.pixel_size_mm,
         energy_keV=energy,
         radius_mm=geometry.radius_mm,
         isotope=isotope,
@@ -316,7 +316,7 @@ def _count_scale(
 
 
 def _typical_sensitivity(isotope: str | None) -> float:
-    if isotope not in TYPICAL_SENSITIVITY_CPS_PER_MBQ:
+    if isotope is None or isotope not in TYPICAL_SENSITIVITY_CPS_PER_MBQ:
         raise ValueError(
             f"no typical sensitivity for isotope {isotope!r}; give sensitivity_cps_per_mbq"
         )

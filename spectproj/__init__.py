@@ -9,6 +9,9 @@ The public API::
     projections = project(activity, geometry, mu=mu)     # [V, rows, bins], activity·mm
     volume = backproject(projections, geometry, mu=mu)   # exact transpose, [Z, Y, X]
 
+``SPECTProjector`` is a ``LinearOperator`` (``spectproj.operator``: shapes, ``forward``,
+``adjoint``); ``SPECTProjector.subset(views)`` is the operator of some views, sharing its cache.
+
 Axes, angles and units are fixed in ``docs/conventions.md``.
 """
 
@@ -16,22 +19,29 @@ from spectproj.attenuation import depth_weights, survival_exponent
 from spectproj.collimator import CollimatorResponse
 from spectproj.geometry import ParallelGeometry
 from spectproj.grid import ImageGrid
+from spectproj.operator import LinearOperator, MatrixOperator, ViewSubset, subset_operator
 from spectproj.physics import bone_mu_per_mm, hu_to_mu_per_mm, lead_mu_per_mm, water_mu_per_mm
 from spectproj.projector import SPECTProjector, backproject, project
+from spectproj.projector_subset import ProjectorSubset
 from spectproj.sampling import GridField
 
 __all__ = [
     "CollimatorResponse",
     "GridField",
     "ImageGrid",
+    "LinearOperator",
+    "MatrixOperator",
     "ParallelGeometry",
+    "ProjectorSubset",
     "SPECTProjector",
+    "ViewSubset",
     "backproject",
     "bone_mu_per_mm",
     "depth_weights",
     "hu_to_mu_per_mm",
     "lead_mu_per_mm",
     "project",
+    "subset_operator",
     "survival_exponent",
     "water_mu_per_mm",
 ]

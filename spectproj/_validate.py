@@ -26,7 +26,7 @@ def float_triplet(name: str, value: Sequence[float], unit: str) -> tuple[float, 
         ) from None
     if len(triplet) != 3 or not all(math.isfinite(v) for v in triplet):
         raise ValueError(f"{name} must be three finite numbers ({unit}), got {value!r}")
-    return triplet  # type: ignore[return-value]
+    return triplet
 
 
 def check_volume(name: str, volume: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,8 +41,9 @@ class ParallelGeometry:
 
     grid: ImageGrid
     angles_deg: tuple[float, ...]
-    detector_shape: tuple[int, int] | None = None
-    pixel_size_mm: tuple[float, float] | None = None
+    # ``None`` (the default) is replaced in ``__post_init__``, so the attributes are never None.
+    detector_shape: tuple[int, int] = None  # type: ignore[assignment]  # see __post_init__
+    pixel_size_mm: tuple[float, float] = None  # type: ignore[assignment]  # see __post_init__
     radius_mm: float | None = None
 
     def __post_init__(self) -> None:
@@ -77,19 +79,19 @@ class ParallelGeometry:
 
     # -- presets -----------------------------------------------------------------------------
     @classmethod
-    def ap_pa(cls, grid: ImageGrid, **kwargs: object) -> ParallelGeometry:
+    def ap_pa(cls, grid: ImageGrid, **kwargs: Any) -> ParallelGeometry:
         """Planar anterior (β = 0) and posterior (β = 180) views, in that order."""
-        return cls(grid, angles_deg=(0.0, 180.0), **kwargs)  # type: ignore[arg-type]
+        return cls(grid, angles_deg=(0.0, 180.0), **kwargs)
 
     @classmethod
     def full_circle(
-        cls, grid: ImageGrid, n_views: int, start_deg: float = 0.0, **kwargs: object
+        cls, grid: ImageGrid, n_views: int, start_deg: float = 0.0, **kwargs: Any
     ) -> ParallelGeometry:
         """``n_views`` equally spaced views over 360°, starting at ``start_deg``."""
         if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 1:
             raise ValueError(f"n_views must be a positive integer, got {n_views!r}")
         angles = tuple(float(start_deg) + 360.0 * k / n_views for k in range(n_views))
-        return cls(grid, angles_deg=angles, **kwargs)  # type: ignore[arg-type]
+        return cls(grid, angles_deg=angles, **kwargs)
 
     # -- derived quantities ------------------------------------------------------------------
     @property
@@ -113,7 +115,7 @@ class ParallelGeometry:
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Centres of detector rows (``axis=0``, z in mm) or bins (``axis=1``, r in mm)."""
-        n, p = self.detector_shape[axis], self.pixel_size_mm[axis]  # type: ignore[index]
+        n, p = self.detector_shape[axis], self.pixel_size_mm[axis]
         return (torch.arange(n, dtype=dtype, device=device) - (n - 1) / 2) * p
 
     def opposed_view(self, view: int) -> int | None:

@@ -55,7 +55,8 @@ class ImageGrid:
     @property
     def extent_mm(self) -> tuple[float, float, float]:
         """Physical size ``(Z·dz, Y·dy, X·dx)`` of the volume in mm."""
-        return tuple(n * d for n, d in zip(self.shape, self.spacing_mm, strict=True))  # type: ignore[return-value]
+        (z, y, x), (dz, dy, dx) = self.shape, self.spacing_mm
+        return (z * dz, y * dy, x * dx)
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -81,9 +82,10 @@ class ImageGrid:
 
     def index_of(self, point_mm: tuple[float, float, float]) -> tuple[float, float, float]:
         """Fractional voxel index ``(k, j, i)`` of a point ``(z, y, x)`` in mm."""
-        return tuple(
+        k, j, i = (
             (p - o) / d + (n - 1) / 2
             for p, o, d, n in zip(
                 point_mm, self.offset_mm, self.spacing_mm, self.shape, strict=True
             )
-        )  # type: ignore[return-value]
+        )
+        return (k, j, i)

@@ -114,8 +114,8 @@ def view_lattice(geometry: ParallelGeometry, view: int) -> ViewLattice:
         s = _comb(s_centre, count[depth_dim], step_s)
         return ViewLattice(beta, quadrant, r, s, step_r, step_s, z, dz)
     step = min(dx, dy)
-    n_bins = geometry.detector_shape[1]  # type: ignore[index]
-    bin_width = geometry.pixel_size_mm[1]  # type: ignore[index]
+    n_bins = geometry.detector_shape[1]
+    bin_width = geometry.pixel_size_mm[1]
     if math.isclose(bin_width, step, rel_tol=1e-9):
         r = _comb(0.0, n_bins, step)
     else:
@@ -127,7 +127,7 @@ def view_lattice(geometry: ParallelGeometry, view: int) -> ViewLattice:
 def detector_lattice(geometry: ParallelGeometry, view: int) -> ViewLattice:
     """The lattice of fields: ``view_lattice``'s depth samples on rays through pixel centres."""
     lat = view_lattice(geometry, view)
-    rows_mm, bins_mm = geometry.pixel_size_mm  # type: ignore[misc]
+    rows_mm, bins_mm = geometry.pixel_size_mm
     return dataclasses.replace(
         lat,
         r_mm=tuple(geometry.detector_centres_mm(1).tolist()),

@@ -63,17 +63,17 @@ class SparseApply(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, a_parts, at_parts, a_shape):  # type: ignore[override]
+    def forward(ctx, x, a_parts, at_parts, a_shape):
         ctx.at_parts, ctx.a_parts, ctx.a_shape = at_parts, a_parts, a_shape
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             a = torch.sparse_csr_tensor(
                 *a_parts, size=a_shape, dtype=x.dtype, device=x.device, check_invariants=False
-            )
+            )  # type: ignore[misc]  # a_parts = (crow, col, values): 3 positionals
             return torch.sparse.mm(a, x)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         shape_t = (ctx.a_shape[1], ctx.a_shape[0])
         return SparseApply.apply(grad, ctx.at_parts, ctx.a_parts, shape_t), None, None, None
 

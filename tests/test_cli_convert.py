@@ -45,6 +45,7 @@ def no_temporary_files(folder: Path) -> bool:
 
 
 SUBCOMMANDS = [
+    "anatomy",
     "pienerf",
     "interfile",
     "patient15",

@@ -133,6 +133,56 @@ def test_no_attenuation_no_collimator(study_file: Path, tmp_path: Path) -> None:
     assert p["attenuation"] is False and p["collimator"] is None
 
 
+def test_mlem_support_body_by_default(result_file, study_file: Path, tmp_path: Path) -> None:
+    from recon.support import resolve_support
+
+    study = read_study(study_file)
+    body, note = resolve_support(study, "body")
+    assert body is not None
+    path, run = result_file
+    result = read_result(path)
+    p = result.parameters
+    share = 100.0 * body.sum() / body.size
+    assert p["support"] == "body"
+    assert p["support_note"] == note  # recon.support's own note, e.g. "body (μ > 0.1 × ..."
+    assert note.startswith("body (μ > 0.1 × water's μ at 140.5 keV, holes filled")
+    assert note.endswith(f"; {share:.1f} % of the grid)")
+    assert "support" in run.stdout
+    assert np.all(result.activity[~body] == 0) and result.activity[body].sum() > 0
+    out = tmp_path / "free.h5"
+    assert_ok(
+        invoke("recon", "mlem", study_file, "-o", out, "--iterations", "2", "--support", "none")
+    )
+    free = read_result(out)
+    assert (free.parameters["support"], free.parameters["support_note"]) == (
+        "none",
+        "none (--support none)",
+    )
+    assert free.activity[~body].sum() > 0.05 * free.activity.sum()  # activity in the air
+    assert_one_line_error(
+        invoke("recon", "mlem", study_file, "-o", tmp_path / "a.h5", "--support", "anatomy"),
+        1,
+        "support 'anatomy' needs a study with an anatomy",
+    )
+
+
+def test_mlem_support_without_mu_ct_or_anatomy(study_file: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.h5"
+    write_study(bare, dataclasses.replace(read_study(study_file), mu_per_mm=None, ct_hu=None))
+    out = tmp_path / "r.h5"
+    assert_ok(invoke("recon", "mlem", bare, "-o", out, "--iterations", "1"))
+    p = read_result(out).parameters
+    assert (p["support"], p["support_note"]) == (
+        "none",
+        "none (the study has no μ, CT or anatomy)",
+    )
+    assert_one_line_error(
+        invoke("recon", "mlem", bare, "-o", tmp_path / "b.h5", "--support", "body"),
+        1,
+        "support 'body' needs a study with μ, a CT or an anatomy",
+    )
+
+
 def test_recon_group_alone_shows_its_help() -> None:
     result = invoke("recon")
     assert_ok(result)

@@ -42,7 +42,7 @@ from recon.cohort import (
 from recon.cohort.distributed import DistInfo
 from recon.cohort.model import cohort_frame
 from recon.io import read_result, read_study, write_study
-from recon.nerf.checkpoint import load_checkpoint
+from recon.nerf.checkpoint import load_checkpoint, save_checkpoint
 from recon.nerf.config import TrainConfig
 from recon.nerf.export import load_field, sample_on_grid, to_result
 from recon.nerf.field import FieldConfig
@@ -285,8 +285,8 @@ def _interrupted_worker(
 ) -> None:
     """Rank 1 asks to stop at step 3 (so both stop after step 4), then both resume to step 8.
     Every file written through the trainer is recorded per rank."""
-    import recon.cohort.training as training
     import recon.nerf.logs as logs
+    import recon.training.loop as training
 
     torch.set_num_threads(1)
     writes: list[str] = []
@@ -378,16 +378,81 @@ def test_outputs_in_the_way_and_mismatched_resume(cohort, torchrun, tmp_path) ->
     single = _single_study_checkpoint(cohort, tmp_path)
     with pytest.raises(ValueError, match="not a cohort"):
         fit_with_prior(read_study(cohort["val"]), single)
-    with pytest.raises(ValueError, match="tv_3d"):
-        CohortConfig(train=dataclasses.replace(config.train, tv_3d=0.1))
+    with pytest.raises(ValueError, match="adam"):
+        CohortConfig(train=dataclasses.replace(config.train, optimizer="lbfgs"))
     no_truth = tmp_path / "no_truth.h5"
     write_study(no_truth, dataclasses.replace(read_study(cohort["val"]), truth_activity=None))
     with pytest.raises(ValueError, match="truth activity"):
         train_cohort(Manifest.from_paths([no_truth]), config)
     with pytest.raises(ValueError, match="multiple of the number of processes"):
-        from recon.cohort.training import _CohortTrainer
+        from recon.cohort.training import _CohortObjective
 
-        _CohortTrainer(read_manifest(cohort["manifest"]), config, DistInfo(0, 3), None, None, False)
+        _CohortObjective(read_manifest(cohort["manifest"]), config, DistInfo(0, 3))
+
+
+def test_cohort_3d_regularisers_enter_the_loss_and_bf16_runs(cohort) -> None:
+    """The single-study regularisers and CPU bfloat16 work in cohort training too."""
+    train = dataclasses.replace(
+        TrainConfig.from_toml(cohort["toml"]), steps=1, log_every=1, l1_activity=0.0
+    )
+    config = CohortConfig(train=train, val_steps=0, val_train_studies=0)
+    plain = train_cohort(cohort["manifest"], config)
+    # Large weights: the initial field is almost uniform, so both terms start small.
+    regs = dataclasses.replace(train, tv_3d=1e3, ct_smoothness=1e3)
+    both = train_cohort(cohort["manifest"], dataclasses.replace(config, train=regs))
+    row = both.history[0]
+    assert row["tv_3d"] > 0 and row["ct_smoothness"] > 0
+    assert math.isnan(plain.history[0]["tv_3d"]) or plain.history[0]["tv_3d"] == 0
+    # Same start, same batch: the losses differ by exactly the weighted new terms.
+    extra = 1e3 * (row["tv_3d"] + row["ct_smoothness"])
+    assert extra > 1e-4
+    assert both.losses[0] - plain.losses[0] == pytest.approx(extra, abs=1e-6)
+    assert row["data"] == plain.history[0]["data"]
+    bf16 = dataclasses.replace(config, train=dataclasses.replace(regs, cpu_bf16=True))
+    result = train_cohort(cohort["manifest"], bf16)
+    assert result.amp == "bf16" and math.isfinite(result.losses[0])
+    assert result.losses[0] == pytest.approx(both.losses[0], rel=0.05)
+
+
+def test_cohort_of_collimated_studies_renders_whole_views_with_the_blur(cohort, tmp_path) -> None:
+    """Studies that name a collimator train on whole views with its blur (``render="auto"``), as
+    in `fit`: the step's data term is each study's whole-view term weighted by its samples."""
+    from recon.cohort.training import _CohortObjective, _mix
+    from recon.training.terms import data_term
+
+    paths = []
+    for k in (0, 1):
+        study = read_study(cohort["folder"] / f"s{k}.h5")
+        acq = dataclasses.replace(study.acquisition, collimator="HE", radius_mm=250.0)
+        paths.append(tmp_path / f"he{k}.h5")
+        write_study(paths[-1], dataclasses.replace(study, acquisition=acq))
+    train = dataclasses.replace(
+        TrainConfig.from_toml(cohort["toml"]), steps=2, l1_activity=0.0, tv_ray=0.0, latent_l2=0.0
+    )
+    config = CohortConfig(train=train, val_steps=0, val_train_studies=1)
+    obj = _CohortObjective(Manifest.from_paths(paths), config, DistInfo())
+    assert obj.views == [True, True] and obj.notes[0].startswith("HE at 140.5 keV")
+    batch = obj.draw(1)
+    loss, parts = obj.loss(batch, contextlib.nullcontext)
+    n = torch.bincount(batch.studies, minlength=2).double()
+    direct = 0.0
+    for s in (0, 1):
+        field = obj.model.study_field(s, obj.levels[s])
+        g = torch.Generator().manual_seed(_mix("cohort-views", train.seed, 1, s))
+        rendered = obj.data[s].render_views(field, train.n_samples, jitter=True, generator=g)
+        term, _ = data_term(rendered.expected, rendered.counts, obj.count_levels[s])
+        direct += float(n[s] / n.sum()) * float(term.detach())
+    assert float(loss.detach()) == pytest.approx(direct, rel=1e-6)
+    assert float(parts["data"]) == pytest.approx(direct, rel=1e-6)
+    result = train_cohort(Manifest.from_paths(paths), config, tmp_path / "run")
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
+    assert saved["cohort"]["render"] == ["views", "views"]
+    assert math.isfinite(result.history[-1]["train_val_psnr"])
+    # A checkpoint of a run that rendered lines (older files record nothing) cannot continue here.
+    del saved["cohort"]["render"]
+    save_checkpoint(saved, tmp_path / "lines.pt")
+    with pytest.raises(ValueError, match="rendered the studies as"):
+        train_cohort(Manifest.from_paths(paths), config, resume=tmp_path / "lines.pt")
 
 
 def _single_study_checkpoint(cohort, tmp_path: Path) -> Path:

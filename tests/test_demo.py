@@ -121,9 +121,9 @@ def test_demo_writes_everything(demo_run) -> None:
     assert float(mlem.activity[outside].max()) == 0.0
     assert float(nerf.activity[outside].sum()) < 1e-3 * float(nerf.activity.sum())
 
-    # the printed headline: all three methods, where the report is
+    # the printed headline: all four methods, where the report is
     out = " ".join(result.stdout.split())
-    for name in ("NeRF", "MLEM", "conjugate view", "NRMSE", "report.html"):
+    for name in ("NeRF", "MLEM", "organs + residual", "conjugate view", "NRMSE", "report.html"):
         assert name in out
 
 
@@ -131,17 +131,24 @@ def test_demo_summary(demo_run) -> None:
     folder, _ = demo_run
     summary = json.loads((folder / "summary.json").read_text())
     methods = [row["method"] for row in summary["headline"]]
-    assert methods == ["NeRF", "MLEM", "conjugate view"]
-    for row in summary["headline"][:2]:
+    assert methods == ["NeRF", "MLEM", "organs + residual", "conjugate view"]
+    for row in summary["headline"][:3]:
         assert 0.0 < row["nrmse_body"] < 2.0
         assert 0.0 < row["ssim"] <= 1.0
         assert row["deviance_per_pixel"] > 0
     assert summary["conjugate_view"]["background"] == "body"
     assert summary["organs"] and all("conjugate view" in r["estimates"] for r in summary["organs"])
-    assert set(summary["demo"]["timings_s"]) >= {"phantom", "simulate", "mlem", "nerf", "report"}
+    assert set(summary["demo"]["timings_s"]) >= {
+        "phantom", "simulate", "mlem", "nerf", "organs", "report"
+    }  # fmt: skip
     assert summary["demo"]["settings"]["nerf"]["steps"] == 4
     md = (folder / "summary.md").read_text()
     assert "| NeRF |" in md and "| MLEM |" in md and "| conjugate view |" in md
+    assert "| organs + residual |" in md
+    # the study file carries the anatomy the organ fit used (organs, not the lesions)
+    study = read_study(folder / "study.h5")
+    assert study.anatomy is not None and "liver" in study.anatomy.names.values()
+    assert not any(n.startswith("lesion") for n in study.anatomy.names.values())
 
 
 def test_demo_report_references_existing_files(demo_run) -> None:
@@ -151,7 +158,7 @@ def test_demo_report_references_existing_files(demo_run) -> None:
     assert refs.title == DEMO_TITLE
     assert all(src.startswith("data:image/png;base64,") for src in refs.images)  # embedded
     linked = {Path(h).name for h in refs.links}
-    assert {"comparison.png", "organs.png", "study.h5", "nerf.h5", "mlem.h5"} <= linked
+    assert {"comparison.png", "organs.png", "study.h5", "nerf.h5", "mlem.h5", "organs.h5"} <= linked
     assert 'id="headline"' in text and 'id="organs"' in text
 
 

@@ -383,6 +383,24 @@ STUDY_CASES = [
     ),
     ("mu-negative", set_value("attenuation/mu", (1, 2, 3), -0.01), "/attenuation/mu", "negative"),
     (
+        "counts-huge",
+        set_value("projections/counts", (0, 1, 2), 3e30),
+        "/projections/counts",
+        r"contains 1 value\(s\) above 1e\+30 \(maximum 3e\+30\); counts must be <= 1e\+30",
+    ),
+    (
+        "background-inf",
+        set_value("background/counts", (0, 1, 2), np.inf),
+        "/background/counts",
+        r"contains 1 NaN/Inf value\(s\); background counts must be finite",
+    ),
+    (
+        "labels-float",
+        retype("truth/labels", lambda a: a.astype(np.float32)),
+        "/truth/labels",
+        "dtype float32 is not an integer type",
+    ),
+    (
         "truth-negative",
         set_value("truth/activity", (1, 0, 0), -1.0),
         "/truth/activity",
@@ -398,31 +416,31 @@ STUDY_CASES = [
         "views-vs-angles",
         retype("acquisition/angles_deg", lambda a: a[:2]),
         "/projections/counts",
-        "3 views but /acquisition/angles_deg has 2 angles",
+        "3 views but acquisition.angles_deg has 2 angles",
     ),
     (
         "detector-shape",
         set_attr("acquisition", "detector_shape", np.array([2, 5])),
         "/projections/counts",
-        r"detector size \(2, 4\) does not match /acquisition detector_shape \(2, 5\)",
+        r"detector size \(2, 4\) does not match acquisition.detector_shape \(2, 5\)",
     ),
     (
         "mu-vs-grid",
         retype("attenuation/mu", lambda a: np.zeros((2, 3, 5), np.float32)),
         "/attenuation/mu",
-        r"shape \(2, 3, 5\) does not match /grid shape \(2, 3, 4\)",
+        r"shape \(2, 3, 5\) does not match grid.shape \(2, 3, 4\)",
     ),
     (
         "grid-shape",
         set_attr("grid", "shape", np.array([2, 3, 5])),
         "/attenuation/mu",
-        r"does not match /grid shape \(2, 3, 5\)",
+        r"does not match grid.shape \(2, 3, 5\)",
     ),
     (
         "background-vs-counts",
         retype("background/counts", lambda a: a[:2]),
         "/background/counts",
-        "does not match /projections/counts shape",
+        r"shape \(2, 2, 4\) does not match projections shape \(3, 2, 4\)",
     ),
     (
         "grid-spacing",
@@ -527,7 +545,7 @@ RESULT_CASES = [
         "activity-vs-grid",
         set_attr("grid", "shape", np.array([2, 4, 4])),
         "/activity",
-        r"shape \(2, 3, 4\) does not match /grid shape \(2, 4, 4\)",
+        r"shape \(2, 3, 4\) does not match grid.shape \(2, 4, 4\)",
     ),
     (
         "activity-complex",
@@ -575,7 +593,7 @@ RESULT_CASES = [
         "newer-version",
         set_attr("/", "format_version", np.int64(7)),
         "/",
-        r"format version 7 > 1\); upgrade spect",
+        rf"format version 7 > {FORMAT_VERSION}\); upgrade spect",
     ),
     ("truncated", truncate, "/", "truncated or damaged HDF5 file"),
     ("garbage", garbage, "/", "not an HDF5 file"),
@@ -658,39 +676,43 @@ def test_study_file_error_is_one_line_value_error_and_picklable() -> None:
 # Writing refuses what it could not read back
 
 
-def bad_studies() -> list[tuple[str, Study, str, str]]:
-    good = full_study()
-    nan = good.projections.copy()
-    nan[0, 0, 0] = np.nan
-    from dataclasses import replace as dc_replace
-
-    return [
-        ("nan", dc_replace(good, projections=nan), "/projections/counts", "NaN/Inf"),
-        (
-            "mu-shape",
-            dc_replace(good, mu_per_mm=np.zeros((2, 3, 3))),
-            "/attenuation/mu",
-            "does not match /grid shape",
-        ),
-        (
-            "labels-float",
-            dc_replace(good, labels=np.zeros(VOLUME)),
-            "/truth/labels",
-            "not an integer type",
-        ),
-        (
-            "names-without-labels",
-            dc_replace(good, labels=None),
-            "/truth/labels",
-            "label names are given but there are no labels",
-        ),
-        ("unit", dc_replace(good, activity_unit=""), "/", "activity_unit must be a non-empty"),
-    ]
+# A `Study` or `Result` refuses bad fields when it is made (tests/test_study_model.py); writing
+# checks it again, because its arrays can be changed in place after it was made.
 
 
-@pytest.mark.parametrize("case", bad_studies(), ids=lambda case: case[0])
-def test_write_study_refuses_bad_study(tmp_path: Path, case: tuple) -> None:
-    _, study, dataset, problem = case
+def set_projection_nan(study: Study) -> None:
+    study.projections[0, 0, 0] = np.nan
+
+
+def set_mu_negative(study: Study) -> None:
+    assert study.mu_per_mm is not None
+    study.mu_per_mm[1, 2, 3] = -0.5
+
+
+def set_background_huge(study: Study) -> None:
+    assert study.background is not None
+    study.background[2, 1, 0] = 1e31
+
+
+def add_label_names(study: Study) -> None:
+    study.label_names[7] = 3  # type: ignore[index]  # a non-string name added after checking
+
+
+@pytest.mark.parametrize(
+    ("change", "dataset", "problem"),
+    [
+        (set_projection_nan, "/projections/counts", "contains 1 NaN/Inf"),
+        (set_mu_negative, "/attenuation/mu", r"contains 1 negative value\(s\) \(minimum -0.5\)"),
+        (set_background_huge, "/background/counts", "contains 1 value.* above 1e\\+30"),
+        (add_label_names, "/truth/labels", "name of label 7 is not a string"),
+    ],
+    ids=["nan", "mu-negative", "background-huge", "label-name"],
+)
+def test_write_study_refuses_a_study_changed_in_place(
+    tmp_path: Path, change: Callable[[Study], None], dataset: str, problem: str
+) -> None:
+    study = full_study()
+    change(study)
     path = tmp_path / "study.h5"
     with pytest.raises(StudyFileError) as info:
         write_study(path, study)
@@ -700,20 +722,30 @@ def test_write_study_refuses_bad_study(tmp_path: Path, case: tuple) -> None:
 
 def test_write_result_refuses_bad_result(tmp_path: Path) -> None:
     path = tmp_path / "result.h5"
+    negative = full_result()
+    negative.activity[0, 0, 0] = -1.0
+    unserialisable = full_result()
+    unserialisable.parameters["f"] = print  # type: ignore[index]  # changed after checking
+    uneven = full_result()
+    uneven.history["loglik"] = np.ones(2)  # type: ignore[index]  # changed after checking
     bad = [
-        (Result(np.full(VOLUME, -1.0), GRID, "mlem"), "/activity", "negative"),
-        (Result(np.ones(VOLUME), GRID, "mlem", parameters={"f": print}), "/method", "JSON"),
+        (negative, "/activity", "contains 1 negative"),
+        (unserialisable, "/method", "not JSON-serialisable"),
+        (uneven, "/history", r"arrays differ in length \(loglik: 2, step_s: 3\)"),
         (Result(np.ones(VOLUME), GRID, "mlem", history={"a/b": np.ones(2)}), "/history", "name"),
-        (
-            Result(np.ones(VOLUME), GRID, "mlem", history={"a": np.ones(2), "b": np.ones(3)}),
-            "/history",
-            "differ in length",
-        ),
     ]
     for result, dataset, problem in bad:
         with pytest.raises(StudyFileError) as info:
             write_result(path, result)
         assert_error(info.value, path, dataset, "cannot write: .*" + problem)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_refuses_objects_that_are_not_a_study_or_result(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"study must be a recon\.io\.Study, got dict"):
+        write_study(tmp_path / "s.h5", {})  # type: ignore[arg-type]  # the point of the test
+    with pytest.raises(TypeError, match=r"result must be a recon\.io\.Result, got Study"):
+        write_result(tmp_path / "r.h5", full_study())  # type: ignore[arg-type]  # idem
     assert list(tmp_path.iterdir()) == []
 
 

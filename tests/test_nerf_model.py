@@ -190,6 +190,38 @@ def test_gradients_reach_the_latent_code_and_every_layer(study, config) -> None:
         assert float(p.grad.abs().max()) > 0, name
 
 
+class _Depth(torch.nn.Module):
+    """A one-column point feature: a trainable multiple of y (mm)."""
+
+    out_features = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor([0.01]))
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return points_mm[:, 1:2] * self.weight
+
+
+def test_extra_features_join_the_input_and_are_trained(study) -> None:
+    torch.manual_seed(0)
+    plain = EmissionField(study.grid, TINY_FREQ)
+    field = EmissionField(study.grid, TINY_FREQ, features=_Depth())
+    n_in = plain.layers[0].in_features
+    assert n_in == 3 * 7 + 4
+    assert field.layers[0].in_features == n_in + 1
+    assert field.layers[2].in_features == 16 + n_in + 1  # re-injected at the skip layer
+    assert set(field.state_dict()) == set(plain.state_dict()) | {"features.weight"}
+    pts = torch.randn(40, 3, generator=torch.Generator().manual_seed(0)) * 80
+    field(pts).sum().backward()
+    assert float(field.features.weight.grad.abs()) > 0
+    # The feature reaches the output: changing it changes the activity.
+    before = field(pts).detach()
+    with torch.no_grad():
+        field.features.weight.fill_(0.02)
+    assert float((field(pts).detach() - before).abs().max()) > 0
+
+
 def test_sample_on_grid(study) -> None:
     truth = torch.as_tensor(study.truth_activity)
     field = GridField(truth, study.grid)

@@ -109,6 +109,50 @@ def test_resume_after_ctrl_c_mid_step_is_exact(study, tmp_path, monkeypatch) -> 
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
 
 
+def test_resume_in_views_mode_is_exact(study, tmp_path, monkeypatch) -> None:
+    """Whole views with the collimator blur, jitter and a support: an interrupted run resumed
+    from its checkpoint gives the same losses and weights as a straight run."""
+    blurred = dataclasses.replace(
+        study,
+        acquisition=dataclasses.replace(study.acquisition, collimator="HE", radius_mm=250.0),
+    )
+    body = blurred.mu_per_mm > 0
+    config = dataclasses.replace(TINY, steps=8, deterministic=True, checkpoint_every=4)
+    straight = fit(_field(blurred), blurred, config, support=body)
+    assert straight.render == "views" and straight.collimator.startswith("HE at 140.5 keV")
+    assert straight.support is not None and straight.support.startswith("applied, trilinear")
+
+    calls = {"n": 0}
+    real = losses.poisson_nll
+
+    def interrupt_at_step_6(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "poisson_nll", interrupt_at_step_6)
+    with pytest.raises(TrainingInterrupted) as stop:
+        fit(_field(blurred), blurred, config, out_dir=tmp_path, support=body)
+    assert stop.value.step == 5
+    monkeypatch.setattr(losses, "poisson_nll", real)
+    resumed_field = _field(blurred, seed=123)
+    resumed = fit(
+        resumed_field, blurred, config, resume=tmp_path / "checkpoint-last.pt", support=body
+    )
+    assert resumed.losses == straight.losses
+    for (name, a), b in zip(
+        straight.representation.state_dict().items(),
+        resumed_field.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), name
+    # the checkpoint holds the field alone (the support is data): it loads into a bare field
+    saved = load_checkpoint(tmp_path / "checkpoint-last.pt")
+    assert saved["representation"]["kind"] == "EmissionField"
+    assert saved["data"]["render"] == "views"
+
+
 def test_ctrl_c_during_the_update_finishes_the_step(study, tmp_path, monkeypatch) -> None:
     """A real SIGINT inside the optimiser update is held until the step is complete."""
     real_step = torch.optim.Adam.step
@@ -125,6 +169,29 @@ def test_ctrl_c_during_the_update_finishes_the_step(study, tmp_path, monkeypatch
         fit(_field(study), study, dataclasses.replace(TINY, val_every=0), out_dir=tmp_path)
     assert stop.value.step == 3
     assert load_checkpoint(tmp_path / "checkpoint-last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(study, tmp_path, monkeypatch) -> None:
+    """Two Ctrl-C in one step (the installed handler called twice, as the signals would): the
+    second interrupts inside the update, so no checkpoint is written from that state."""
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step_with_two_sigints(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            handler = signal.getsignal(signal.SIGINT)
+            handler(signal.SIGINT, None)  # the first: stop after this step
+            handler(signal.SIGINT, None)  # the second: at once
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_with_two_sigints)
+    config = dataclasses.replace(TINY, val_every=0, checkpoint_every=1)
+    with pytest.raises(TrainingInterrupted) as stop:
+        fit(_field(study), study, config, out_dir=tmp_path)
+    assert stop.value.step == 2 and stop.value.checkpoint is None
+    assert load_checkpoint(tmp_path / "checkpoint-last.pt")["step"] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -240,6 +307,31 @@ def test_lbfgs_fits_a_voxel_grid(study) -> None:
     assert rep.volume().shape == study.grid.shape
 
 
+class _Penalised(VoxelActivity):
+    """A voxel grid with its own prior: ``penalty() = 0.25 · mean softplus(θ)``."""
+
+    def penalty(self) -> torch.Tensor:
+        return 0.25 * torch.nn.functional.softplus(self.theta).mean()
+
+
+def test_a_model_penalty_is_added_to_the_loss_and_logged(study) -> None:
+    config = dataclasses.replace(TINY, steps=3, log_every=1, val_every=0)
+    plain = fit(VoxelActivity(study.grid), study, config)
+    prior = fit(_Penalised(study.grid), study, config)
+    # Step 1: the same uniform start and the same lines, so the losses differ by the penalty of
+    # softplus(θ) = 1 everywhere: 0.25 exactly (float32).
+    assert prior.losses[0] - plain.losses[0] == pytest.approx(0.25, abs=1e-6)
+    assert prior.history[0]["model_prior"] == pytest.approx(0.25, abs=1e-6)
+    assert math.isnan(plain.history[0]["model_prior"])
+    assert prior.history[0]["nll"] == plain.history[0]["nll"]
+    # The prior pulls every voxel down: less activity than without it after 3 steps.
+    mean = [
+        float(torch.nn.functional.softplus(r.representation.theta.detach()).mean())
+        for r in (plain, prior)
+    ]
+    assert mean[1] < mean[0]
+
+
 def test_outputs_result_and_load_field(study, tmp_path) -> None:
     config = dataclasses.replace(
         TINY, steps=6, val_every=3, log_every=2, preview_every=3, checkpoint_every=3
@@ -350,6 +442,46 @@ def test_cli_recon_nerf_end_to_end(study, tmp_path) -> None:
     assert failed.exit_code == 1
     assert failed.stderr.startswith("Error: ") and "valid keys" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_cli_recon_nerf_support_and_collimator(study, tmp_path) -> None:
+    runner = CliRunner()
+    blurred = dataclasses.replace(
+        study,
+        acquisition=dataclasses.replace(study.acquisition, collimator="HE", radius_mm=250.0),
+    )
+    study_path = tmp_path / "study.h5"
+    write_study(study_path, blurred)
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(
+        "val_every = 0\ncheckpoint_every = 0\npreview_every = 0\n"
+        "[field]\nhash_levels = 2\nhash_log2_size = 8\nhash_finest_resolution = 8\n"
+        "hash_mlp_width = 8\nlatent_dim = 2\n"
+    )
+    base = ["recon", "nerf", str(study_path), "--steps", "2", "--samples", "8", "--config",
+            str(toml), "--threads", "1"]  # fmt: skip
+    out = tmp_path / "default.h5"
+    done = runner.invoke(app, [*base, "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    res = read_result(out)
+    p = res.parameters
+    assert p["render"] == "views" and p["collimator"].startswith("HE at 140.5 keV, radius 250")
+    assert p["support"] == "body" and p["support_note"].startswith("body (μ > 0.1 × water's μ")
+    body = read_result(out).activity[blurred.mu_per_mm == 0]
+    assert np.all(body == 0)  # nothing outside the body (μ = 0 there)
+    # the rendered counts are the blurred ones of the fitted field
+    assert "rendered_counts" in res.extras and np.isfinite(res.extras["rendered_counts"]).all()
+
+    out = tmp_path / "off.h5"
+    done = runner.invoke(app, [*base, "-o", str(out), "--no-collimator", "--support", "none"])
+    assert done.exit_code == 0, done.output
+    p = read_result(out).parameters
+    assert (p["render"], p["collimator"]) == ("lines", "off (collimator=None)")
+    assert (p["support"], p["support_note"]) == ("none", "none (--support none)")
+
+    failed = runner.invoke(app, [*base, "-o", str(tmp_path / "a.h5"), "--support", "anatomy"])
+    assert failed.exit_code == 1
+    assert failed.stderr.startswith("Error: support 'anatomy' needs a study with an anatomy")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")

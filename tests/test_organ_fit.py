@@ -19,6 +19,7 @@ from recon.anatomy import (
     fit_organs,
     reconstruct_organs,
 )
+from recon.anatomy.compartments import tissue_fraction
 from recon.anatomy.organ_fit import fisher_information, fit_organ_coefficients
 from recon.anatomy.quantify import quantify, rows_to_csv
 from recon.anatomy.sources import find_sources, opposed_pair
@@ -225,24 +226,47 @@ def test_organs_config_refuses_bad_values(field: str, value: object, message: st
 # -- the residual model ----------------------------------------------------------------------
 
 
-def test_residual_model_sources_and_tilt_keep_their_activities() -> None:
+def test_residual_model_parts_hold_their_activities() -> None:
     study, _ = _slab_study({"front": 1.0, "back": 1.0, "background": 1.0})
     anatomy = study.anatomy
     assert anatomy is not None
     comp = compartments_from_anatomy(anatomy)
     source = ResidualSource((4.0, -3.0, 6.0), 9.0, 250.0)
     model = OrganResidualModel(study.grid, comp, np.array([5.0, 2.0, 0.5]), (source,), anatomy.body)
-    with torch.no_grad():
-        model.tilt.copy_(torch.tensor([[0.7, -0.4, 0.2], [0.3, 0.3, -0.9], [1.0, 1.0, 1.0]]))
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
-    sources = model.source_volume().detach().double()
-    assert float(sources.sum()) * voxel_ml == pytest.approx(250.0, rel=1e-4)
-    organs = model.organ_volume().detach().double().numpy()
-    for k, c in enumerate((5.0, 2.0, 0.5)):
-        n = int(comp.voxel_counts[k])
-        assert organs[comp.index == k].sum() == pytest.approx(c * n, rel=1e-5)
-    assert float(model.tilts()[2].abs().sum()) == 0.0  # background regions are never tilted
-    assert float(model.tilts().abs().max()) <= 0.5
+    with torch.no_grad():
+        # A source is normalised inside the support: its activity is all in the volume.
+        assert float(model.source_volume().double().sum()) * voxel_ml == pytest.approx(
+            250.0, rel=1e-5
+        )
+        # Unshifted and unmodulated, each compartment holds concentration × voxels.
+        organs = model.organ_volume().double().numpy()
+        for k, c in enumerate((5.0, 2.0, 0.5)):
+            assert organs[comp.index == k].sum() == pytest.approx(c * comp.voxel_counts[k])
+        # A whole-voxel shift moves a segment; the background fills what it leaves.
+        model.registration[0] = torch.tensor([0.0, 0.0, 10.0])  # tanh → +1.5 voxels in z
+        shifted = model.unit_volumes()
+        assert float(shifted[0].sum()) == pytest.approx(float(comp.voxel_counts[0]), rel=1e-5)
+        assert float((shifted.sum(0) - torch.as_tensor(anatomy.body).float()).abs().max()) < 1e-5
+        # The modulation stays within a factor e^±0.7 and background regions have none.
+        model.modulation.fill_(50.0)
+        nodes = model.log_modulations()
+        assert float(nodes[:2].max()) == pytest.approx(0.7) and float(nodes[2].abs().max()) == 0
+
+
+def test_background_follows_the_tissue_fraction() -> None:
+    mu = np.array([[[0.0, 0.0075, 0.015, 0.02]]], dtype=np.float32)  # air, half, water, bone
+    fraction = tissue_fraction(mu, 140.5)
+    water = 0.015 / 0.0154  # μ here is a little below water's at 140.5 keV
+    assert np.allclose(fraction, [[[0.0, 0.5 * water, water, 1.0]]], rtol=0.02)
+    labels = np.zeros((1, 1, 4), dtype=np.int32)
+    labels[0, 0, 3] = 1
+    anatomy = Anatomy(labels, {1: "bone"}, np.ones((1, 1, 4), dtype=bool))
+    comp = compartments_from_anatomy(anatomy, background_weight=fraction)
+    assert comp.names == ("bone", "background")
+    assert comp.voxel_counts[0] == 1.0  # segments are whole voxels
+    assert comp.voxel_counts[1] == pytest.approx(float(fraction[0, 0, :3].sum()))
+    assert np.allclose(comp.masks()[1, 0, 0], [0.0, fraction[0, 0, 1], fraction[0, 0, 2], 0.0])
 
 
 def test_find_sources_puts_a_point_source_at_its_depth() -> None:

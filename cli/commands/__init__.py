@@ -1,9 +1,14 @@
 """The ``spect`` sub-commands, and what they share.
 
-Each command is a thin layer over the library: it parses options into the library's
-configuration, calls the library, and writes its outputs atomically, never over an existing file
-without ``--force``. Heavy imports (torch, h5py, matplotlib) happen inside the commands, so
-``spect --help`` and ``spect --version`` stay fast.
+Each command is a thin layer over the library: it parses its options, calls one library function
+(docs/architecture.md has the table), and prints; its outputs are written atomically, never over
+an existing file without ``--force``. Heavy imports (torch, h5py, matplotlib) happen inside the
+commands, so ``spect --help`` and ``spect --version`` stay fast.
+
+Shared here: the ``--force`` option (`ForceOption`), the ``-o/--output`` options
+(`StudyOutput`, `ResultOutput`, `output_option`), the one early output check (`check_output`),
+the provenance of a command's bound options (`add_provenance`) and the two-column table of
+summary rows (`print_rows`).
 
 Modules
 -------
@@ -12,41 +17,75 @@ data
 show
     ``spect show``: PNG figures of projections and volumes (`recon.figures`).
 recon
-    ``spect recon mlem``.
+    ``spect recon mlem``, ``spect recon nerf`` (`recon.reconstruct`).
 cohort
     ``spect train-cohort`` and ``spect recon batch``.
+anatomy
+    ``spect recon organs``, ``spect recon conjugate``, ``spect quantify``.
+convert
+    ``spect convert ...``.
+evaluate
+    ``spect eval``, ``spect compare``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
     from recon.io import Study
-    from spectproj import CollimatorResponse
 
 __all__ = [
+    "FORCE_HELP",
+    "ForceOption",
+    "ResultOutput",
+    "StudyOutput",
+    "add_provenance",
+    "bound_options",
     "check_output",
     "help_text",
     "json_text",
+    "output_option",
     "positive",
+    "print_rows",
+    "provenance",
     "register",
-    "study_collimator",
+    "resolve_device",
 ]
 
-#: Help text of every ``--force`` option.
-FORCE_HELP = "Overwrite the output file if it exists."
+#: Help text of the ``--force`` option.
+FORCE_HELP = "Overwrite existing output files (and start over in a used output folder)."
+
+#: ``--force`` of every command.
+ForceOption = Annotated[bool, typer.Option("--force", help=FORCE_HELP)]
+
+
+def output_option(help: str, *, metavar: str | None = None) -> Any:
+    """The ``-o/--output`` option with ``help``: ``output: Annotated[Path, output_option(...)]``.
+
+    `StudyOutput` and `ResultOutput` are the two common ones; commands that write something else
+    (a folder, a NIfTI file, a model, a JSON file) use this with their own help.
+    """
+    return typer.Option("-o", "--output", metavar=metavar, help=help)
+
+
+#: ``-o/--output`` of the commands that write a study file.
+StudyOutput = Annotated[Path, output_option("Study file to write (.h5).")]
+#: ``-o/--output`` of the commands that write a result file.
+ResultOutput = Annotated[Path, output_option("Result file to write (.h5).")]
 
 
 def register(app: typer.Typer) -> None:
     """Add the sub-commands to the top-level ``spect`` app."""
-    from cli.commands import cohort, convert, data, recon, show
+    from cli.commands import anatomy, cohort, convert, data, recon, show
 
     for name, function in (
         ("phantom", data.phantom),
@@ -55,9 +94,12 @@ def register(app: typer.Typer) -> None:
         ("info", data.info),
         ("show", show.show),
         ("train-cohort", cohort.train_cohort),
+        ("quantify", anatomy.quantify),
     ):
         app.command(name, help=help_text(function))(function)
     recon.app.command("batch", help=help_text(cohort.batch))(cohort.batch)
+    recon.app.command("organs", help=help_text(anatomy.organs))(anatomy.organs)
+    recon.app.command("conjugate", help=help_text(anatomy.conjugate))(anatomy.conjugate)
     app.add_typer(recon.app, name="recon")
     app.add_typer(convert.app, name="convert")
 
@@ -91,6 +133,23 @@ def check_output(path: Path, force: bool) -> None:
         raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
 
 
+def resolve_device(choice: str) -> Any:
+    """The `torch.device` of a ``--device`` choice (``auto``: CUDA when available, else the CPU);
+    a clear error when CUDA is asked for but absent."""
+    import torch
+
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        build = torch.version.cuda
+        why = "no CUDA device is visible" if build else "this PyTorch is a CPU-only build"
+        raise ValueError(
+            f"--device {choice}: CUDA is not available ({why}; torch {torch.__version__}); "
+            "use --device cpu"
+        )
+    return torch.device(choice)
+
+
 def positive(value: float | None) -> float | None:
     """Option callback: a number > 0 (or no value); a usage error otherwise."""
     if value is not None and not value > 0:
@@ -111,37 +170,73 @@ def json_text(values: Mapping[str, Any]) -> str:
     return json.dumps(dict(values), default=default, sort_keys=True)
 
 
-def study_collimator(study: Study, enabled: bool = True) -> tuple[CollimatorResponse | None, str]:
-    """The collimator blur of a study, and a one-line note on where it came from.
+def _click_globals() -> Any:
+    """``click.globals`` of the click typer uses (recent typers vendor it as ``typer._click``)."""
+    base = next(c for c in typer.Context.__mro__[1:] if c.__name__ == "Context")
+    return importlib.import_module(base.__module__.rsplit(".", 1)[0] + ".globals")
 
-    The study's ``acquisition.collimator`` name (``LEHR``, ``MEGP``, ``HE``, ...) is turned into
-    ``CollimatorResponse.preset(name, energy_keV)`` when the name is known and the acquisition
-    has a radius (distance from the rotation axis to the collimator face); otherwise there is no
-    blur.
 
-    Raises
-    ------
-    ValueError
-        The name is not a known collimator preset (the message suggests ``--no-collimator``).
-    """
-    from spectproj import CollimatorResponse
+def bound_options() -> dict[str, Any]:
+    """The bound parameters of the command now running (``{name: value}``, as parsed), or an
+    empty dict outside a command (a direct call in a test)."""
+    ctx = _click_globals().get_current_context(silent=True)
+    return {} if ctx is None else dict(ctx.params)
 
-    acq = study.acquisition
-    if not enabled:
-        return None, "off (--no-collimator)"
-    if not acq.collimator:
-        return None, "none (the study names no collimator)"
-    if acq.radius_mm is None:
-        return None, f"none ({acq.collimator} named, but the study has no radius_mm)"
-    try:
-        response = CollimatorResponse.preset(acq.collimator, acq.energy_keV)
-    except ValueError as error:
-        raise ValueError(f"{error}; use --no-collimator to go without collimator blur") from None
-    note = (
-        f"{acq.collimator.upper()} at {acq.energy_keV:g} keV, radius {acq.radius_mm:g} mm "
-        f"(σ = {response.sigma0_mm:.3g} mm + {response.slope:.3g}·d)"
-    )
-    return response, note
+
+#: Bound parameters that are not part of a provenance record.
+_NOT_PROVENANCE = ("force",)
+
+
+def provenance(command: str, **derived: Any) -> dict[str, str]:
+    """The provenance of the running command: ``cli_command`` (``"spect <command>"``),
+    ``cli_parameters`` (JSON of its bound options, ``--force`` left out, updated with
+    ``derived`` values such as a resolved preset), ``cli_inputs`` (JSON list of the options, but
+    ``--output``, that name existing files or folders) and ``software`` (``spect <version>``)."""
+    from recon.io.hdf5 import software_version
+
+    options = {k: v for k, v in bound_options().items() if k not in _NOT_PROVENANCE}
+    options.update(derived)
+    inputs: list[str] = []
+    for key, value in options.items():
+        if key == "output":
+            continue
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, os.PathLike) and os.path.exists(item):
+                inputs.append(os.fspath(item))
+    return {
+        "cli_command": f"spect {command}",
+        "cli_parameters": json_text(options),
+        "cli_inputs": json.dumps(inputs),
+        "software": f"spect {software_version()}",
+    }
+
+
+def add_provenance(study: Study, command: str, **derived: Any) -> Study:
+    """``study`` with the running command's `provenance` added to its own (the study's own
+    ``software`` entry, when it has one, is kept)."""
+    new = provenance(command, **derived)
+    if "software" in study.provenance:
+        del new["software"]
+    return dataclasses.replace(study, provenance={**study.provenance, **new})
+
+
+def print_rows(title: str, rows: Iterable[tuple[str, str]], output: Path | None = None) -> None:
+    """``rows`` (`recon.io.summary`'s ``(field, value)`` rows) as a two-column table titled
+    ``title``; then ``wrote OUTPUT`` when given."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=escape(title), show_header=False, title_justify="left")
+    table.add_column("quantity", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in rows:
+        table.add_row(Text(name), Text(value))
+    console = Console()
+    console.print(table)
+    if output is not None:
+        console.print(f"wrote {output}", highlight=False, markup=False)
 
 
 def train_overrides(

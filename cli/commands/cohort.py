@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands import check_output, train_overrides
+from cli.commands import ForceOption, check_output, output_option, print_rows, train_overrides
 from cli.progress import iteration_progress, loss_psnr_callback
 
 __all__ = ["BackendChoice", "BatchMethod", "batch", "train_cohort"]
@@ -55,9 +55,7 @@ def train_cohort(
             metavar="MANIFEST", help="CSV (path[,id][,split]) or a folder of study files."
         ),
     ],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Cohort model file to write (.pt).")
-    ],
+    output: Annotated[Path, output_option("Cohort model file to write (.pt).")],
     steps: Annotated[
         int | None, typer.Option("--steps", min=1, help="Optimiser steps (default: preset).")
     ] = None,
@@ -115,10 +113,7 @@ def train_cohort(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed.")] = None,
-    force: Annotated[
-        bool,
-        typer.Option("--force", help="Overwrite MODEL and start over in a used --out-dir."),
-    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
 
@@ -178,34 +173,28 @@ def train_cohort(
     if not main:
         return
 
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Cohort model from {manifest}", show_header=False)
-    table.add_column("quantity", style="bold")
-    table.add_column("value")
     fc = train.field
-    table.add_row("studies", f"{len(result.train_ids)} training, {len(result.val_ids)} held out")
-    table.add_row("field", f"{fc.encoding}, latent {fc.latent_dim} per study")
-    backend_text = "one process" if result.world_size == 1 else f"{result.world_size} processes"
-    table.add_row("processes", f"{backend_text} on {result.device}")
-    table.add_row("steps", f"{result.steps_done} × {train.rays_per_step} lines (global batch)")
-    table.add_row("time", f"{time.perf_counter() - start:.1f} s")
+    processes = "one process" if result.world_size == 1 else f"{result.world_size} processes"
+    rows = [
+        ("studies", f"{len(result.train_ids)} training, {len(result.val_ids)} held out"),
+        ("field", f"{fc.encoding}, latent {fc.latent_dim} per study"),
+        ("processes", f"{processes} on {result.device}"),
+        ("steps", f"{result.steps_done} × {train.rays_per_step} lines (global batch)"),
+        ("time", f"{time.perf_counter() - start:.1f} s"),
+    ]
     if math.isfinite(result.samples_per_s):
-        table.add_row("throughput", f"{result.samples_per_s:.4g} lines/s")
+        rows.append(("throughput", f"{result.samples_per_s:.4g} lines/s"))
     if result.losses:
-        table.add_row("loss", f"{result.losses[0]:.4g} (step 1) → {result.losses[-1]:.4g}")
+        rows.append(("loss", f"{result.losses[0]:.4g} (step 1) → {result.losses[-1]:.4g}"))
     if result.heldout:
         psnr = [h["psnr"] for h in result.heldout if h["psnr"] == h["psnr"]]
         organ = [h["organ_error"] for h in result.heldout if h.get("organ_error") is not None]
         text = f"PSNR {sum(psnr) / len(psnr):.2f} dB" if psnr else "–"
         if organ:
             text += f", organ-activity error {100 * sum(organ) / len(organ):.1f} %"
-        table.add_row("held-out studies", f"{text} (code fit of {val_steps} steps)")
-    table.add_row("outputs", f"{folder} (logs, checkpoints)")
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {output}", highlight=False, markup=False)
+        rows.append(("held-out studies", f"{text} (code fit of {val_steps} steps)"))
+    rows.append(("outputs", f"{folder} (logs, checkpoints)"))
+    print_rows(f"Cohort model from {manifest}", rows, output)
 
 
 class _NoProgress:
@@ -226,10 +215,7 @@ def batch(
     studies: Annotated[
         list[Path], typer.Argument(metavar="STUDY.h5...", help="Study files to reconstruct.")
     ],
-    output: Annotated[
-        Path,
-        typer.Option("-o", "--output", help="Folder for the results (STEM.h5) and summary.csv."),
-    ],
+    output: Annotated[Path, output_option("Folder for the results (STEM.h5) and summary.csv.")],
     method: Annotated[
         BatchMethod, typer.Option("--method", case_sensitive=False, help="Reconstruction method.")
     ] = BatchMethod.MLEM,
@@ -258,7 +244,7 @@ def batch(
             "--device", case_sensitive=False, help="cpu, cuda (all GPUs) or auto (GPUs if any)."
         ),
     ] = CohortDevice.CPU,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results.")] = False,
+    force: ForceOption = False,
 ) -> None:
     """Reconstruct many studies with MLEM or NeRF, over several processes and GPUs.
 

@@ -1,6 +1,7 @@
 """``spect convert``: other tools' files into study and result files, and volumes out to NIfTI.
 
-Sub-commands: ``pienerf`` (a CSV manifest of ``.npy`` files, one study per row), ``interfile``
+Sub-commands: ``anatomy`` (a segmentation added to a study: NIfTI, DICOM SEG/RTSTRUCT, or a
+CT/μ threshold), ``pienerf`` (a CSV manifest of ``.npy`` files, one study per row), ``interfile``
 (projections + a μ or CT volume), ``patient15`` (the shared Lu-177 patient phantom),
 ``dicom-planar`` and ``dicom-tomo`` (NM projections + a CT series), ``to-nifti`` (a volume of a
 study or result file, for 3D Slicer) and ``nifti-to-result`` (another tool's volume as a result
@@ -17,7 +18,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.commands import FORCE_HELP, check_output, help_text, json_text, positive
+from cli.commands import (
+    ForceOption,
+    ResultOutput,
+    StudyOutput,
+    add_provenance,
+    check_output,
+    help_text,
+    output_option,
+    positive,
+    print_rows,
+    provenance,
+)
 from cli.progress import status
 
 if TYPE_CHECKING:
@@ -26,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DatasetChoice",
     "MuUnitChoice",
+    "anatomy",
     "app",
     "dicom_planar",
     "dicom_tomo",
@@ -68,13 +81,8 @@ class DatasetChoice(str, Enum):
     LABELS = "labels"
 
 
-#: Errors of one pieNeRF row that are reported while the other rows go on.
-_ROW_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, EOFError)
-
 # -- shared options ------------------------------------------------------------------------------
 
-StudyOutput = Annotated[Path, typer.Option("-o", "--output", help="Study file to write (.h5).")]
-ForceOption = Annotated[bool, typer.Option("--force", help=FORCE_HELP)]
 IsotopeOption = Annotated[
     str | None,
     typer.Option("--isotope", metavar="NAME", help="Isotope to record, e.g. Lu-177."),
@@ -135,105 +143,19 @@ AxisOption = Annotated[
 ]
 
 
-def _add_provenance(study: Study, command: str, parameters: dict[str, Any]) -> Study:
-    provenance = dict(study.provenance)
-    provenance["cli_command"] = f"spect convert {command}"
-    provenance["cli_parameters"] = json_text(parameters)
-    return dataclasses.replace(study, provenance=provenance)
-
-
-def _range(values: Any, unit: str) -> str:
-    import numpy as np
-
-    a = np.asarray(values)
-    return f"{float(a.min()):.4g} – {float(a.max()):.4g} {unit}".rstrip()
-
-
-def _grid_text(grid: Any) -> str:
-    shape = "×".join(str(n) for n in grid.shape)
-    spacing = "×".join(f"{d:g}" for d in grid.spacing_mm)
-    text = f"{shape} voxels (z, y, x) of {spacing} mm"
-    if any(grid.offset_mm):
-        text += f", offset ({', '.join(f'{o:g}' for o in grid.offset_mm)}) mm"
-    return text
-
-
-def _views_text(angles: tuple[float, ...]) -> str:
-    n = len(angles)
-    if n <= 4:
-        return f"{n}: " + ", ".join(f"{a:g}°" for a in angles)
-    return f"{n}: {angles[0]:g}°–{angles[-1]:g}°"
-
-
 def _print_study(study: Study, title: str, output: Path) -> None:
-    """A summary table of a converted study, then ``wrote OUTPUT``."""
-    import numpy as np
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    """The summary rows of a converted study (`recon.io.summary.study_rows`), its warnings,
+    then ``wrote OUTPUT``."""
+    from recon.io.summary import study_rows
 
-    acq = study.acquisition
-    table = Table(title=escape(title), show_header=False, title_justify="left")
-    table.add_column("quantity", style="bold")
-    table.add_column("value", overflow="fold")
-    rows, bins = acq.detector_shape
-    table.add_row("views (β)", _views_text(acq.angles_deg))
-    table.add_row(
-        "detector",
-        f"{rows}×{bins} pixels of {acq.pixel_size_mm[0]:g}×{acq.pixel_size_mm[1]:g} mm",
-    )
-    table.add_row("grid", _grid_text(study.grid))
-    energy = f"{acq.energy_keV:g} keV"
-    if acq.energy_window_keV is not None:
-        energy += f", window {acq.energy_window_keV[0]:g}–{acq.energy_window_keV[1]:g} keV"
-    table.add_row("isotope, energy", f"{acq.isotope or '?'}, {energy}")
-    if acq.radius_mm is not None:
-        table.add_row("radius", f"{acq.radius_mm:g} mm")
-    if acq.duration_s is not None:
-        table.add_row("duration per view", f"{acq.duration_s:.6g} s")
-    if acq.sensitivity_cps_per_mbq is not None:
-        table.add_row("sensitivity", f"{acq.sensitivity_cps_per_mbq:.6g} cps/MBq")
-    table.add_row("count scale", f"{acq.count_scale:.6g}")
-    table.add_row("total counts", f"{float(study.projections.sum(dtype=np.float64)):.6g}")
-    table.add_row("μ", _range(study.mu_per_mm, "1/mm") if study.mu_per_mm is not None else "none")
-    if study.ct_hu is not None:
-        table.add_row("CT", _range(study.ct_hu, "HU"))
-    if study.truth_activity is not None:
-        table.add_row("truth activity", _range(study.truth_activity, study.activity_unit))
-    if study.labels is not None:
-        table.add_row("labels", ", ".join(f"{k} {v}" for k, v in study.label_names.items()))
-    console = Console()
-    console.print(table)
+    print_rows(title, study_rows(study))
     if study.mu_per_mm is not None and float(study.mu_per_mm.max()) > 0.1:
-        console.print(
-            "warning: μ above 0.1 /mm (bone is about 0.03 /mm): is the μ volume in 1/cm?",
-            highlight=False,
-            markup=False,
-        )
+        typer.echo("warning: μ above 0.1 /mm (bone is about 0.03 /mm): is the μ volume in 1/cm?")
     if study.mu_per_mm is not None and not float(study.mu_per_mm.max()) > 0:
-        console.print(
-            "warning: μ is 0 everywhere: the grid may not overlap the CT (--axis-position-mm)",
-            highlight=False,
-            markup=False,
+        typer.echo(
+            "warning: μ is 0 everywhere: the grid may not overlap the CT (--axis-position-mm)"
         )
-    console.print(f"wrote {output}", highlight=False, markup=False)
-
-
-def _print_facts(title: str, rows: list[tuple[str, str]], output: Path) -> None:
-    """A two-column table of ``rows``, then ``wrote OUTPUT``."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=escape(title), show_header=False, title_justify="left")
-    table.add_column("quantity", style="bold")
-    table.add_column("value", overflow="fold")
-    for name, value in rows:
-        table.add_row(name, Text(value))
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {output}", highlight=False, markup=False)
+    typer.echo(f"wrote {output}")
 
 
 def _write(study: Study, output: Path, force: bool) -> None:
@@ -254,10 +176,7 @@ def pienerf(
             help="CSV with patient_id, ap_path, pa_path, ct_path[, act_path].",
         ),
     ],
-    output: Annotated[
-        Path,
-        typer.Option("-o", "--output", metavar="OUTDIR", help="Folder for OUTDIR/<patient_id>.h5."),
-    ],
+    output: Annotated[Path, output_option("Folder for OUTDIR/<patient_id>.h5.", metavar="OUTDIR")],
     spacing_mm: Annotated[
         tuple[float, float, float],
         typer.Option(
@@ -291,9 +210,7 @@ def pienerf(
         MuUnitChoice, typer.Option("--ct-mu-unit", help="Unit of μ with --ct-is-mu.")
     ] = MuUnitChoice.PER_MM,
     isotope: IsotopeOption = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite existing study files in OUTDIR.")
-    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Convert a pieNeRF manifest: one AP/PA study file per row, OUTDIR/<patient_id>.h5.
 
@@ -306,67 +223,40 @@ def pienerf(
     from rich.markup import escape
     from rich.table import Table
 
-    from recon.convert import (
-        canonical_isotope,
-        pienerf_study_file_name,
-        read_pienerf_entries,
-        spacing_to_array_order,
-    )
-    from recon.importers import pienerf_row_to_study
+    from recon.convert import canonical_isotope, convert_pienerf_manifest
 
-    array_spacing = spacing_to_array_order(spacing_mm, ct_orientation)  # checks the orientation
-    entries = read_pienerf_entries(manifest)
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"{output}: is a file, not a folder")
-    output.mkdir(parents=True, exist_ok=True)
-    parameters = {
-        "manifest": manifest,
-        "spacing_mm_zyx": list(spacing_mm),
-        "energy_keV": energy_kev,
-        "ct_orientation": ct_orientation.strip().upper(),
-        "pa_mirrored": pa_mirrored,
-        "ct_is_mu": ct_is_mu,
-        "ct_mu_unit": ct_mu_unit.value,
-        "isotope": canonical_isotope(isotope),
-    }
+    record = provenance(
+        "convert pienerf",
+        spacing_mm_zyx=list(spacing_mm),
+        ct_orientation=ct_orientation.strip().upper(),
+        isotope=canonical_isotope(isotope),
+    )
+    with status(f"Converting {manifest}...") as spinner:
+        outcomes = convert_pienerf_manifest(
+            manifest, output, spacing_mm=spacing_mm, energy_keV=energy_kev,
+            ct_orientation=ct_orientation, pa_mirrored=pa_mirrored, ct_is_mu=ct_is_mu,
+            ct_mu_unit=ct_mu_unit.value,
+            isotope=isotope, overwrite=force, provenance=record, progress=spinner,
+        )  # fmt: skip
     table = Table(title=escape(f"pieNeRF manifest {manifest}"), title_justify="left")
     for column in ("patient", "status", "grid (z×y×x)", "total counts", "file"):
         table.add_column(column, overflow="fold")
-    failed = 0
-    for entry in entries:
-        try:
-            if entry.error is not None:
-                raise ValueError(entry.error)
-            assert entry.row is not None
-            target = output / pienerf_study_file_name(entry.patient_id)
-            check_output(target, force)
-            with status(f"Converting {entry.label}..."):
-                study = pienerf_row_to_study(
-                    entry.row,
-                    spacing_mm=array_spacing,
-                    energy_keV=energy_kev,
-                    ct_orientation=ct_orientation,
-                    pa_mirrored=pa_mirrored,
-                    ct_is_mu=ct_is_mu,
-                    ct_mu_unit=ct_mu_unit.value,  # type: ignore[arg-type]
-                    isotope=canonical_isotope(isotope),
-                )
-            study = _add_provenance(study, "pienerf", parameters)
-            _write(study, target, force)
-        except _ROW_ERRORS as error:
-            failed += 1
-            message = " ".join(str(error).split()) or type(error).__name__
-            typer.echo(f"Error: {entry.label}: {message}", err=True)
-            table.add_row(escape(entry.label), "failed", "–", "–", "–")
-            continue
-        total = float(study.projections.sum(dtype="float64"))
-        grid = "×".join(str(n) for n in study.grid.shape)
-        table.add_row(escape(entry.label), "ok", grid, f"{total:.6g}", escape(str(target)))
+    for row in outcomes:
+        if row.error is not None:
+            typer.echo(f"Error: {row.label}: {row.error}", err=True)
+            table.add_row(escape(row.label), "failed", "–", "–", "–")
+        else:
+            grid = "×".join(str(n) for n in row.grid_shape or ())
+            table.add_row(
+                escape(row.label), "ok", grid, f"{row.total_counts:.6g}", escape(str(row.output))
+            )
     console = Console()
     console.print(table)
-    done = len(entries) - failed
+    failed = sum(not row.ok for row in outcomes)
     console.print(
-        f"converted {done} of {len(entries)} row(s) into {output}", highlight=False, markup=False
+        f"converted {len(outcomes) - failed} of {len(outcomes)} row(s) into {output}",
+        highlight=False,
+        markup=False,
     )
     if failed:
         raise typer.Exit(code=1)
@@ -436,23 +326,17 @@ def interfile(
             mu_header=mu,
             ct_header=ct,
             ct_offset_hu=ct_offset,
-            mu_unit=mu_unit.value,  # type: ignore[arg-type]
+            mu_unit=mu_unit.value,
             orientation=orientation,
             isotope=isotope,
             radius_mm=radius_mm,
         )
-    parameters = {
-        "projections": projections,
-        "energy_keV": energy_kev,
-        "mu": mu,
-        "ct": ct,
-        "ct_offset": ct_offset,
-        "mu_unit": mu_unit.value,
-        "orientation": orientation.strip().upper(),
-        "isotope": study.acquisition.isotope,
-        "radius_mm": radius_mm,
-    }
-    study = _add_provenance(study, "interfile", parameters)
+    study = add_provenance(
+        study,
+        "convert interfile",
+        orientation=orientation.strip().upper(),
+        isotope=study.acquisition.isotope,
+    )
     _write(study, output, force)
     _print_study(study, f"Interfile {projections}", output)
 
@@ -497,13 +381,7 @@ def patient15(
             sensitivity_cps_per_mbq=sensitivity,
             duration_s=duration_s,
         )
-    parameters = {
-        "folder": source,
-        "energy_keV": energy_kev,
-        "duration_s": duration_s,
-        "sensitivity_cps_per_mbq": sensitivity,
-    }
-    study = _add_provenance(study, "patient15", parameters)
+    study = add_provenance(study, "convert patient15", folder=source)
     _write(study, output, force)
     _print_study(study, "Patient-15 Lu-177 DOTATATE phantom, noise-free AP/PA", output)
 
@@ -551,17 +429,7 @@ def dicom_planar(
             sensitivity_cps_per_mbq=sensitivity,
             axis_position_mm=axis_position_mm,
         )
-    parameters = {
-        "sources": [str(s) for s in sources],
-        "ct": ct,
-        "grid_size": grid_size,
-        "spacing_mm": spacing_mm,
-        "energy_keV": energy_kev,
-        "duration_s": duration_s,
-        "sensitivity_cps_per_mbq": sensitivity,
-        "axis_position_mm": None if axis_position_mm is None else list(axis_position_mm),
-    }
-    study = _add_provenance(study, "dicom-planar", parameters)
+    study = add_provenance(study, "convert dicom-planar")
     _write(study, output, force)
     _print_study(study, "DICOM NM planar " + ", ".join(str(s) for s in sources), output)
 
@@ -597,17 +465,7 @@ def dicom_tomo(
             sensitivity_cps_per_mbq=sensitivity,
             axis_position_mm=axis_position_mm,
         )
-    parameters = {
-        "file": file,
-        "ct": ct,
-        "grid_size": grid_size,
-        "spacing_mm": spacing_mm,
-        "energy_keV": energy_kev,
-        "duration_s": duration_s,
-        "sensitivity_cps_per_mbq": sensitivity,
-        "axis_position_mm": None if axis_position_mm is None else list(axis_position_mm),
-    }
-    study = _add_provenance(study, "dicom-tomo", parameters)
+    study = add_provenance(study, "convert dicom-tomo")
     _write(study, output, force)
     _print_study(study, f"DICOM NM tomographic {file}", output)
 
@@ -617,9 +475,7 @@ def dicom_tomo(
 
 def to_nifti(
     file: Annotated[Path, typer.Argument(metavar="FILE.h5", help="Study or result file.")],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="NIfTI file to write (.nii or .nii.gz).")
-    ],
+    output: Annotated[Path, output_option("NIfTI file to write (.nii or .nii.gz).")],
     dataset: Annotated[
         DatasetChoice,
         typer.Option(
@@ -640,6 +496,7 @@ def to_nifti(
     """
     from recon.convert import nifti_volume
     from recon.importers import write_nifti
+    from recon.io.summary import grid_text, range_text
 
     check_output(output, force)
     if not output.name.endswith((".nii", ".nii.gz")):
@@ -647,9 +504,9 @@ def to_nifti(
     volume, grid, what = nifti_volume(file, dataset.value)
     with status(f"Writing {output}..."):
         write_nifti(output, volume, grid, overwrite=force)
-    _print_facts(
+    print_rows(
         f"NIfTI of {file}",
-        [("volume", what), ("grid", _grid_text(grid)), ("values", _range(volume, ""))],
+        [("volume", what), ("grid", grid_text(grid)), ("values", range_text(volume, ""))],
         output,
     )
 
@@ -658,7 +515,7 @@ def nifti_to_result(
     volume: Annotated[
         Path, typer.Argument(metavar="VOLUME.nii[.gz]", help="NIfTI volume (activity).")
     ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Result file to write (.h5).")],
+    output: ResultOutput,
     method: Annotated[
         str, typer.Option("--method", metavar="NAME", help="Method name to record.")
     ] = "external",
@@ -688,6 +545,7 @@ def nifti_to_result(
     """
     from recon.convert import nifti_result
     from recon.io import write_result
+    from recon.io.summary import result_rows
 
     check_output(output, force)
     if not method.strip():
@@ -701,20 +559,126 @@ def nifti_to_result(
     )
     with status(f"Writing {output}..."):
         write_result(output, result, overwrite=force)
-    rows = [
-        ("method", result.method),
-        ("grid", _grid_text(result.grid)),
-        ("values", _range(result.activity, result.activity_unit)),
-    ]
+    rows = [r for r in result_rows(result) if r[0] in ("method", "grid", "values")]
     clipped = result.parameters.get("negative_values_clipped")
     if clipped:
         rows.append(("clipped", f"{clipped} negative value(s) set to 0"))
     if study is not None:
         rows.append(("study", f"{study} (its grid and unit)"))
-    _print_facts(f"Result from {volume}", rows, output)
+    print_rows(f"Result from {volume}", rows, output)
+
+
+# -- spect convert anatomy -----------------------------------------------------------------------
+
+
+def anatomy(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.h5", help="Study file.")],
+    segmentation: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[SEG]",
+            help=(
+                "NIfTI label map, folder of NIfTI masks (one per structure), or DICOM SEG / "
+                "RTSTRUCT file; leave out with --threshold."
+            ),
+        ),
+    ] = None,
+    output: StudyOutput = ...,  # type: ignore[assignment]  # typer: ... marks it required
+    names: Annotated[
+        Path | None,
+        typer.Option(
+            "--names",
+            metavar="FILE",
+            help=(
+                "Label names of a NIfTI label map (JSON, TOML or 'value: name' lines); "
+                "default TotalSegmentator's 'total' classes."
+            ),
+        ),
+    ] = None,
+    ct_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--ct-dir", metavar="CT_FOLDER", help="CT series an RTSTRUCT (or DICOM SEG) refers to."
+        ),
+    ] = None,
+    threshold: Annotated[
+        bool,
+        typer.Option("--threshold", help="Segment the study's CT (or μ): body, lungs, bone, gas."),
+    ] = False,
+    keep_names: Annotated[
+        bool,
+        typer.Option(
+            "--keep-names",
+            help="Keep TotalSegmentator's names (no renaming to liver, lungs, spine, bladder ...).",
+        ),
+    ] = False,
+    force: ForceOption = False,
+) -> None:
+    """Add a segmentation to a study as its anatomy, writing a copy of the study.
+
+    The segmentation is resampled onto the study's grid (nearest neighbour, through the file's
+    orientation) and stored under /anatomy, apart from the phantom truth. The body outline comes
+    from a body class of the segmentation, else from the study's CT or μ. Repairs (empty
+    segments, voxels outside the body, overlaps, partial coverage) are reported as warnings.
+    See docs/importers.md, "Segmentations".
+    """
+    import warnings
+
+    from recon.importers.segmentation import import_anatomy
+    from recon.io import read_study
+
+    check_output(output, force)
+    if segmentation is None and not threshold:
+        raise ValueError("give a segmentation SEG, or --threshold to segment the study's CT/μ")
+    if names is not None and (
+        segmentation is None or not segmentation.name.endswith((".nii", ".nii.gz"))
+    ):
+        raise ValueError("--names applies to a NIfTI label map (SEG ending .nii or .nii.gz)")
+    study = read_study(study_file)
+    with (
+        status(f"Reading {segmentation or 'thresholds'}..."),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        result = import_anatomy(
+            study,
+            segmentation,
+            names=names,
+            ct_dir=ct_dir,
+            threshold=threshold,
+            rename=not keep_names,
+        )
+    study = add_provenance(dataclasses.replace(study, anatomy=result), "convert anatomy")
+    _write(study, output, force)
+    _print_anatomy(result, study, [str(w.message) for w in caught], output)
+
+
+def _print_anatomy(result: Any, study: Study, warnings_: list[str], output: Path) -> None:
+    """Segments with voxels and mL, the body outline, the warnings, then ``wrote OUTPUT``."""
+    import math
+
+    import numpy as np
+
+    from recon.io.summary import grid_text
+
+    voxel_ml = math.prod(study.grid.spacing_mm) * 1e-3
+    rows = [("source", result.source), ("grid", grid_text(study.grid))]
+    counts = np.bincount(result.labels.reshape(-1), minlength=max(result.names, default=0) + 1)
+    for value, name in sorted(result.names.items()):
+        n = int(counts[value])
+        rows.append((f"{value} {name}", f"{n} voxels, {n * voxel_ml:.4g} mL"))
+    if result.body is None:
+        rows.append(("body outline", "unknown (no body class, CT or μ)"))
+    else:
+        n = int(np.count_nonzero(result.body))
+        rows.append(("body outline", f"{n} voxels, {n * voxel_ml:.4g} mL"))
+    for message in warnings_:  # one line each, unwrapped, on stderr
+        typer.echo(f"warning: {' '.join(message.split())}", err=True)
+    print_rows(f"Anatomy of {output}", rows, output)
 
 
 for _name, _function in (
+    ("anatomy", anatomy),
     ("pienerf", pienerf),
     ("interfile", interfile),
     ("patient15", patient15),

@@ -1,29 +1,32 @@
 """Data commands: ``spect phantom``, ``spect simulate``, ``spect project`` and ``spect info``.
 
-``phantom`` and ``simulate`` build the torso phantom (`recon.phantoms.make_torso`) and an
-acquisition of it (`recon.simulate.simulate_acquisition`) and write a study file
-(`recon.io.write_study`); ``project`` replaces a study's projections by the noise-free expected
-counts of its truth (or of a reconstruction); ``info`` lists what a study or result file holds.
+Each parses, calls one library function and prints: ``phantom`` and ``simulate`` call
+`recon.torso_study.torso_study` (the torso phantom and an acquisition of it) and write the study;
+``project`` calls `recon.expected_counts.expected_counts_study` (the noise-free expected counts of
+the study's truth or of a reconstruction); ``info`` calls `recon.io.summary.summarize` (and
+`recon.io.describe` for the list of datasets).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.commands import FORCE_HELP, check_output, json_text, positive, study_collimator
+from cli.commands import (
+    ForceOption,
+    StudyOutput,
+    add_provenance,
+    check_output,
+    positive,
+    print_rows,
+)
 from cli.progress import status
-from recon.io.summary import views_text
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from recon.io import Study
-    from recon.phantoms import Phantom
 
 __all__ = [
     "DEFAULT_RADIUS_MM",
@@ -75,8 +78,7 @@ class CollimatorChoice(str, Enum):
 
 # -- shared options ------------------------------------------------------------------------------
 
-OutputOption = Annotated[Path, typer.Option("-o", "--output", help="Study file to write (.h5).")]
-ForceOption = Annotated[bool, typer.Option("--force", help=FORCE_HELP)]
+OutputOption = StudyOutput
 SizeOption = Annotated[
     int,
     typer.Option("--size", min=4, max=512, help="Voxels per axis of the cubic grid."),
@@ -119,68 +121,6 @@ def parse_views(text: str) -> str | int:
     return n
 
 
-def _preset_config(preset: PresetChoice, nuclide: NuclideChoice) -> tuple[Any, str]:
-    from recon.phantoms import TorsoPhantom
-
-    if preset is PresetChoice.AUTO:
-        preset = (
-            PresetChoice.LU177_DOTATATE if nuclide is NuclideChoice.LU177 else PresetChoice.TC99M
-        )
-    if preset is PresetChoice.LU177_DOTATATE:
-        return TorsoPhantom.lu177_dotatate(), preset.value
-    return TorsoPhantom.tc99m(), preset.value
-
-
-def _make_phantom(
-    size: int, fov_mm: float, nuclide: NuclideChoice, preset: PresetChoice
-) -> tuple[Phantom, str]:
-    from recon.phantoms import NUCLIDES, default_grid, make_torso
-
-    config, preset_name = _preset_config(preset, nuclide)
-    grid = default_grid(size, fov_mm)
-    with status(f"Building the {size}³ torso phantom..."):
-        phantom = make_torso(grid, NUCLIDES[nuclide.value], config)
-    return phantom, preset_name
-
-
-def _add_provenance(study: Study, command: str, parameters: dict[str, Any]) -> Study:
-    provenance = dict(study.provenance)
-    provenance["cli_command"] = f"spect {command}"
-    provenance["cli_parameters"] = json_text(parameters)
-    return dataclasses.replace(study, provenance=provenance)
-
-
-def _study_table(study: Study, phantom: Phantom, title: str) -> Any:
-    from rich.table import Table
-
-    acq = study.acquisition
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column("quantity", style="bold")
-    table.add_column("value")
-    rows, bins = acq.detector_shape
-    table.add_row("views (β)", views_text(acq.angles_deg))
-    table.add_row(
-        "detector",
-        f"{rows}×{bins} pixels of {acq.pixel_size_mm[0]:g}×{acq.pixel_size_mm[1]:g} mm",
-    )
-    table.add_row("nuclide", f"{acq.isotope or '?'} at {acq.energy_keV:g} keV")
-    table.add_row("collimator", acq.collimator or "none")
-    table.add_row("total counts", f"{float(study.projections.sum(dtype='float64')):.6g}")
-    if study.background is not None:
-        table.add_row("of which scatter (expected)", f"{float(study.background.sum()):.6g}")
-    table.add_row("count scale", f"{acq.count_scale:.6g} counts per (Bq/mL)·mm per pixel")
-    if acq.duration_s is not None:
-        table.add_row("duration per view", f"{acq.duration_s:.6g} s")
-    if acq.sensitivity_cps_per_mbq is not None:
-        table.add_row("sensitivity", f"{acq.sensitivity_cps_per_mbq:.6g} cps/MBq")
-    table.add_row("activity in phantom", f"{phantom.total_activity_mbq:.6g} MBq")
-    return table
-
-
-def _print_written(console: Console, path: Path) -> None:
-    console.print(f"wrote {path}", highlight=False, markup=False)
-
-
 def _run_simulation(
     *,
     command: str,
@@ -201,60 +141,50 @@ def _run_simulation(
     noise: bool,
     title: str,
 ) -> Study:
-    from rich.console import Console
-
+    """``spect phantom`` and ``spect simulate``: `recon.torso_study.torso_study`, written, and its
+    summary printed."""
     from recon.io import write_study
-    from recon.phantoms import COLLIMATORS
-    from recon.simulate import simulate_acquisition
-    from spectproj import ParallelGeometry
+    from recon.io.summary import study_rows
+    from recon.torso_study import torso_study
 
     check_output(output, force)
-    collimator_name: str | None
-    if collimator is CollimatorChoice.NONE:
-        collimator_name = None
-    elif collimator is CollimatorChoice.AUTO:
-        collimator_name = COLLIMATORS[nuclide.value]
-    else:
-        collimator_name = collimator.value
-    phantom, preset_name = _make_phantom(size, fov_mm, nuclide, preset)
-    if views == "ap-pa":
-        geometry = ParallelGeometry.ap_pa(phantom.grid, radius_mm=radius_mm)
-    else:
-        geometry = ParallelGeometry.full_circle(phantom.grid, int(views), radius_mm=radius_mm)
-    with status(f"Simulating {geometry.n_views} view(s)..."):
-        study = simulate_acquisition(
-            phantom,
-            geometry,
-            collimator=collimator_name,
+    with status(f"Building the {size}³ torso phantom and simulating..."):
+        made = torso_study(
+            size=size,
+            fov_mm=fov_mm,
+            nuclide=nuclide.value,
+            preset=preset.value,
+            views=views,
+            collimator=collimator.value,
+            radius_mm=radius_mm,
             scatter_fraction=scatter_fraction,
             total_counts=total_counts,
-            sensitivity_cps_per_mbq=sensitivity,
             duration_s=duration_s,
-            isotope=nuclide.value,
+            sensitivity_cps_per_mbq=sensitivity,
             seed=seed,
             noise=noise,
         )
-    parameters = {
-        "size": size,
-        "fov_mm": fov_mm,
-        "nuclide": nuclide.value,
-        "preset": preset_name,
-        "views": views,
-        "collimator": collimator_name,
-        "radius_mm": radius_mm,
-        "scatter_fraction": scatter_fraction,
-        "counts": total_counts,
-        "duration_s": duration_s,
-        "sensitivity_cps_per_mbq": sensitivity,
-        "seed": seed,
-        "noise": noise,
-    }
-    study = _add_provenance(study, command, parameters)
+    study = add_provenance(
+        made.study,
+        command,
+        size=size,
+        fov_mm=fov_mm,
+        nuclide=nuclide.value,
+        preset=made.preset,
+        views=views,
+        collimator=made.collimator,
+        radius_mm=radius_mm,
+        scatter_fraction=scatter_fraction,
+        counts=total_counts,
+        duration_s=duration_s,
+        sensitivity_cps_per_mbq=sensitivity,
+        seed=seed,
+        noise=noise,
+    )
     with status(f"Writing {output}..."):
         write_study(output, study, overwrite=force)
-    console = Console()
-    console.print(_study_table(study, phantom, title))
-    _print_written(console, output)
+    rows = [*study_rows(study), ("activity in phantom", f"{made.phantom_mbq:.6g} MBq")]
+    print_rows(title, rows, output)
     return study
 
 
@@ -438,66 +368,24 @@ def project(
     ``spect show``.
     """
     import numpy as np
-    import torch
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from recon.expected_counts import expected_counts_study
     from recon.io import read_result, read_study, write_study
-    from spectproj import SPECTProjector
 
     check_output(output, force)
     study = read_study(study_file)
-    if activity is not None:
-        result = read_result(activity)
-        if result.grid != study.grid:
-            raise ValueError(
-                f"{activity}: its grid {result.grid.shape} of {result.grid.spacing_mm} mm "
-                f"(offset {result.grid.offset_mm}) differs from the study's {study.grid.shape} of "
-                f"{study.grid.spacing_mm} mm (offset {study.grid.offset_mm})"
-            )
-        if result.activity_unit != study.activity_unit:
-            raise ValueError(
-                f"{activity}: activity unit {result.activity_unit!r} differs from the study's "
-                f"{study.activity_unit!r}"
-            )
-        volume, source = result.activity, f"reconstruction {activity}"
-    else:
-        if study.truth_activity is None:
-            raise ValueError(
-                f"{study_file}: has no truth activity (/truth/activity); use --activity "
-                "RESULT.h5 to project a reconstruction"
-            )
-        volume, source = study.truth_activity, "truth activity"
-
-    response, collimator_note = study_collimator(study)
-    acq = study.acquisition
-    mu = None if study.mu_per_mm is None else torch.as_tensor(study.mu_per_mm)
-    with status("Projecting..."), torch.no_grad():
-        projector = SPECTProjector(study.geometry(), mu=mu, collimator=response)
-        line_integrals = projector(torch.as_tensor(volume)).double().numpy()
-    expected = acq.count_scale * line_integrals
-    if study.background is not None:
-        expected = expected + study.background
-    expected = np.clip(expected, 0.0, None).astype(np.float32)
-
-    provenance = dict(study.provenance)
-    provenance.update(
-        {
-            "noise": "none (expected counts)",
-            "projected_from": source,
-            "projected_study": str(study_file),
-            "projection": "count_scale × A(activity) + background (spect project)",
-            "projection_collimator": collimator_note,
-            "projection_attenuation": "study μ" if mu is not None else "none (no μ in the study)",
-        }
-    )
-    parameters = {"study_file": study_file, "activity": activity, "output": output}
-    new = dataclasses.replace(study, projections=expected, provenance=provenance)
-    new = _add_provenance(new, "project", parameters)
+    result = None if activity is None else read_result(activity)
+    with status("Projecting..."):
+        new = expected_counts_study(study, result, study_file=study_file, result_file=activity)
+    new = add_provenance(new, "project")
     with status(f"Writing {output}..."):
         write_study(output, new, overwrite=force)
 
+    acq, expected = study.acquisition, new.projections
+    source = new.provenance["projected_from"]
     table = Table(title=escape(f"Expected counts of the {source}"), title_justify="left")
     table.add_column("view (β)")
     table.add_column("measured counts", justify="right")
@@ -519,8 +407,10 @@ def project(
     table.add_row("all", f"{total_m:.6g}", f"{total_e:.6g}", _ratio(total_e, total_m))
     console = Console()
     console.print(table)
-    console.print(f"collimator: {collimator_note}", highlight=False, markup=False)
-    _print_written(console, output)
+    console.print(
+        f"collimator: {new.provenance['projection_collimator']}", highlight=False, markup=False
+    )
+    console.print(f"wrote {output}", highlight=False, markup=False)
 
 
 def _ratio(a: float, b: float) -> str:
@@ -538,7 +428,6 @@ def info(
     Works on damaged or invalid files too: the summary's "check" line says what is wrong.
     """
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
@@ -546,17 +435,10 @@ def info(
     from recon.io.summary import summarize
 
     rows = describe(file)  # StudyFileError if not HDF5 at all
-    summary = summarize(file)
-    console = Console()
-    head = Table(title=escape(str(file)), show_header=False, title_justify="left")
-    head.add_column("field", style="bold")
-    head.add_column("value", overflow="fold")
-    for name, value in summary:
-        head.add_row(name, Text(value))
-    console.print(head)
+    print_rows(str(file), summarize(file))
     table = Table(title="Contents", title_justify="left")
     for column in ("path", "shape", "dtype", "description"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
-    console.print(table)
+    Console().print(table)

@@ -1,35 +1,30 @@
 """``spect eval`` (one result against the truth) and ``spect compare`` (several results, a report).
 
 Both read the truth from a study file (a simulated study holds ``truth_activity``, labels and
-μ); the numbers come from `recon.metrics.evaluate_volume`, `recon.projection_metrics` and, for
-``compare``, `recon.report` (which also adds the conjugate-view organ activities of an AP/PA
-study).
+μ); the numbers come from `recon.evaluate_result.evaluate_result` (``eval``) and
+`recon.report.compare` (``compare``, which also adds the conjugate-view organ activities of an
+AP/PA study); this module parses, calls and prints.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.commands import FORCE_HELP, check_output
+from cli.commands import ForceOption, check_output, output_option
 from cli.progress import status
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from recon.io import Result, Study
+    from recon.io import Result
 
-__all__ = ["compare", "evaluate", "evaluation_rows", "headline_table", "organ_table"]
-
-#: Columns of the CSV written by ``spect eval --csv``.
-CSV_COLUMNS = ("section", "name", "metric", "value")
+__all__ = ["compare", "evaluate", "headline_table", "organ_table"]
 
 
 # -- tables shared with `spect demo` -------------------------------------------------------------
@@ -88,57 +83,6 @@ def _pct(value: object) -> str:
 # -- spect eval ----------------------------------------------------------------------------------
 
 
-def evaluation_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, object]]:
-    """The numbers of an ``eval`` report as ``(section, name, metric, value)`` rows (the CSV).
-
-    Sections: ``volume`` (nrmse, nrmse_body, psnr_db, ssim), ``total_activity``,
-    ``activity_outside``, ``projection_fit``, ``organ`` (one block per organ) and
-    ``recovery`` (lesions).
-    """
-    metrics = report["metrics"]
-    rows: list[tuple[str, str, str, object]] = []
-    for key in ("nrmse", "nrmse_body", "psnr_db", "ssim"):
-        rows.append(("volume", "", key, metrics.get(key)))
-    for key, value in metrics["total_activity"].items():
-        rows.append(("total_activity", "", key, value))
-    for key, value in (metrics.get("activity_outside") or {}).items():
-        rows.append(("activity_outside", "", key, value))
-    for key, value in (report.get("projection_fit") or {}).items():
-        rows.append(("projection_fit", "", key, value))
-    for organ in metrics.get("organs", []):
-        for key in ("label", "n_voxels", "true_mbq", "estimated_mbq", "relative_error", "cov"):
-            rows.append(("organ", str(organ["name"]), key, organ.get(key)))
-    for name, value in metrics.get("recovery_coefficients", {}).items():
-        rows.append(("recovery", str(name), "recovery_coefficient", value))
-    return rows
-
-
-def _csv_text(rows: Iterable[tuple[str, str, str, object]]) -> str:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for section, name, metric, value in rows:
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            cell = ""
-        elif isinstance(value, float):
-            cell = f"{value:.9g}"
-        else:
-            cell = str(value)
-        writer.writerow([section, name, metric, cell])
-    return text.getvalue()
-
-
-def _check_grids(study: Study, result: Result, result_file: Path, study_file: Path) -> None:
-    if result.grid != study.grid:
-        raise ValueError(
-            f"{result_file}: its grid {tuple(result.grid.shape)} voxels of "
-            f"{tuple(result.grid.spacing_mm)} mm is not the grid of {study_file} "
-            f"({tuple(study.grid.shape)} voxels of {tuple(study.grid.spacing_mm)} mm)"
-        )
-    if study.truth_activity is None:
-        raise ValueError(f"{study_file}: holds no truth activity to compare with")
-
-
 def evaluate(
     result_file: Annotated[
         Path, typer.Argument(metavar="RESULT.h5", help="Result file to evaluate.")
@@ -152,8 +96,7 @@ def evaluate(
         ),
     ],
     output: Annotated[
-        Path | None,
-        typer.Option("-o", "--output", metavar="OUT.json", help="Write every number as JSON."),
+        Path | None, output_option("Write every number as JSON.", metavar="OUT.json")
     ] = None,
     csv_file: Annotated[
         Path | None,
@@ -163,7 +106,7 @@ def evaluate(
             help="Write every number as CSV (section,name,metric,value).",
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+    force: ForceOption = False,
 ) -> None:
     """Score a reconstruction against the truth of its study.
 
@@ -177,10 +120,9 @@ def evaluate(
     from rich.markup import escape
     from rich.table import Table
 
+    from recon.evaluate_result import evaluate_result, evaluation_csv
     from recon.io import read_result, read_study
-    from recon.metrics import evaluate_volume
-    from recon.projection_metrics import projection_fit
-    from recon.report import expected_counts, json_safe, method_label
+    from recon.report import method_label
 
     for path in (output, csv_file):
         if path is not None:
@@ -190,31 +132,9 @@ def evaluate(
     with status(f"Reading {truth} and {result_file}..."):
         study = read_study(truth)
         result = read_result(result_file)
-    _check_grids(study, result, result_file, truth)
-    unit = result.activity_unit
-    if unit != study.activity_unit:
-        raise ValueError(
-            f"{result_file} is in {unit}, the truth of {truth} in {study.activity_unit}"
-        )
     with status("Evaluating..."):
-        metrics = evaluate_volume(
-            result.activity, study.truth_activity, study.labels, study.label_names, study.grid,
-            unit=unit,
-        )  # fmt: skip
-        fit: dict[str, Any] | None
-        try:
-            fit = projection_fit(expected_counts(study, result.activity), study.projections)
-        except ValueError:
-            fit = None
-    report = json_safe(
-        {
-            "result_file": str(result_file),
-            "study_file": str(truth),
-            "method": result.method,
-            "metrics": metrics,
-            "projection_fit": fit,
-        }
-    )
+        report = evaluate_result(study, result, study_file=truth, result_file=result_file)
+    metrics, fit = report["metrics"], report["projection_fit"]
 
     console = Console()
     overall = Table(
@@ -279,7 +199,7 @@ def evaluate(
         from recon.io import atomic_output
 
         with atomic_output(csv_file, overwrite=force) as tmp:
-            tmp.write_text(_csv_text(evaluation_rows(report)), encoding="utf-8")
+            tmp.write_text(evaluation_csv(report), encoding="utf-8")
         console.print(f"wrote {csv_file}", highlight=False, markup=False)
 
 
@@ -307,10 +227,8 @@ def compare(
         list[Path],
         typer.Argument(metavar="RESULT.h5...", help="Result files to compare (one or more)."),
     ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the report.")],
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite existing report files.")
-    ] = False,
+    output: Annotated[Path, output_option("Folder for the report.")],
+    force: ForceOption = False,
 ) -> None:
     """Compare reconstructions of a study side by side, in a report folder.
 
@@ -322,6 +240,7 @@ def compare(
     """
     from rich.console import Console
 
+    from recon.evaluate_result import check_comparable
     from recon.io import read_result, read_study
     from recon.report import MethodResult, write_report
     from recon.report import compare as compare_results
@@ -332,7 +251,7 @@ def compare(
         study = read_study(study_file)
         results = [read_result(path) for path in result_files]
     for path, result in zip(result_files, results, strict=True):
-        _check_grids(study, result, path, study_file)
+        check_comparable(study, result, path, study_file)
     names = _method_names(results, result_files)
     methods = [
         MethodResult.from_result(r, name, str(path))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
-from cli.commands import FORCE_HELP, check_output, json_text
+from cli.commands import ForceOption, check_output, json_text
 from cli.progress import status
 
 __all__ = ["ShowKind", "SliceChoice", "file_format", "show"]
@@ -69,14 +69,22 @@ def show(
     max_views: Annotated[
         int, typer.Option("--max-views", min=1, max=16, help="Most views of a study to show.")
     ] = 4,
-    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+    contours: Annotated[
+        bool,
+        typer.Option(
+            "--contours/--no-contours",
+            help="Outline a study's anatomy (segments, body outline) on its volume panels.",
+        ),
+    ] = True,
+    force: ForceOption = False,
 ) -> None:
     """Draw a study or result file as a PNG figure.
 
     Studies: the views side by side as a nuclear-medicine viewer shows them (AP/PA, or up to
     --max-views views nearest 0, 90, 180, 270°), one colour scale in counts, axes in mm. Volumes
     (a study's truth activity and μ, a result's activity): coronal, sagittal and transverse
-    maximum-intensity projections and orthogonal slices, with colour bars in their units.
+    maximum-intensity projections and orthogonal slices, with colour bars in their units; a
+    study's anatomy (spect convert anatomy) is outlined on them unless --no-contours.
     """
     from recon import figures
     from recon.io import read_result, read_study
@@ -95,9 +103,14 @@ def show(
             what = "volume"
         else:
             study = read_study(file)  # also reports files that are neither kind
-            what = "projections" if kind is ShowKind.AUTO else kind.value
-            fig = figures.study_figure(study, what, slice_at=slice_at.value, max_views=max_views)
+            # ShowKind's values other than "auto" are exactly figures.StudyKind's
+            what = cast("figures.StudyKind", "projections" if kind is ShowKind.AUTO else kind.value)
+            fig = figures.study_figure(
+                study, what, slice_at=slice_at.value, max_views=max_views, contours=contours
+            )
         parameters = {"file": file, "kind": what, "slice_at": slice_at, "max_views": max_views}
+        if fmt != "spect-result":
+            parameters["contours"] = contours
         metadata = {"Source": str(file), "Description": json_text(parameters)}
         figures.save_png(fig, output, overwrite=force, metadata=metadata)
     typer.echo(f"wrote {output}")

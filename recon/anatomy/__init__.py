@@ -7,7 +7,7 @@ compartments
 organ_fit
     One concentration per compartment by Poisson ML, with Cramér–Rao uncertainties (QPlanar).
 residual
-    `OrganResidualModel`: organs with a within-organ tilt plus sparse residual sources.
+    `OrganResidualModel`: organs with registration and smooth uptake modulation, plus sources.
 sources
     Residual sources seeded where counts stay unexplained, at the depth the AP/PA ratio gives.
 reconstruct

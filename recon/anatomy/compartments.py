@@ -17,7 +17,7 @@ import numpy as np
 
 from recon.io.study import Anatomy
 
-__all__ = ["BACKGROUND_PREFIX", "Compartments", "compartments_from_anatomy"]
+__all__ = ["BACKGROUND_PREFIX", "Compartments", "compartments_from_anatomy", "tissue_fraction"]
 
 #: Name prefix of the background compartments (``background``, or ``background_1`` ... ``_n``).
 BACKGROUND_PREFIX = "background"
@@ -36,11 +36,16 @@ class Compartments:
         Name of each compartment, in order (unique).
     background:
         Whether each compartment is a background region (not a segment of the anatomy).
+    weight:
+        ``[Z, Y, X]`` fraction of each voxel that holds the compartment's tissue, in [0, 1]
+        (``None``: 1 everywhere). Segments are whole voxels; a background voxel at the body's
+        surface or next to gas is partly air (`tissue_fraction`).
     """
 
     index: np.ndarray
     names: tuple[str, ...]
     background: tuple[bool, ...]
+    weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         index = np.asarray(self.index)
@@ -60,6 +65,13 @@ class Compartments:
         empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
         if empty:
             raise ValueError(f"compartments {empty} have no voxels")
+        if self.weight is not None:
+            weight = np.asarray(self.weight, dtype=np.float32)
+            if weight.shape != index.shape:
+                raise ValueError(f"weight has shape {weight.shape}, the index {index.shape}")
+            if not np.isfinite(weight).all() or weight.min() < 0 or weight.max() > 1:
+                raise ValueError("weight must lie in [0, 1]")
+            object.__setattr__(self, "weight", weight)
         object.__setattr__(self, "index", index.astype(np.int32, copy=False))
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "background", background)
@@ -69,13 +81,16 @@ class Compartments:
 
     @property
     def voxel_counts(self) -> np.ndarray:
-        """``[K]`` voxels per compartment."""
-        return np.bincount(self.index[self.index >= 0].ravel(), minlength=len(self))
+        """``[K]`` voxels per compartment, each counted by its `weight` (its volume in voxels)."""
+        inside = self.index >= 0
+        weights = None if self.weight is None else self.weight[inside].astype(np.float64)
+        return np.bincount(self.index[inside].ravel(), weights, minlength=len(self))
 
     def masks(self) -> np.ndarray:
-        """``[K, Z, Y, X]`` float32 0/1 masks."""
+        """``[K, Z, Y, X]`` float32 masks (0/1, times `weight`)."""
         k = np.arange(len(self), dtype=np.int32)[:, None, None, None]
-        return (self.index[None] == k).astype(np.float32)
+        masks = (self.index[None] == k).astype(np.float32)
+        return masks if self.weight is None else masks * self.weight[None]
 
     def volume(self, values: np.ndarray) -> np.ndarray:
         """``[Z, Y, X]`` volume holding ``values[k]`` in compartment k and 0 elsewhere."""
@@ -85,11 +100,25 @@ class Compartments:
         out = np.zeros(self.index.shape, dtype=np.float64)
         inside = self.index >= 0
         out[inside] = values[self.index[inside]]
-        return out
+        return out if self.weight is None else out * self.weight
+
+
+def tissue_fraction(mu_per_mm: np.ndarray, energy_keV: float) -> np.ndarray:
+    """``[Z, Y, X]`` fraction of each voxel that is tissue rather than air: ``μ / μ_water``
+    clipped to [0, 1] (1 in soft tissue and bone, about 0.3 in lung, less at the body's surface,
+    where a voxel is partly air, and 0 in gas)."""
+    from spectproj.physics import water_mu_per_mm
+
+    fraction = np.asarray(mu_per_mm, dtype=np.float64) / water_mu_per_mm(energy_keV)
+    return np.clip(fraction, 0.0, 1.0).astype(np.float32)
 
 
 def compartments_from_anatomy(
-    anatomy: Anatomy, support: np.ndarray | None = None, *, background_regions: int = 1
+    anatomy: Anatomy,
+    support: np.ndarray | None = None,
+    *,
+    background_regions: int = 1,
+    background_weight: np.ndarray | None = None,
 ) -> Compartments:
     """The compartments of an anatomy: its segments, then the background bands of the support.
 
@@ -103,6 +132,10 @@ def compartments_from_anatomy(
     background_regions:
         Number of background bands (split along z at equal voxel counts), >= 0; 0 leaves the
         support outside the segments without activity.
+    background_weight:
+        ``[Z, Y, X]`` in [0, 1]: the share of each background voxel that holds tissue (e.g.
+        `tissue_fraction` of μ), so the background's activity follows the partial volume at the
+        body's surface and is absent from gas; ``None``: whole voxels.
 
     Returns
     -------
@@ -154,7 +187,10 @@ def compartments_from_anatomy(
     if not names:
         raise ValueError("the anatomy has no segment inside the support and there is no background")
     background = tuple(k >= n_segments for k in range(len(names)))
-    return Compartments(index, tuple(names), background)
+    weight = None
+    if background_weight is not None:
+        weight = np.where(index >= n_segments, np.asarray(background_weight), 1.0)
+    return Compartments(index, tuple(names), background, weight)
 
 
 def _z_bands(region: np.ndarray, n: int) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -263,14 +264,14 @@ def _truth_in(study: Study, mask: np.ndarray, voxel_ml: float) -> float:
     return float(np.asarray(study.truth_activity, dtype=np.float64)[mask].sum()) * voxel_ml * to_mbq
 
 
-def _own_row(table: list[object], region: str) -> dict[str, object] | None:
+def _own_row(table: list[Any], region: str) -> dict[str, Any] | None:
     for row in table:
         if isinstance(row, dict) and row.get("name") == region:
             return row
     return None
 
 
-def _match(sources: list[dict[str, object]], centre: np.ndarray, distance: float) -> int | None:
+def _match(sources: list[dict[str, Any]], centre: np.ndarray, distance: float) -> int | None:
     best, best_d = None, math.inf
     for j, s in enumerate(sources):
         d = float(np.linalg.norm(np.asarray(s["centre_mm"], dtype=np.float64) - centre))

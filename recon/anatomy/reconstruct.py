@@ -3,14 +3,22 @@
 `reconstruct_organs` is what ``spect recon organs`` calls:
 
 1. resolve the study's physics once: its anatomy (or one given), the support
-   (`recon.support.resolve_support`) and the collimator (`Study.collimator_response`);
+   (`recon.support.resolve_support`) and the collimator (`Study.collimator_response`); the
+   background compartments hold activity in proportion to the tissue in each voxel
+   (`recon.anatomy.compartments.tissue_fraction` of μ: partial volume at the body's surface,
+   none in gas);
 2. fit one concentration per compartment (`recon.anatomy.organ_fit.fit_organs`): QPlanar;
-3. with ``residual=True``: seed residual sources where the organ fit leaves significant counts
-   (`recon.anatomy.sources.find_sources`), then train `OrganResidualModel` with the project's
-   one training loop (`recon.nerf.training.fit`, whole views through the projector with the
-   collimator blur), look for sources again in what is still unexplained, and train once more;
+3. with ``residual=True``: train `OrganResidualModel` with the project's one training loop
+   (`recon.nerf.training.fit`, whole views through the projector with the collimator blur),
+   first the organs alone (registration shift and uptake modulation of each segment), then, round
+   by round,
+   with residual sources seeded where counts stay unexplained
+   (`recon.anatomy.sources.find_sources`);
 4. attach the per-compartment table with its Cramér–Rao uncertainties (and the sources found) to
-   the `Result`'s parameters under ``"organ_table"`` and ``"sources"``.
+   the `Result`'s parameters under ``"organ_table"`` and ``"sources"``. A source whose peak
+   concentration is less than `LESION_CONTRAST` times that of the compartment it lies in is
+   that compartment's uneven uptake: its activity is added to the compartment's (it is listed
+   under ``"uptake_sources"``); the others are the lesions the anatomy misses.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.anatomy.compartments import Compartments, compartments_from_anatomy
+from recon.anatomy.compartments import Compartments, compartments_from_anatomy, tissue_fraction
 from recon.anatomy.organ_fit import (
     OrganFit,
     OrganFitConfig,
@@ -40,6 +48,14 @@ from spectproj import SPECTProjector
 
 __all__ = ["OrgansConfig", "OrgansOutcome", "reconstruct_conjugate", "reconstruct_organs"]
 
+#: A residual source whose peak concentration is below this multiple of the concentration of the
+#: compartment it lies in is counted in that compartment (uneven uptake, not a lesion).
+LESION_CONTRAST = 3.0
+
+#: The first round of the residual model seeds only sources this many times more significant
+#: than `OrgansConfig.source_threshold`.
+FIRST_ROUND_FACTOR = 3.0
+
 #: ``callback(step, total_steps, metrics)`` of the residual training (`recon.nerf.training`).
 StepCallback = Callable[[int, int, Mapping[str, float]], None]
 
@@ -53,9 +69,11 @@ class OrgansConfig:
     background_regions:
         Background compartments (bands along z) for the support outside the segments (>= 0).
     residual:
-        Fit organs + residual (tilt and sources) after the organ fit.
-    tilt:
-        Fit the linear within-organ modulation (residual model only).
+        Fit organs + residual (registration, modulation, sources) after the organ fit.
+    modulation:
+        Fit the smooth within-organ modulation of the uptake (residual model only).
+    register:
+        Fit a registration shift of each segment (residual model only).
     max_sources:
         At most this many residual sources per detection round.
     source_threshold:
@@ -63,11 +81,14 @@ class OrgansConfig:
     source_prior:
         Weight of the L1 prior on source activities (0: only the few seeded sources).
     rounds:
-        Detection + training rounds of the residual model (>= 1).
+        Training rounds of the residual model (>= 1): the first refines the organs alone, each
+        later one first seeds sources where counts stay unexplained (it stops early when none).
     steps:
-        Adam steps of each training round.
+        Optimiser steps of each training round.
     lr:
-        Adam learning rate (all parameters are of order one).
+        Learning rate (all parameters are of order one).
+    optimizer:
+        ``"lbfgs"`` (default: the model has few, smooth parameters) or ``"adam"``.
     seed:
         Seed of the training (the fit itself is deterministic on the CPU).
     organ_fit:
@@ -76,14 +97,15 @@ class OrgansConfig:
 
     background_regions: int = 1
     residual: bool = True
-    tilt: bool = True
+    modulation: bool = True
+    register: bool = True
     max_sources: int = 8
     source_threshold: float = 5.0
     source_prior: float = 0.0
-    rounds: int = 2
-    steps: int = 200
-    lr: float = 0.05
-    optimizer: str = "adam"
+    rounds: int = 3
+    steps: int = 20
+    lr: float = 1.0
+    optimizer: str = "lbfgs"
     seed: int = 0
     organ_fit: OrganFitConfig = dataclasses.field(default_factory=OrganFitConfig)
 
@@ -171,8 +193,11 @@ def reconstruct_organs(
     with_anatomy = dataclasses.replace(study, anatomy=anatomy)
     mask, support_note = resolve_support(with_anatomy, support)
     collimator = study.collimator_response() if use_collimator else None
+    weight = None
+    if study.mu_per_mm is not None:
+        weight = tissue_fraction(study.mu_per_mm, study.acquisition.energy_keV)
     compartments = compartments_from_anatomy(
-        anatomy, mask, background_regions=config.background_regions
+        anatomy, mask, background_regions=config.background_regions, background_weight=weight
     )
     organ_fit = fit_organs(
         study, compartments, collimator=collimator, config=config.organ_fit, device=device
@@ -192,6 +217,7 @@ def reconstruct_organs(
         "config": config.to_dict(),
         "organ_table": table["organs"],
         "sources": table["sources"],
+        "uptake_sources": table.get("uptake_sources", []),
         "deviance_per_pixel": table["deviance_per_pixel"],
         "elapsed_s": time.perf_counter() - t0,
     }
@@ -297,17 +323,21 @@ def _train_residual(
     sources: tuple[ResidualSource, ...] = ()
     model: OrganResidualModel | None = None
     losses: list[float] = []
-    for _ in range(config.rounds):
+    for round_ in range(config.rounds):
+        # Round 0 seeds only the strongest sources (what the organ fit clearly cannot explain,
+        # so the registration does not move organs onto a lesion) and refines the organs; later
+        # rounds add sources where the refined model still leaves significant counts.
+        threshold = config.source_threshold * (FIRST_ROUND_FACTOR if round_ == 0 else 1.0)
         new = find_sources(
             study,
             expected,
             support,
             collimator=organ_fit.collimator,
             max_sources=config.max_sources,
-            threshold=config.source_threshold,
+            threshold=threshold,
             exclude=sources,
         )
-        if model is not None and not new:
+        if round_ > 0 and not new:
             break
         previous = model
         sources = (*sources, *new)
@@ -317,12 +347,14 @@ def _train_residual(
             concentrations,
             sources,
             support,
-            tilt=config.tilt,
+            modulation=config.modulation,
+            register=config.register,
             source_prior=config.source_prior,
         )
         if previous is not None:
             with torch.no_grad():
-                model.tilt.copy_(previous.tilt)
+                model.modulation.copy_(previous.modulation)
+                model.registration.copy_(previous.registration)
         outcome = fit(model, study, train, device=device, callback=callback, init_scale=False)
         losses.extend(outcome.losses)
         expected = _expected(study, model, organ_fit.collimator, device)
@@ -367,20 +399,19 @@ def _table(
         organs = [dataclasses.asdict(e) for e in organ_fit.estimates]
         return {"organs": organs, "sources": [], "deviance_per_pixel": organ_fit.deviance_per_pixel}
     # Fisher information of the model's linear amplitudes (compartment concentrations with their
-    # fitted tilts, source activities) at the fitted model.
+    # fitted shifts and modulations, source activities) at the fitted model.
     projector = _projector(study, collimator, device)
     scale = study.acquisition.count_scale
     with torch.no_grad():
         c = model.concentrations()
-        organ_parts = _organ_unit_volumes(model)  # [K, Z, Y, X] per unit concentration
+        organ_parts = model.unit_volumes()  # [K, Z, Y, X] per unit concentration
         source_parts = _source_unit_volumes(model)  # [J, Z, Y, X] per unit activity
         parts = torch.cat([organ_parts, source_parts]).to(projector.device)
         basis = basis_projections(projector, parts, scale).double().cpu()
         amplitudes = torch.cat([c, model.source_activities()]).double().cpu()
-    background = 0.0
+    expected = amplitudes @ basis
     if study.background is not None:
-        background = torch.as_tensor(np.asarray(study.background, dtype=np.float64)).reshape(-1)
-    expected = amplitudes @ basis + background
+        expected = expected + torch.as_tensor(np.asarray(study.background, np.float64)).reshape(-1)
     fisher = fisher_information(basis, expected).numpy()
     try:
         covariance = np.linalg.inv(fisher)
@@ -397,44 +428,63 @@ def _table(
     k = len(compartments)
     with torch.no_grad():
         totals = organ_parts.sum(dim=(1, 2, 3)).double().cpu().numpy() * voxel_ml  # mL per unit
+    activity = (c.double().cpu().numpy() * totals).tolist()  # activity unit · mL
+    variance = ((sd[:k] * totals) ** 2).tolist()
+    # A source that is not clearly hotter than the compartment it lies in is that compartment's
+    # own uneven uptake: its activity is counted there, not as a lesion.
+    lesions = []
+    index = compartments.index
+    for j, s in enumerate(model.sources()):
+        host = int(index[_nearest_voxel(study, s.centre_mm)])
+        peak = s.activity / ((2.0 * math.pi) ** 1.5 * (s.sigma_mm * 0.1) ** 3)  # unit (per mL)
+        host_level = float(c[host]) if host >= 0 else 0.0
+        contrast = peak / host_level if host_level > 0 else math.inf
+        row: dict[str, Any] = {
+            "name": f"source_{j + 1}",
+            "centre_mm": list(s.centre_mm),
+            "sigma_mm": s.sigma_mm,
+            "activity_mbq": s.activity * to_mbq,
+            "activity_sd_mbq": float(sd[k + j]) * to_mbq,
+            "contrast": contrast,
+            "in": compartments.names[host] if host >= 0 else None,
+        }
+        if host >= 0 and contrast < LESION_CONTRAST:
+            activity[host] += s.activity
+            variance[host] += float(sd[k + j]) ** 2
+            row["counted_in"] = compartments.names[host]
+        lesions.append(row)
     for i, name in enumerate(compartments.names):
         volume = float(compartments.voxel_counts[i]) * voxel_ml
-        conc = float(c[i])
         organs.append(
             {
                 "name": name,
                 "background": compartments.background[i],
                 "volume_ml": volume,
-                "concentration": conc * totals[i] / volume,
-                "concentration_sd": float(sd[i]) * totals[i] / volume,
-                "activity_mbq": conc * totals[i] * to_mbq,
-                "activity_sd_mbq": float(sd[i]) * totals[i] * to_mbq,
-                "at_bound": conc <= 0,
+                "concentration": activity[i] / volume,
+                "concentration_sd": math.sqrt(variance[i]) / volume,
+                "activity_mbq": activity[i] * to_mbq,
+                "activity_sd_mbq": math.sqrt(variance[i]) * to_mbq,
+                "at_bound": float(c[i]) <= 0,
             }
         )
-    sources = []
-    for j, s in enumerate(model.sources()):
-        sources.append(
-            {
-                "name": f"source_{j + 1}",
-                "centre_mm": list(s.centre_mm),
-                "sigma_mm": s.sigma_mm,
-                "activity_mbq": s.activity * to_mbq,
-                "activity_sd_mbq": float(sd[k + j]) * to_mbq,
-            }
-        )
-    return {"organs": organs, "sources": sources, "deviance_per_pixel": deviance}
+    sources = [row for row in lesions if "counted_in" not in row]
+    merged = [row for row in lesions if "counted_in" in row]
+    return {
+        "organs": organs,
+        "sources": sources,
+        "uptake_sources": merged,
+        "deviance_per_pixel": deviance,
+    }
 
 
-def _organ_unit_volumes(model: OrganResidualModel) -> torch.Tensor:
-    """``[K, Z, Y, X]``: compartment k's part of the model per unit of its concentration."""
-    k = len(model.compartments)
-    inside = model.index >= 0
-    w = model.tilts()[model.index.clamp_min(0)]
-    modulation = 1.0 + (w * model.u.permute(1, 2, 3, 0)).sum(-1)
-    modulation = torch.where(inside, modulation, 0.0) * model.support
-    one_hot = model.index[None] == torch.arange(k, device=model.index.device)[:, None, None, None]
-    return one_hot.float() * modulation[None]
+def _nearest_voxel(study: Study, centre_xyz: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Index ``(z, y, x)`` of the voxel nearest to a point (x, y, z mm), clipped to the grid."""
+    grid = study.grid
+    index = []
+    for axis, value in ((0, centre_xyz[2]), (1, centre_xyz[1]), (2, centre_xyz[0])):
+        centres = np.asarray(grid.centres_mm(axis))
+        index.append(int(np.argmin(np.abs(centres - value))))
+    return index[0], index[1], index[2]
 
 
 def _source_unit_volumes(model: OrganResidualModel) -> torch.Tensor:

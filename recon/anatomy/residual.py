@@ -2,14 +2,19 @@
 
 The activity model (`docs/anatomy.md`)::
 
-    e(x) = Σ_k m_k(x) · c_k · (1 + w_k · u_k(x))  +  Σ_j a_j · G(x; p_j, s_j)
+    e(x) = Σ_k m_k(x − t_k) · c_k · exp(g_k(x))  +  Σ_j a_j · G(x; p_j, s_j)
 
 - ``m_k``, ``c_k``: compartment masks and concentrations, started from the organ fit
   (`recon.anatomy.organ_fit`);
-- ``u_k(x) = (x − x̄_k) / ℓ_k``: position relative to the compartment's centroid, in units of its
-  rms radius ``ℓ_k``, so ``w_k`` (3 numbers per compartment, bounded to ``|w| ≤ 0.5`` by a tanh)
-  tilts the uptake linearly across the organ — the smooth part of uneven uptake that two views
-  can see — without changing the compartment's total activity (``Σ_x m_k u_k = 0``);
+- ``t_k``: a registration shift of each segment (up to `MAX_SHIFT_VOX` voxels per axis, linear
+  interpolation between whole-voxel shifts), as EQPlanar fits per organ: a segmentation that is
+  off by a voxel otherwise leaves counts at the organ's edges that no concentration explains.
+  The background regions fill whatever the shifted segments leave of the support;
+- ``g_k``: a smooth modulation of the uptake across segment k: trilinear over the segment's
+  bounding box from a coarse grid of `MODULATION_GRID` values, each bounded to
+  ``±MAX_LOG_MODULATION`` (a factor 0.5 … 2) and pulled towards 0 by a small L2 prior — the
+  smooth part of uneven uptake, which the two views see across the detector and, through the
+  attenuation, weakly in depth;
 - ``G(x; p, s)``: a normalised 3D Gaussian at ``p`` (mm) of width ``s`` (mm), ``a_j`` its
   activity (activity unit · mL): the *residual* field, non-negative by construction and sparse
   (a handful of sources, each started where the organ fit leaves significant counts unexplained,
@@ -34,11 +39,29 @@ from torch import nn
 from recon.anatomy.compartments import Compartments
 from spectproj import GridField, ImageGrid
 
-__all__ = ["MAX_TILT", "OrganResidualModel", "ResidualSource"]
+__all__ = [
+    "MAX_LOG_MODULATION",
+    "MAX_SHIFT_VOX",
+    "MAX_SOURCE_SIGMA_MM",
+    "MODULATION_GRID",
+    "OrganResidualModel",
+    "ResidualSource",
+]
 
-#: Bound on each component of the within-organ tilt ``w_k`` (relative uptake change per rms
-#: radius of the organ).
-MAX_TILT = 0.5
+#: A box of the grid: slices along z, y and x.
+Box = tuple[slice, slice, slice]
+
+#: Nodes ``(z, y, x)`` of the coarse grid of each segment's uptake modulation.
+MODULATION_GRID = (3, 3, 3)
+#: Bound on each node of the log-modulation: the uptake varies by a factor of at most e^±0.7.
+MAX_LOG_MODULATION = 0.7
+#: Weight of the L2 prior on the log-modulation nodes.
+MODULATION_PRIOR = 1e-3
+#: Bound on each component (x, y, z) of a segment's registration shift, in voxels.
+MAX_SHIFT_VOX = 1.5
+#: Largest width σ (mm) of a residual source (a uniform sphere of about 9 cm has this rms
+#: radius per axis): sources are focal; what is broader belongs to the organs and background.
+MAX_SOURCE_SIGMA_MM = 20.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +81,7 @@ class ResidualSource:
 
 
 class OrganResidualModel(nn.Module):
-    """Organ concentrations with a linear within-organ tilt, plus sparse Gaussian sources.
+    """Organ concentrations with a smooth within-organ modulation, plus sparse Gaussian sources.
 
     Parameters
     ----------
@@ -72,12 +95,28 @@ class OrganResidualModel(nn.Module):
         Starting residual sources (may be empty).
     support:
         ``[Z, Y, X]`` bool, where activity may be (``None``: everywhere).
-    tilt:
-        Fit the within-organ tilt ``w_k`` for segment compartments (background regions are
-        never tilted).
+    modulation:
+        Fit the smooth uptake modulation ``g_k`` of each segment (background regions have none).
+    register:
+        Fit the registration shift ``t_k`` of each segment.
     source_prior:
         Weight of the L1 prior on the source activities, relative to the data term (>= 0).
     """
+
+    xs: torch.Tensor
+    ys: torch.Tensor
+    zs: torch.Tensor
+    index: torch.Tensor
+    support: torch.Tensor
+    segment: torch.Tensor
+    background_bands: torch.Tensor
+    scale: torch.Tensor
+    c0: torch.Tensor
+    modulated: torch.Tensor
+    registered: torch.Tensor
+    spacing_xyz: torch.Tensor
+    p0: torch.Tensor
+    a_unit: torch.Tensor
 
     def __init__(
         self,
@@ -87,7 +126,8 @@ class OrganResidualModel(nn.Module):
         sources: tuple[ResidualSource, ...] = (),
         support: np.ndarray | None = None,
         *,
-        tilt: bool = True,
+        modulation: bool = True,
+        register: bool = True,
         source_prior: float = 0.0,
     ) -> None:
         super().__init__()
@@ -118,27 +158,53 @@ class OrganResidualModel(nn.Module):
             else torch.as_tensor(np.asarray(support, dtype=bool))
         )
         self.register_buffer("support", sup.float(), persistent=False)
-        # Per-voxel relative position u (x, y, z) in each compartment's rms radius.
-        u, radius = _relative_positions(compartments, grid)
-        self.register_buffer("u", u, persistent=False)  # [3, Z, Y, X]
-        self.register_buffer("rms_radius_mm", radius, persistent=False)  # [K]
+        segment = torch.tensor([not b for b in compartments.background])
+        self.register_buffer("segment", segment, persistent=False)
+        bands = _background_bands(compartments, sup)
+        if compartments.weight is not None:
+            bands = bands * torch.as_tensor(compartments.weight)[None]
+        # The background regions' bands (the segments' rows of `bands` are zero).
+        self.background_rows = [i for i in range(k) if compartments.background[i]]
+        self.register_buffer("background_bands", bands[self.background_rows], persistent=False)
+        # Each segment lives in its bounding box (with room for the shift).
+        pad = math.ceil(MAX_SHIFT_VOX) + 1
+        self.boxes: list[Box | None] = []
+        for i in range(k):
+            if not bool(segment[i]):
+                self.boxes.append(None)
+                continue
+            where = np.argwhere(compartments.index == i)
+            lo = np.maximum(where.min(axis=0) - pad, 0)
+            hi = np.minimum(where.max(axis=0) + pad + 1, grid.shape)
+            box: Box = (
+                slice(int(lo[0]), int(hi[0])),
+                slice(int(lo[1]), int(hi[1])),
+                slice(int(lo[2]), int(hi[2])),
+            )
+            self.boxes.append(box)
+            mask = torch.as_tensor(compartments.index[box] == i, dtype=torch.float32)
+            self.register_buffer(f"_mask{i}", mask, persistent=False)
         # Parameters, all of order one.
         level = float(c0.max()) if c0.max() > 0 else 1.0
         self.register_buffer("scale", torch.tensor(level), persistent=True)
         self.register_buffer("c0", torch.as_tensor(c0 / level, dtype=torch.float32))
         self.log_c = nn.Parameter(torch.zeros(k))
-        tilted = torch.tensor([0.0 if b else 1.0 for b in compartments.background])
-        self.register_buffer("tilted", tilted if tilt else torch.zeros(k), persistent=True)
-        self.tilt = nn.Parameter(torch.zeros(k, 3))
+        modulated = segment.float() if modulation else torch.zeros(k)
+        self.register_buffer("modulated", modulated, persistent=True)
+        self.modulation = nn.Parameter(torch.zeros(k, *MODULATION_GRID))
+        registered = segment.float() if register else torch.zeros(k)
+        self.register_buffer("registered", registered, persistent=True)
+        self.registration = nn.Parameter(torch.zeros(k, 3))
         n = len(sources)
         spacing = torch.tensor(grid.spacing_mm[::-1], dtype=torch.float32)  # x, y, z
         self.register_buffer("spacing_xyz", spacing, persistent=False)
         start = torch.tensor([s.centre_mm for s in sources], dtype=torch.float32).reshape(n, 3)
         self.register_buffer("p0", start)
-        self.shift = nn.Parameter(torch.zeros(n, 3))  # in voxels
+        self.source_shift = nn.Parameter(torch.zeros(n, 3))  # in voxels
+        floor = 0.5 * float(spacing.min())
         s0 = torch.tensor([s.sigma_mm for s in sources], dtype=torch.float32).reshape(n)
-        self.register_buffer("s0", s0)
-        self.log_sigma = nn.Parameter(torch.zeros(n))
+        fraction = ((s0 - floor) / (MAX_SOURCE_SIGMA_MM - floor)).clamp(1e-3, 1 - 1e-3)
+        self.sigma_logit = nn.Parameter(torch.log(fraction / (1 - fraction)))
         voxel_ml = grid.voxel_volume_mm3 * 1e-3
         a0 = torch.tensor([max(s.activity, 0.0) for s in sources], dtype=torch.float32)
         self.register_buffer("a_unit", torch.tensor(level * voxel_ml * 100.0))
@@ -149,9 +215,11 @@ class OrganResidualModel(nn.Module):
         """``[K]`` concentrations (activity unit)."""
         return self.scale * self.c0 * torch.exp(self.log_c)
 
-    def tilts(self) -> torch.Tensor:
-        """``[K, 3]`` within-organ tilt ``w_k`` (x, y, z), each in ``[−MAX_TILT, MAX_TILT]``."""
-        return MAX_TILT * torch.tanh(self.tilt) * self.tilted[:, None]
+    def log_modulations(self) -> torch.Tensor:
+        """``[K, *MODULATION_GRID]`` nodes of each compartment's log-modulation ``g_k``, each in
+        ``[−MAX_LOG_MODULATION, MAX_LOG_MODULATION]`` (0 for background regions)."""
+        bound = MAX_LOG_MODULATION * torch.tanh(self.modulation)
+        return bound * self.modulated[:, None, None, None]
 
     def source_activities(self) -> torch.Tensor:
         """``[J]`` source activities (activity unit · mL)."""
@@ -159,39 +227,96 @@ class OrganResidualModel(nn.Module):
 
     def source_centres_mm(self) -> torch.Tensor:
         """``[J, 3]`` source centres (x, y, z mm)."""
-        return self.p0 + self.shift * self.spacing_xyz
+        return self.p0 + self.source_shift * self.spacing_xyz
 
     def source_sigmas_mm(self) -> torch.Tensor:
-        """``[J]`` source widths σ (mm), at least half a voxel."""
+        """``[J]`` source widths σ (mm), between half a voxel and `MAX_SOURCE_SIGMA_MM`."""
         floor = 0.5 * float(self.spacing_xyz.min())
-        return torch.sqrt(floor**2 + (self.s0 * torch.exp(self.log_sigma)) ** 2)
+        return floor + (MAX_SOURCE_SIGMA_MM - floor) * torch.sigmoid(self.sigma_logit)
+
+    def shifts_vox(self) -> torch.Tensor:
+        """``[K, 3]`` registration shift of each compartment (x, y, z voxels; 0 for backgrounds),
+        each in ``[−MAX_SHIFT_VOX, MAX_SHIFT_VOX]``."""
+        return MAX_SHIFT_VOX * torch.tanh(self.registration) * self.registered[:, None]
+
+    def _segment_parts(self) -> list[tuple[int, tuple[slice, slice, slice], torch.Tensor,
+                                             torch.Tensor]]:  # fmt: skip
+        """``(k, box, shifted mask, modulation)`` of each segment, within its box."""
+        shifts, nodes = self.shifts_vox(), self.log_modulations()
+        parts = []
+        for k, box in enumerate(self.boxes):
+            if box is None:
+                continue
+            mask = _shift_volume(getattr(self, f"_mask{k}"), shifts[k])
+            g = nn.functional.interpolate(
+                nodes[k][None, None], size=tuple(mask.shape), mode="trilinear", align_corners=True
+            )[0, 0]
+            parts.append((k, box, mask, torch.exp(g)))
+        return parts
+
+    def _placed(self, k: int, crop: torch.Tensor) -> torch.Tensor:
+        """A crop of segment k's box placed in a zero volume of the grid's shape."""
+        box = self.boxes[k]
+        assert box is not None
+        pads: list[int] = []
+        for axis in (2, 1, 0):  # F.pad takes the last axis first
+            size = self.support.shape[axis]
+            pads += [box[axis].start, size - box[axis].stop]
+        return nn.functional.pad(crop, pads)
+
+    def unit_volumes(self) -> torch.Tensor:
+        """``[K, Z, Y, X]``: each compartment's part of the activity per unit concentration —
+        its (shifted) mask times its modulation, inside the support; the background regions fill the
+        support the shifted segments leave."""
+        out = torch.zeros((len(self.boxes), *self.support.shape), device=self.support.device)
+        covered = torch.zeros_like(self.support)
+        for k, box, mask, modulation in self._segment_parts():
+            out[(k, *box)] = mask * modulation
+            covered = covered + self._placed(k, mask)
+        rest = 1.0 - covered.clamp(0.0, 1.0)
+        out[self.background_rows] = out[self.background_rows] + self.background_bands * rest
+        return out * self.support
 
     def organ_volume(self) -> torch.Tensor:
         """``[Z, Y, X]`` the compartment part of the activity (activity unit)."""
-        inside = self.index >= 0
-        k = self.index.clamp_min(0)
-        c = self.concentrations()[k]
-        w = self.tilts()[k]  # [Z, Y, X, 3]
-        modulation = 1.0 + (w * self.u.permute(1, 2, 3, 0)).sum(-1)
-        return torch.where(inside, c * modulation, 0.0) * self.support
+        c = self.concentrations()
+        out = torch.zeros_like(self.support)
+        covered = torch.zeros_like(self.support)
+        for k, _, mask, modulation in self._segment_parts():
+            out = out + self._placed(k, c[k] * mask * modulation)
+            covered = covered + self._placed(k, mask)
+        rest = 1.0 - covered.clamp(0.0, 1.0)
+        background = torch.einsum("b,bzyx->zyx", c[self.background_rows], self.background_bands)
+        return (out + background * rest) * self.support
 
     def source_volume(self, activities: torch.Tensor | None = None) -> torch.Tensor:
         """``[Z, Y, X]`` the residual sources (activity unit): Gaussians integrated per voxel.
 
         ``activities``: ``[J]`` to use instead of the model's (e.g. one-hot for a basis)."""
-        out = torch.zeros(self.index.shape, dtype=torch.float32, device=self.index.device)
+        out = torch.zeros_like(self.support)
         if self.p0.shape[0] == 0:
             return out
         centres, sigmas = self.source_centres_mm(), self.source_sigmas_mm()
         voxel_ml = float(self.spacing_xyz.prod()) * 1e-3
         acts = self.source_activities() if activities is None else activities
+        axes = (self.zs, self.ys, self.xs)
         for j in range(centres.shape[0]):
-            gx = _gauss_1d(self.xs, centres[j, 0], sigmas[j], float(self.spacing_xyz[0]))
-            gy = _gauss_1d(self.ys, centres[j, 1], sigmas[j], float(self.spacing_xyz[1]))
-            gz = _gauss_1d(self.zs, centres[j, 2], sigmas[j], float(self.spacing_xyz[2]))
-            g = gz[:, None, None] * gy[None, :, None] * gx[None, None, :] * self.support
+            # Only the box within 5 σ of the centre holds anything.
+            reach = 5.0 * float(sigmas[j].detach())
+            box = []
+            for a, c in ((0, 2), (1, 1), (2, 0)):
+                inside = (axes[a] - centres[j, c].detach()).abs() <= reach
+                idx = torch.nonzero(inside).flatten()
+                box.append(slice(int(idx[0]), int(idx[-1]) + 1) if idx.numel() else slice(0, 0))
+            box_t = (box[0], box[1], box[2])
+            g = [
+                _gauss_1d(axes[a][box[a]], centres[j, c], sigmas[j], float(self.spacing_xyz[c]))
+                for a, c in ((0, 2), (1, 1), (2, 0))
+            ]
+            blob = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
+            blob = blob * self.support[box_t]
             # Normalised inside the support: the source's activity is all in the volume.
-            out = out + acts[j] / voxel_ml * g / g.sum().clamp_min(1e-12)
+            out[box_t] = out[box_t] + acts[j] / voxel_ml * blob / blob.sum().clamp_min(1e-12)
         return out
 
     def volume(self) -> torch.Tensor:
@@ -204,9 +329,10 @@ class OrganResidualModel(nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """The model's prior (added to the data term by `fit`): L1 on the source activities
-        (in units of the data's activity level × 100 voxels) and a small L2 on the tilts."""
+        (in units of the data's activity level × 100 voxels) and a small L2 on the
+        log-modulation nodes."""
         l1 = self.source_activities().sum() / self.a_unit
-        return self.source_prior * l1 + 1e-3 * (self.tilts() ** 2).sum()
+        return self.source_prior * l1 + MODULATION_PRIOR * (self.log_modulations() ** 2).sum()
 
     def sources(self) -> tuple[ResidualSource, ...]:
         """The current residual sources."""
@@ -230,27 +356,55 @@ def _gauss_1d(
     return 0.5 * (hi - lo)
 
 
-def _relative_positions(
-    compartments: Compartments, grid: ImageGrid
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``u`` ``[3, Z, Y, X]`` (x, y, z) relative to each voxel's compartment centroid, in units of
-    the compartment's rms radius; and the rms radii ``[K]`` (mm)."""
-    index = compartments.index
+def _background_bands(compartments: Compartments, support: torch.Tensor) -> torch.Tensor:
+    """``[K, Z, Y, X]``: for each background compartment, the support in the z slices of its band
+    (slices with no background voxel go to the nearest band); zero for segments."""
     k = len(compartments)
-    z, y, x = (grid.centres_mm(a).detach().cpu().numpy() for a in range(3))
-    coords = np.stack(np.meshgrid(x, y, z, indexing="ij"), axis=0)  # [3, X, Y, Z]
-    coords = coords.transpose(0, 3, 2, 1)  # [3, Z, Y, X]
-    inside = index >= 0
-    counts = np.bincount(index[inside], minlength=k).astype(np.float64)
-    u = np.zeros_like(coords, dtype=np.float64)
-    centroids = np.zeros((k, 3))
-    for a in range(3):
-        centroids[:, a] = np.bincount(index[inside], coords[a][inside], minlength=k) / counts
-    rel = coords[:, inside] - centroids[index[inside]].T  # [3, n]
-    radius = np.sqrt(np.bincount(index[inside], (rel**2).sum(0), minlength=k) / counts)
-    radius = np.maximum(radius, 1e-6)
-    u[:, inside] = rel / radius[index[inside]]
-    return torch.as_tensor(u, dtype=torch.float32), torch.as_tensor(radius, dtype=torch.float32)
+    nz = compartments.index.shape[0]
+    bands = torch.zeros((k, *compartments.index.shape), dtype=torch.float32)
+    rows = [i for i in range(k) if compartments.background[i]]
+    if not rows:
+        return bands
+    slice_band = np.full(nz, -1)
+    for i in rows:
+        in_band = (compartments.index == i).reshape(nz, -1).any(axis=1)
+        slice_band[in_band] = i
+    known = np.flatnonzero(slice_band >= 0)
+    for missing in np.flatnonzero(slice_band < 0):
+        slice_band[missing] = slice_band[known[np.argmin(np.abs(known - missing))]]
+    for z in range(nz):
+        bands[int(slice_band[z]), z] = support[z].float()
+    return bands
+
+
+def _shift_volume(volume: torch.Tensor, shift_xyz: torch.Tensor) -> torch.Tensor:
+    """``volume`` ``[Z, Y, X]`` moved by ``shift_xyz`` voxels (x, y, z), linear between whole-voxel
+    shifts (differentiable in the shift), zero filled."""
+    out = volume
+    for c, axis in ((0, 2), (1, 1), (2, 0)):
+        t = shift_xyz[c]
+        n = int(torch.floor(t.detach()))
+        f = t - n
+        out = (1.0 - f) * _roll(out, n, axis) + f * _roll(out, n + 1, axis)
+    return out
+
+
+def _roll(volume: torch.Tensor, n: int, axis: int) -> torch.Tensor:
+    """Shift by ``n`` whole voxels along ``axis``, zero filled (no wrap-around)."""
+    if n == 0:
+        return volume
+    out = torch.zeros_like(volume)
+    size = volume.shape[axis]
+    if abs(n) >= size:
+        return out
+    src = [slice(None)] * 3
+    dst = [slice(None)] * 3
+    if n > 0:
+        src[axis], dst[axis] = slice(0, size - n), slice(n, size)
+    else:
+        src[axis], dst[axis] = slice(-n, size), slice(0, size + n)
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
 
 
 def _inverse_softplus(v: torch.Tensor) -> torch.Tensor:

@@ -158,15 +158,19 @@ def _ray_axis(angle_deg: float) -> int:
     return 1 if abs(math.cos(beta)) >= abs(math.sin(beta)) else 2
 
 
-def _ray(peak: tuple[int, int], axis: int) -> tuple[object, ...]:
-    index: list[object] = list(peak)
+#: An index into a volume: integers and slices.
+Index = tuple[int | slice, ...]
+
+
+def _ray(peak: tuple[int, int], axis: int) -> Index:
+    index: list[int | slice] = list(peak)
     index.insert(axis, slice(None))
     return tuple(index)
 
 
-def _patch_index(peak: tuple[int, int], axis: int, radius: int) -> tuple[object, ...]:
+def _patch_index(peak: tuple[int, int], axis: int, radius: int) -> Index:
     a, b = peak
-    index: list[object] = [slice(max(a - radius, 0), a + radius + 1),
+    index: list[int | slice] = [slice(max(a - radius, 0), a + radius + 1),
                            slice(max(b - radius, 0), b + radius + 1)]  # fmt: skip
     index.insert(axis, slice(None))
     return tuple(index)

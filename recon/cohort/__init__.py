@@ -4,7 +4,8 @@
 - `recon.cohort.model`: `CohortModel`, the shared `EmissionField` and a table of per-study
   latent codes (auto-decoder);
 - `recon.cohort.training`: `train_cohort`, data-parallel over ``torchrun`` processes with
-  `torch.distributed` (DistributedDataParallel; NCCL on GPUs, gloo on CPUs);
+  `torch.distributed` (DistributedDataParallel; NCCL on GPUs, gloo on CPUs): the cohort
+  objective of the one training loop, `recon.training.Trainer`;
 - `recon.cohort.distributed`: the process-group helpers;
 - `recon.cohort.prior`: `fit_with_prior`, reconstruct a new study by fitting its code (and
   optionally fine-tuning) with a trained cohort model.

@@ -74,9 +74,9 @@ def grid_to_dict(grid: ImageGrid) -> dict[str, list[float] | list[int]]:
 def grid_from_dict(values: Mapping[str, Any]) -> ImageGrid:
     """Undo `grid_to_dict`."""
     return ImageGrid(
-        shape=tuple(int(n) for n in values["shape"]),  # type: ignore[arg-type]
-        spacing_mm=tuple(float(d) for d in values["spacing_mm"]),  # type: ignore[arg-type]
-        offset_mm=tuple(float(o) for o in values["offset_mm"]),  # type: ignore[arg-type]
+        shape=tuple(int(n) for n in values["shape"]),  # type: ignore[arg-type]  # ImageGrid checks the length
+        spacing_mm=tuple(float(d) for d in values["spacing_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
+        offset_mm=tuple(float(o) for o in values["offset_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
     )
 
 
@@ -96,9 +96,9 @@ def cohort_frame(grids: list[ImageGrid] | tuple[ImageGrid, ...]) -> ImageGrid:
     hi = [max(g.offset_mm[a] + g.extent_mm[a] / 2 for g in grids) for a in range(3)]
     shape = tuple(max(g.shape[a] for g in grids) for a in range(3))
     return ImageGrid(
-        shape=shape,  # type: ignore[arg-type]
-        spacing_mm=tuple((hi[a] - lo[a]) / shape[a] for a in range(3)),  # type: ignore[arg-type]
-        offset_mm=tuple((hi[a] + lo[a]) / 2 for a in range(3)),  # type: ignore[arg-type]
+        shape=shape,  # type: ignore[arg-type]  # ImageGrid checks the length
+        spacing_mm=tuple((hi[a] - lo[a]) / shape[a] for a in range(3)),  # type: ignore[arg-type]  # ImageGrid checks the length
+        offset_mm=tuple((hi[a] + lo[a]) / 2 for a in range(3)),  # type: ignore[arg-type]  # ImageGrid checks the length
     )
 
 

@@ -164,13 +164,16 @@ def fit_with_prior(
         return inner
 
     field_ = model.prior_field(train_network=phase == "fine-tune")
+    first: FitResult | None
     if phase == "code":
         first = fit(
             field_, study, code_cfg, out_dir=_sub(folder, "code"), resume=resume,
             callback=wrap(0), device=device,
         )  # fmt: skip
     else:
-        first = _earlier_phase(Path(resume).parent.parent / "code" / LAST_CHECKPOINT, code_cfg)  # type: ignore[arg-type]
+        # phase is "fine-tune" only when resuming, so resume is set here
+        code_dir = Path(resume).parent.parent / "code"  # type: ignore[arg-type]  # see above
+        first = _earlier_phase(code_dir / LAST_CHECKPOINT, code_cfg)
     second: FitResult | None = None
     if fine_tune:
         for p in field_.parameters():

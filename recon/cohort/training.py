@@ -5,16 +5,17 @@
 ``config.train.rays_per_step`` samples; a sample is one detector line of one study (uniform over
 the training studies, then uniform over that study's training lines; with AP/PA a line is
 rendered in both views from the same field samples, `recon.nerf.rays.RayData`). The loss of a
-step is the mean over the global batch of the single-study loss of `recon.nerf.training.fit`,
+step is the mean over the global batch of the single-study loss of `recon.nerf.training.fit`
+(the same terms, `recon.training.terms`):
 
     ℓ(sample) = (poisson_nll − poisson_nll_saturated) / count_level_s        (per pixel mean)
-              + latent_l2 · ‖z_s‖² + tv_ray · TV_ray / level_s,
+              + latent_l2 · ‖z_s‖² + tv_ray · TV_ray / level_s + …,
 
-so a one-study cohort trains like `fit`. With ``l1_activity`` > 0 each sample also draws one
-random voxel of its study and adds ``l1_activity · |e_s − a_s| / level_s`` at that voxel, ``a_s``
-the study's ``truth_activity`` (3D supervision of the *cohort*, e.g. phantoms or SPECT/CT-derived
-activity; a new study reconstructed with the model as a prior still uses only its own
-projections). ``tv_3d`` and ``ct_smoothness`` are not available here.
+so a one-study cohort trains like `fit`. Each sample also draws, when their weights are > 0, one
+point pair in its study's grid for ``tv_3d`` and ``ct_smoothness`` and one random voxel for
+``l1_activity`` (``|e_s − a_s| / level_s`` against the study's ``truth_activity``: 3D
+supervision of the *cohort*, e.g. phantoms or SPECT/CT-derived activity; a new study
+reconstructed with the model as a prior still uses only its own projections).
 
 **Data parallelism.** Under ``torchrun`` every process (rank r of W) holds a full replica of the
 model (codes included, see `recon.cohort.model`) wrapped in
@@ -35,6 +36,9 @@ of the manifest, a code fit of ``val_steps`` steps with the network frozen
 and labels, its mean absolute organ-activity error. Validation studies are shared out over the
 ranks and the results gathered.
 
+**The loop** is `recon.training.loop.Trainer` (this module is its cohort objective): AMP,
+gradient clipping, the NaN/Inf guard, logs, checkpoints and stopping work as in `fit`.
+
 **Outputs (rank 0 only)** in ``out_dir``: ``log.csv``/``log.json`` (`COHORT_LOG_COLUMNS`),
 ``checkpoint-XXXXXX.pt`` and ``checkpoint-last.pt`` (weights-only checkpoints,
 `recon.nerf.checkpoint`, ``kind = "cohort-checkpoint"``: the model with every code, the
@@ -44,7 +48,7 @@ optimiser, the history, the study ids and data digests); ``model_path``: the tra
 **Interruption.** SIGINT or SIGTERM (Ctrl-C, ``scancel``, a pre-emption), or `request_stop`, in
 any rank: all ranks agree at the end of the step in progress (the request travels with the
 step's loss all-reduce), rank 0 writes a checkpoint of that step and every rank raises
-`recon.nerf.training.TrainingInterrupted`. Resuming from it continues exactly. A second signal
+`recon.training.TrainingInterrupted`. Resuming from it continues exactly. A second signal
 interrupts at once (no checkpoint).
 """
 
@@ -56,9 +60,6 @@ import hashlib
 import inspect
 import math
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,6 @@ from recon.cohort.distributed import (
     BACKENDS,
     DistInfo,
     all_gather_objects,
-    all_reduce_sum,
     barrier,
     broadcast_object,
     distributed_session,
@@ -88,20 +88,14 @@ from recon.cohort.model import (
 from recon.cohort.prior import organ_activity_error
 from recon.io import read_study
 from recon.io.study import Study
-from recon.nerf import losses
-from recon.nerf.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    LAST_CHECKPOINT,
-    checkpoint_name,
-    load_checkpoint,
-    save_checkpoint,
-)
-from recon.nerf.config import TrainConfig
+from recon.nerf.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.export import sample_on_grid
-from recon.nerf.logs import write_step_logs
 from recon.nerf.rays import RayData, study_digest
-from recon.nerf.training import TrainingDiverged, TrainingInterrupted, fit, lr_at
+from recon.nerf.training import fit, study_physics
+from recon.training import runtime, terms
+from recon.training.loop import Trainer, require_same
+from recon.training.runtime import request_stop
 
 __all__ = [
     "COHORT_LOG_COLUMNS",
@@ -113,35 +107,28 @@ __all__ = [
     "train_cohort",
 ]
 
-#: Columns of ``log.csv`` / ``log.json``. ``data`` is the Poisson term, ``latent_l2`` and
-#: ``tv_ray`` the unweighted regularisers; ``train_val_*``: held-out pixels of training studies;
-#: ``heldout_*``: held-out studies after a code fit; ``samples_per_s``: lines per second since
-#: the previous row (all ranks together).
+#: The logged parts of a step's loss: ``data`` (the Poisson term) and the unweighted
+#: regularisers (`recon.nerf.config.REGULARISERS`).
+TERMS = ("data", *REGULARISERS)
+
+#: Columns of ``log.csv`` / ``log.json``: ``TERMS``, ``model_prior`` (the model's ``penalty()``,
+#: if it has one); ``train_val_*``: held-out pixels of training studies; ``heldout_*``: held-out
+#: studies after a code fit; ``samples_per_s``: lines per second since the previous row (all
+#: ranks together).
 COHORT_LOG_COLUMNS = (
-    "step", "loss", "data", "latent_l2", "tv_ray", "l1_activity", "lr",
+    "step", "loss", *TERMS, "model_prior", "lr",
     "train_val_deviance", "train_val_psnr",
     "heldout_deviance", "heldout_psnr", "heldout_organ_error",
     "samples_per_s", "time_s",
 )  # fmt: skip
 
 #: ``callback(step, total_steps, metrics)`` after every step on every rank; ``metrics``: ``loss``
-#: (global mean), ``lr``, ``rank``, ``world_size`` and the latest ``heldout_psnr`` and
-#: ``train_val_psnr`` (NaN before the first validation).
+#: (global mean), ``lr``, ``rank``, ``world_size``, the loss's parts and the latest
+#: ``heldout_psnr`` and ``train_val_psnr`` (NaN before the first validation).
 CohortCallback = Callable[[int, int, Mapping[str, float]], None]
 
 #: Seed offset of the initial codes' generator.
 CODE_SEED_OFFSET = 2
-_UNSUPPORTED = ("tv_3d", "ct_smoothness")
-_STOP = threading.Event()
-
-
-def request_stop() -> None:
-    """Ask a running `train_cohort` (in this process) to stop after the current step.
-
-    All ranks stop at the same step and rank 0 writes a checkpoint (the SIGINT/SIGTERM handlers
-    call this).
-    """
-    _STOP.set()
 
 
 @dataclass(frozen=True)
@@ -153,10 +140,10 @@ class CohortConfig:
     train:
         Schedule, optimiser, regularisers and architecture (`recon.nerf.config.TrainConfig`;
         default `TrainConfig.cpu_default`). ``rays_per_step`` is the **global** batch (all
-        ranks together), ``val_every``/``log_every``/``checkpoint_every`` apply as in `fit`;
-        ``optimizer`` must be ``adam`` and ``amp`` ``off``; ``tv_3d`` and ``ct_smoothness`` must
-        be 0 (``l1_activity`` needs every training study's ``truth_activity``);
-        ``preview_every`` is ignored.
+        ranks together), ``val_every``/``log_every``/``checkpoint_every`` apply as in `fit`, as
+        do ``amp``/``cpu_bf16`` and every regulariser (``l1_activity`` needs every training
+        study's ``truth_activity``); ``optimizer`` must be ``adam`` (each step draws a new
+        batch, which L-BFGS's line search cannot follow); ``preview_every`` is ignored.
     code_lr:
         Learning rate of the codes (default: ``train.lr``), scaled by the same schedule.
     code_init_std:
@@ -188,12 +175,10 @@ class CohortConfig:
         if not isinstance(t, TrainConfig):
             raise ValueError(f"train must be a TrainConfig, got {type(t).__name__}")
         if t.optimizer != "adam":
-            raise ValueError("cohort training uses the adam optimizer (train.optimizer)")
-        if t.amp != "off":
-            raise ValueError("cohort training runs in full precision (train.amp must be 'off')")
-        for name in _UNSUPPORTED:
-            if getattr(t, name) > 0:
-                raise ValueError(f"the {name} regulariser is not available in cohort training")
+            raise ValueError(
+                f"cohort training uses the adam optimizer (train.optimizer), got {t.optimizer!r}: "
+                "every step draws a new batch, which L-BFGS's line search cannot follow"
+            )
         if t.field.latent_dim < 1:
             raise ValueError("cohort training needs latent codes: field latent_dim must be >= 1")
         if self.code_lr is not None and not (math.isfinite(self.code_lr) and self.code_lr > 0):
@@ -262,6 +247,8 @@ class CohortResult:
         The last checkpoint and the model file written (by rank 0), the output folder.
     rank, world_size, device:
         Where this copy ran.
+    amp:
+        The mixed precision used (`recon.training.runtime.amp_mode`).
     """
 
     model: CohortModel
@@ -280,6 +267,7 @@ class CohortResult:
     rank: int
     world_size: int
     device: str
+    amp: str = "off"
 
 
 def train_cohort(
@@ -339,12 +327,64 @@ def train_cohort(
         manifest = read_manifest(manifest, val_fraction=config.val_fraction, seed=seed)
     if not manifest.train:
         raise ValueError("the manifest has no training study")
-    _STOP.clear()
+    out = None if out_dir is None else Path(out_dir)
+    model_file = None if model_path is None else Path(model_path)
+    fresh = out if resume is None and not overwrite else None
     with distributed_session(config.backend, config.device) as info:
-        trainer = _CohortTrainer(manifest, config, info, out_dir, model_path, overwrite)
-        trainer.start(resume)
-        with _deterministic(config.train.deterministic), _stop_signals():
-            return trainer.run(callback)
+        _agree(info, lambda: _check_outputs(model_file, overwrite, fresh))
+        objective = _CohortObjective(manifest, config, info)
+        trainer = Trainer(objective, config.train, objective.optimizer, info.device, out, info)
+        if resume is not None:
+            path = Path(resume)
+            payload = _agree(info, lambda: objective.check_resume(load_checkpoint(path), path))
+            trainer.restore(payload)
+            objective.restore(payload)
+        trainer.run(callback)
+        if model_file is not None:
+            model = {**trainer.payload(with_optimizer=False), "kind": COHORT_MODEL_KIND}
+            trainer.save(model, model_file)
+        barrier(info)
+        t = config.train
+        n, run_time = trainer.steps_run, trainer.run_time_s
+        return CohortResult(
+            model=objective.model,
+            config=config,
+            train_ids=[e.study_id for e in manifest.train],
+            val_ids=[e.study_id for e in manifest.val],
+            history=trainer.history,
+            losses=trainer.losses,
+            steps_done=trainer.step,
+            samples_per_s=n * t.rays_per_step / run_time if n and run_time > 0 else math.nan,
+            elapsed_s=trainer.elapsed_before + run_time,
+            heldout=objective.heldout,
+            checkpoint=trainer.checkpoint,
+            model_path=model_file,
+            out_dir=out,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=str(info.device),
+            amp=trainer.amp,
+        )
+
+
+def _check_outputs(model_path: Path | None, overwrite: bool, fresh: Path | None) -> None:
+    """Refuse a model file in the way, or (``fresh``) an output folder with a previous run."""
+    if model_path is not None:
+        if model_path.is_dir():
+            raise IsADirectoryError(f"{model_path}: is a folder, not a file")
+        if not overwrite and model_path.exists():
+            raise FileExistsError(
+                f"{model_path}: already exists; use --force (overwrite=True) to replace it"
+            )
+        if not model_path.parent.is_dir():
+            raise FileNotFoundError(f"{model_path}: folder {model_path.parent} does not exist")
+    if fresh is not None:
+        previous = [n for n in (LAST_CHECKPOINT, "log.csv") if (fresh / n).exists()]
+        if previous:
+            raise FileExistsError(
+                f"{fresh}: holds a previous run ({', '.join(previous)}); resume from "
+                f"{fresh / LAST_CHECKPOINT} or use --force (overwrite=True) to start over"
+            )
 
 
 def _mix(*values: object) -> int:
@@ -397,92 +437,103 @@ class _Batch:
     keys: torch.Tensor  # [b] ray-group key (paired, samples per ray) as one integer
     jitter_offset: torch.Tensor  # [b] position among the global batch's (study, key) samples
     voxels: torch.Tensor  # [b] flat voxel index of each sample's supervision point ([0] if none)
+    pair_u: torch.Tensor  # [b, 3] uniform position of each sample's tv_3d pair ([0, 3] if none)
+    pair_d: torch.Tensor  # [b, 3] unit direction of that pair
 
 
 class _StepModule(nn.Module):
     """The loss of a rank's slice of a step, as one module call (what DDP wraps)."""
 
-    def __init__(
-        self,
-        model: CohortModel,
-        data: list[RayData],
-        levels: list[float],
-        count_levels: list[float],
-        config: TrainConfig,
-        truth: list[torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, objective: _CohortObjective) -> None:
         super().__init__()
-        self.model = model
-        self.data = data
-        self.levels = levels
-        self.count_levels = count_levels
-        self.config = config
-        self.truth = truth or []
+        self.model = objective.model
+        self.objective = [objective]  # not a submodule
 
     def forward(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
-        studies, lines = batch.studies.cpu(), batch.lines.cpu()
-        keys, offsets = batch.keys.cpu(), batch.jitter_offset.cpu()
-        n_local = len(studies)
+        obj = self.objective[0]
+        c = obj.train_cfg
         dev = self.model.codes.weight.device
-        data_sum = torch.zeros((), device=dev)
-        l2_sum = torch.zeros((), device=dev)
-        tv_sum = torch.zeros((), device=dev)
-        l1_sum = torch.zeros((), device=dev)
-        for s in torch.unique(studies).tolist():
-            in_s = studies == s
-            data, level, count_level = self.data[s], self.levels[s], self.count_levels[s]
+        sums = dict.fromkeys(TERMS, torch.zeros((), device=dev))
+        for s in torch.unique(batch.studies).tolist():
+            in_s = batch.studies == s
+            n_s, level = int(in_s.sum()), obj.levels[s]
             code = self.model.code(s)
 
             def field(points: torch.Tensor, code: torch.Tensor = code, level: float = level):
                 return self.model.conditioned(points, code) * level
 
-            for key in torch.unique(keys[in_s]).tolist():
-                sel = in_s & (keys == key)
-                n = int(sel.sum())
-                generator = None
-                if c.jitter:
-                    generator = torch.Generator().manual_seed(
-                        _mix("cohort-jitter", c.seed, batch.step, s, key)
-                    )
-                    skip = int(offsets[sel][0])
-                    if skip:  # the draws of the same rays' samples on lower ranks
-                        torch.rand(skip, 1, generator=generator, dtype=torch.float64)
+            render = self._views if obj.views[s] else self._lines
+            data_sum, samples = render(obj, batch, s, in_s, field)
+            sums["data"] = sums["data"] + data_sum
+            pairs = supervision = None
+            grid = obj.data[s].geometry.grid
+            if len(batch.pair_u):
+                offset = c.reg_offset_mm or float(min(grid.spacing_mm))
+                u, d = batch.pair_u[in_s], batch.pair_d[in_s]
+                pairs = terms.pairs_in_grid(grid, u, d, offset, dev)
+            if c.l1_activity > 0:
+                index = batch.voxels[in_s].to(dev)
+                supervision = (runtime.voxel_points(grid, index), obj.truth[s][index])
+            regs = terms.field_regularisers(
+                field, c, level, latent=code, ray_samples=samples, pairs=pairs,
+                mu_at=obj.data[s].mu_at, supervision=supervision, autocast=obj.autocast,
+            )  # fmt: skip
+            for name, value in regs.items():
+                sums[name] = sums[name] + n_s * value
+        n_local = len(batch.studies)
+        loss = sums["data"] + sum(getattr(c, name) * sums[name] for name in REGULARISERS)
+        parts = torch.stack([sums[name] for name in TERMS]).detach() / n_local
+        return loss / n_local, parts
+
+    @staticmethod
+    def _lines(
+        obj: _CohortObjective, batch: _Batch, s: int, in_s: torch.Tensor, field: Any
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Σ over study ``s``'s samples of the data term of its lines, and their ray samples."""
+        c, data = obj.train_cfg, obj.data[s]
+        total, samples = torch.zeros(()), list[torch.Tensor]()
+        for key in torch.unique(batch.keys[in_s]).tolist():  # one group per ray kind
+            sel = in_s & (batch.keys == key)
+            generator = None
+            if c.jitter:
+                seed = _mix("cohort-jitter", c.seed, batch.step, s, key)
+                generator = torch.Generator().manual_seed(seed)
+                skip = int(batch.jitter_offset[sel][0])
+                if skip:  # the draws of the same rays' samples on lower ranks
+                    torch.rand(skip, 1, generator=generator, dtype=torch.float64)
+            with obj.autocast():
                 rendered = data.render_lines(
-                    field, lines[sel], n_samples=c.n_samples, jitter=c.jitter,
+                    field, batch.lines[sel], n_samples=c.n_samples, jitter=c.jitter,
                     generator=generator, record=c.tv_ray > 0,
                 )  # fmt: skip
-                expected, counts = rendered.expected.float(), rendered.counts.float()
-                nll = losses.poisson_nll(expected, counts, count_level)
-                term = (nll - losses.poisson_nll_saturated(counts)) / count_level
-                data_sum = data_sum + n * term
-                if c.tv_ray > 0 and rendered.samples:
-                    tv_sum = tv_sum + n * losses.tv_ray(rendered.samples[0].float(), level)
-            if c.latent_l2 > 0:
-                l2_sum = l2_sum + int(in_s.sum()) * losses.latent_l2(code)
-            if c.l1_activity > 0:
-                index = batch.voxels.cpu()[in_s].to(dev)
-                points = _voxel_centres(data.geometry.grid, index)
-                target = self.truth[s][index]
-                l1 = losses.l1_activity(field(points).float(), target, level)
-                l1_sum = l1_sum + int(in_s.sum()) * l1
-        loss = data_sum + c.latent_l2 * l2_sum + c.tv_ray * tv_sum + c.l1_activity * l1_sum
-        terms = torch.stack([data_sum, l2_sum, tv_sum, l1_sum]).detach() / n_local
-        return loss / n_local, terms
+            expected, counts = rendered.expected.float(), rendered.counts.float()
+            term, _ = terms.data_term(expected, counts, obj.count_levels[s])
+            total = total.to(term.device) + int(sel.sum()) * term
+            samples.extend(rendered.samples)
+        return total, tuple(samples)
+
+    @staticmethod
+    def _views(
+        obj: _CohortObjective, batch: _Batch, s: int, in_s: torch.Tensor, field: Any
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Study ``s``'s whole-view data term (with its collimator blur) times its samples: the
+        same on every rank that holds some of them, so any split sums to the same gradient."""
+        c, data = obj.train_cfg, obj.data[s]
+        generator = None
+        if c.jitter:
+            generator = torch.Generator().manual_seed(_mix("cohort-views", c.seed, batch.step, s))
+        target = field if obj.amp == "off" else runtime.AutocastField(field, obj.autocast)
+        rendered = data.render_views(
+            target, c.n_samples, jitter=c.jitter, generator=generator, record=c.tv_ray > 0
+        )
+        term, _ = terms.data_term(rendered.expected, rendered.counts, obj.count_levels[s])
+        return int(in_s.sum()) * term, rendered.samples
 
 
-class _CohortTrainer:
-    """The state of one cohort run on one rank; `train_cohort` is its only user."""
+class _CohortObjective:
+    """The `recon.training.loop.Objective` of a cohort on one rank (`train_cohort`)."""
 
-    def __init__(
-        self,
-        manifest: Manifest,
-        config: CohortConfig,
-        info: DistInfo,
-        out_dir: str | os.PathLike[str] | None,
-        model_path: str | os.PathLike[str] | None,
-        overwrite: bool,
-    ) -> None:
+    def __init__(self, manifest: Manifest, config: CohortConfig, info: DistInfo) -> None:
         self.manifest, self.config, self.info = manifest, config, info
         t = config.train
         self.train_cfg = t
@@ -492,15 +543,11 @@ class _CohortTrainer:
                 f"rays_per_step {t.rays_per_step} (the global batch) must be a multiple of the "
                 f"number of processes {info.world_size}"
             )
-        self.out_dir = None if out_dir is None else Path(out_dir)
-        self.model_path = None if model_path is None else Path(model_path)
-        self.overwrite = overwrite
-        _agree(info, self._check_outputs)
-        if info.is_main and self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-
-        self.train_entries = manifest.train
-        self.val_entries = manifest.val
+        self.amp = runtime.amp_mode(t, self.dev)
+        self.columns = COHORT_LOG_COLUMNS
+        self.latest = {"train_val_psnr": math.nan, "heldout_psnr": math.nan}
+        self.heldout: list[dict[str, Any]] = []
+        self.train_entries, self.val_entries = manifest.train, manifest.val
         failure: BaseException | None = None
         try:
             self._load_studies()
@@ -512,9 +559,11 @@ class _CohortTrainer:
         for rank, message in enumerate(errors):
             if message is not None:  # every rank stops, not only the one that failed
                 raise ValueError(f"rank {rank}: {message}")
-
         torch.manual_seed(t.seed)
         self._init_model()
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return runtime.autocast(self.amp, self.dev)
 
     def _load_studies(self) -> None:
         """Read the studies and derive each training study's lines, levels and digest."""
@@ -524,10 +573,20 @@ class _CohortTrainer:
         self.count_levels: list[float] = []
         self.digests: list[str] = []
         self.truth: list[torch.Tensor] = []
-        grids = []
+        self.views: list[bool] = []  # whole views with the collimator blur, else lines
+        self.notes: list[str] = []
         for entry in self.train_entries:
             study = _read(entry.path, entry.study_id)
-            data = RayData(study, holdout_fraction=t.holdout_fraction, seed=t.seed, device=self.dev)
+            try:
+                physics = study_physics(study, t, "study")
+            except ValueError as error:
+                raise ValueError(f"{entry.path}: {error}") from None
+            data = RayData(
+                study, holdout_fraction=t.holdout_fraction, seed=t.seed, device=self.dev,
+                collimator=physics.response,
+            )  # fmt: skip
+            self.views.append(physics.render == "views")
+            self.notes.append(physics.note)
             if len(data.train_lines) == 0:
                 raise ValueError(f"{entry.path}: no training pixels (holdout_fraction leaves none)")
             try:
@@ -537,7 +596,6 @@ class _CohortTrainer:
             self.count_levels.append(data.count_level())
             self.digests.append(study_digest(study))
             self.data.append(data)
-            grids.append(study.grid)
             if t.l1_activity > 0:
                 if study.truth_activity is None:
                     raise ValueError(
@@ -547,7 +605,7 @@ class _CohortTrainer:
                 truth = torch.as_tensor(study.truth_activity, dtype=torch.float32)
                 self.truth.append(truth.reshape(-1).to(self.dev))
         self.val_studies: list[Study] = [_read(e.path, e.study_id) for e in self.val_entries]
-        self.grids = grids + [s.grid for s in self.val_studies]
+        self.grids = [d.geometry.grid for d in self.data] + [s.grid for s in self.val_studies]
         self.n_lines = torch.tensor([len(d.train_lines) for d in self.data])
 
     def _init_model(self) -> None:
@@ -557,9 +615,8 @@ class _CohortTrainer:
             cohort_frame(self.grids), t.field, len(self.data),
             code_init_std=config.code_init_std, generator=codes_rng,
         ).to(self.dev)  # fmt: skip
-        step_module = _StepModule(
-            self.model, self.data, self.levels, self.count_levels, t, self.truth
-        )
+        self.representation = self.model
+        step_module = _StepModule(self)
         if info.distributed:
             ids = [self.dev.index] if self.dev.type == "cuda" else None
             self.step_module: nn.Module = DistributedDataParallel(
@@ -567,74 +624,19 @@ class _CohortTrainer:
             )
         else:
             self.step_module = step_module
-        self.network_params = [
+        codes = self.model.codes.weight
+        network = [
             p for n, p in self.model.named_parameters() if p.requires_grad and n != "codes.weight"
         ]
-        self.params = [*self.network_params, self.model.codes.weight]
-        self.code_lr_ratio = (config.code_lr or t.lr) / t.lr
+        self.params = [*network, codes]
+        code_lr = config.code_lr or t.lr
         self.optimizer = torch.optim.Adam(
-            [
-                {"params": self.network_params, "lr": t.lr},
-                {"params": [self.model.codes.weight], "lr": t.lr * self.code_lr_ratio},
-            ]
+            [{"params": network, "lr": t.lr}, {"params": [codes], "lr": code_lr}]
         )
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.losses: list[float] = []
-        self.elapsed_before = 0.0
-        self.checkpoint: Path | None = None
-        self.checkpoint_step = -1
-        self.heldout: list[dict[str, Any]] = []
-        self.latest = {"train_val_psnr": math.nan, "heldout_psnr": math.nan}
 
-    # -- outputs in the way ------------------------------------------------------------------
-    def _check_outputs(self) -> None:
-        overwrite = self.overwrite
-        if self.model_path is not None:
-            if self.model_path.is_dir():
-                raise IsADirectoryError(f"{self.model_path}: is a folder, not a file")
-            if not overwrite and self.model_path.exists():
-                raise FileExistsError(
-                    f"{self.model_path}: already exists; use --force (overwrite=True) to replace it"
-                )
-            if not self.model_path.parent.is_dir():
-                raise FileNotFoundError(
-                    f"{self.model_path}: folder {self.model_path.parent} does not exist"
-                )
-
-    # -- start -------------------------------------------------------------------------------
-    def start(self, resume: str | os.PathLike[str] | None) -> None:
-        if resume is None:
-            _agree(self.info, self._check_fresh_folder)
-            return
-        path = Path(resume)
-        payload = _agree(self.info, lambda: self._load_resume(path))
-        self.model.load_state_dict(payload["model"])
-        self.model.to(self.dev)
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.step = int(payload["step"])
-        self.history = [dict(row) for row in payload["history"]]
-        self.losses = [float(v) for v in payload["losses"]]
-        self.elapsed_before = float(payload["elapsed_s"])
-        self.checkpoint, self.checkpoint_step = path, self.step
-        for row in reversed(self.history):
-            if not math.isnan(row.get("heldout_psnr", math.nan)):
-                self.latest["heldout_psnr"] = row["heldout_psnr"]
-                break
-        self.heldout = [dict(h) for h in payload.get("heldout", [])]
-
-    def _check_fresh_folder(self) -> None:
-        if self.out_dir is None or self.overwrite:
-            return
-        previous = [n for n in (LAST_CHECKPOINT, "log.csv") if (self.out_dir / n).exists()]
-        if previous:
-            raise FileExistsError(
-                f"{self.out_dir}: holds a previous run ({', '.join(previous)}); resume from "
-                f"{self.out_dir / LAST_CHECKPOINT} or use --force (overwrite=True) to start over"
-            )
-
-    def _load_resume(self, path: Path) -> dict[str, Any]:
-        payload = load_checkpoint(path)
+    # -- resume ------------------------------------------------------------------------------
+    def check_resume(self, payload: dict[str, Any], path: Path) -> dict[str, Any]:
+        """``payload`` if it continues this run, else a ValueError naming ``path``."""
         if payload.get("kind") != COHORT_CHECKPOINT_KIND:
             raise ValueError(
                 f"{path}: not a cohort training checkpoint (kind {payload.get('kind')!r})"
@@ -649,6 +651,13 @@ class _CohortTrainer:
         for sid, old, new in zip(ids, cohort["digests"], self.digests, strict=True):
             if old != new:
                 raise ValueError(f"{path}: study {sid!r} changed since the checkpoint was made")
+        render = ["views" if v else "lines" for v in self.views]
+        saved_render = list(cohort.get("render", ["lines"] * len(ids)))  # older files: lines
+        if saved_render != render:
+            raise ValueError(
+                f"{path}: the checkpoint rendered the studies as {saved_render}, this run as "
+                f"{render}; set render to resume"
+            )
         saved = payload["representation"]
         mine = self._representation()
         if saved["field_config"] != mine["field_config"] or saved["grid"] != mine["grid"]:
@@ -656,80 +665,25 @@ class _CohortTrainer:
                 f"{path}: the checkpoint's architecture {saved['field_config']} differs from "
                 f"this run's {mine['field_config']}"
             )
-        old = payload["config"]["train"]
-        for name in ("seed", "holdout_fraction", "rays_per_step", "n_samples", "jitter"):
-            if old.get(name) != getattr(self.train_cfg, name):
-                raise ValueError(
-                    f"{path}: the checkpoint used {name} = {old.get(name)!r}, this run "
-                    f"{getattr(self.train_cfg, name)!r}; they must match to resume"
-                )
+        names = ("seed", "holdout_fraction", "rays_per_step", "n_samples", "jitter", "render")
+        require_same(path, payload["config"]["train"], self.train_cfg, names)
         return payload
 
-    # -- the loop ----------------------------------------------------------------------------
-    def run(self, callback: CohortCallback | None) -> CohortResult:
-        t = self.train_cfg
-        self.t0 = time.perf_counter()
-        first_step = self.step
-        run_t0 = time.perf_counter()
-        self.last_row = (self.step, self.elapsed())
-        while self.step < t.steps:
-            step = self.step + 1
-            loss, terms, stop = self._train_step(step)
-            self.step = step
-            self.losses.append(loss)
-            self._after_step(step, loss, terms, callback)
-            if stop and step < t.steps:
-                self._interrupt()
-        run_time = time.perf_counter() - run_t0
-        if self.out_dir is not None and self.checkpoint_step != self.step:
-            self._write_checkpoint()
-        self._write_model()
-        barrier(self.info)
-        n = self.step - first_step
-        rate = n * t.rays_per_step / run_time if n and run_time > 0 else math.nan
-        return self._result(rate)
+    def restore(self, payload: Mapping[str, Any]) -> None:
+        for row in reversed(payload["history"]):
+            if not math.isnan(row.get("heldout_psnr", math.nan)):
+                self.latest["heldout_psnr"] = row["heldout_psnr"]
+                break
+        self.heldout = [dict(h) for h in payload.get("heldout", [])]
 
-    def _interrupt(self) -> None:
-        path = None
-        if self.out_dir is not None:
-            path = self.checkpoint if self.checkpoint_step == self.step else None
-            if path is None:
-                path = self._write_checkpoint()
-        barrier(self.info)
-        raise TrainingInterrupted(self.step, path)
+    def rng_state(self) -> None:
+        return None  # every draw is a function of (seed, step)
 
-    def _train_step(self, step: int) -> tuple[float, dict[str, float], bool]:
-        t, info = self.train_cfg, self.info
-        lr = lr_at(t, step)
-        self.optimizer.param_groups[0]["lr"] = lr
-        self.optimizer.param_groups[1]["lr"] = lr * self.code_lr_ratio
-        batch = self._batch(step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, terms = self.step_module(batch)
-        loss.backward()  # DDP averages the gradients over the ranks here
-        if t.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
-        else:
-            norm = torch.stack([p.grad.detach().norm() for p in self.params if p.grad is not None])
-            norm = norm.norm()
-        if not bool(torch.isfinite(norm)):  # the same on every rank: gradients are averaged
-            where = self.checkpoint if self.checkpoint is not None else "no checkpoint written"
-            raise TrainingDiverged(
-                f"cohort training diverged at step {step}: the gradient norm is {float(norm)} "
-                f"(lr {lr:.3g}); last good checkpoint: {where}. Lower the learning rate",
-                step,
-                self.checkpoint,
-            )
-        self.optimizer.step()
-        local = torch.cat([loss.detach().reshape(1), terms, torch.tensor([float(_STOP.is_set())],
-                          device=terms.device)])  # fmt: skip
-        total = all_reduce_sum(info, local.double()).cpu()
-        mean = total[:5] / info.world_size
-        values = {"data": float(mean[1]), "latent_l2": float(mean[2]), "tv_ray": float(mean[3]),
-                  "l1_activity": float(mean[4])}  # fmt: skip
-        return float(mean[0]), values, bool(total[5] > 0)
+    def set_rng_state(self, state: None) -> None:
+        pass
 
-    def _batch(self, step: int) -> _Batch:
+    # -- a step ------------------------------------------------------------------------------
+    def draw(self, step: int) -> _Batch:
         """This rank's slice of the global batch of ``step``, with ray groups and jitter offsets."""
         t, info = self.train_cfg, self.info
         studies, positions = global_batch(t.seed, step, t.rays_per_step, self.n_lines)
@@ -747,48 +701,30 @@ class _CohortTrainer:
                 per_line = torch.full_like(ln, int(t.n_samples))
             keys[sel] = paired * 2**20 + per_line
         offsets = _rank_within(studies * 2**21 + keys)
+        b = t.rays_per_step // info.world_size
+        mine = slice(info.rank * b, (info.rank + 1) * b)
         voxels = torch.zeros(1, dtype=torch.long)
         if t.l1_activity > 0:  # one supervision voxel per sample, from its own generator
             g = torch.Generator().manual_seed(_mix("cohort-voxels", t.seed, step))
             u = torch.rand(len(studies), generator=g, dtype=torch.float64)
             n_vox = torch.tensor([len(a) for a in self.truth])[studies]
-            voxels = torch.minimum((u * n_vox).long(), n_vox - 1)
-        b = t.rays_per_step // info.world_size
-        lo, hi = info.rank * b, (info.rank + 1) * b
-        if t.l1_activity > 0:
-            voxels = voxels[lo:hi]
-        return _Batch(step, studies[lo:hi], lines[lo:hi], keys[lo:hi], offsets[lo:hi], voxels)
+            voxels = torch.minimum((u * n_vox).long(), n_vox - 1)[mine]
+        pair_u = pair_d = torch.zeros(0, 3, dtype=torch.float64)
+        if t.tv_3d > 0 or t.ct_smoothness > 0:  # one point pair per sample, likewise
+            g = torch.Generator().manual_seed(_mix("cohort-pairs", t.seed, step))
+            pair_u, pair_d = (v[mine] for v in terms.draw_pairs(len(studies), g))
+        return _Batch(
+            step, studies[mine], lines[mine], keys[mine], offsets[mine], voxels, pair_u, pair_d
+        )
 
-    def _after_step(
-        self, step: int, loss: float, terms: dict[str, float], callback: CohortCallback | None
-    ) -> None:
-        t = self.train_cfg
-        last = step == t.steps
-        validated = _due(step, t.val_every) or last
-        val: dict[str, float] = {}
-        if validated:
-            val = self._validate()
-        if _due(step, t.log_every) or validated:
-            now = self.elapsed()
-            done, before = step - self.last_row[0], now - self.last_row[1]
-            row = {"step": float(step), "loss": loss, **terms, "lr": lr_at(t, step), **val}
-            row["samples_per_s"] = done * t.rays_per_step / before if before > 0 else math.nan
-            row["time_s"] = now
-            self.last_row = (step, now)
-            self.history.append({k: float(row.get(k, math.nan)) for k in COHORT_LOG_COLUMNS})
-            self._write_logs()
-        if self.out_dir is not None and (_due(step, t.checkpoint_every) or last):
-            self._write_checkpoint()
-        if callback is not None:
-            metrics = {"loss": loss, "lr": lr_at(t, step), "rank": float(self.info.rank),
-                       "world_size": float(self.info.world_size), **self.latest}  # fmt: skip
-            callback(step, t.steps, metrics)
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.t0
+    def loss(
+        self, batch: _Batch, autocast: Callable[[], Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, parts = self.step_module(batch)  # DDP averages the gradients in the backward
+        return loss, dict(zip(TERMS, parts, strict=True))
 
     # -- validation --------------------------------------------------------------------------
-    def _validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, float]:
         """Held-out pixels of training studies and code fits of held-out studies, shared out
         over the ranks (round robin) and gathered."""
         info, c, t = self.info, self.config, self.train_cfg
@@ -798,8 +734,9 @@ class _CohortTrainer:
         for s in range(info.rank, n_train, info.world_size):
             with torch.no_grad():
                 deviance, psnr = self.data[s].validate(
-                    self.model.study_field(s, self.levels[s]), t.n_samples
-                )
+                    self.model.study_field(s, self.levels[s]), t.n_samples,
+                    render="views" if self.views[s] else "lines",
+                )  # fmt: skip
             mine.append(("train", s, {"deviance": deviance, "psnr": psnr}))
         for v in range(info.rank, len(self.val_studies), info.world_size):
             mine.append(("heldout", v, self._fit_heldout(v)))
@@ -825,21 +762,19 @@ class _CohortTrainer:
 
     def _fit_heldout(self, v: int) -> dict[str, Any]:
         study, entry = self.val_studies[v], self.val_entries[v]
-        t = self.train_cfg
+        failed = {"id": entry.study_id, "deviance": math.nan, "psnr": math.nan, "organ_error": None}
         if self.config.val_steps == 0:
-            return {"id": entry.study_id, "deviance": math.nan, "psnr": math.nan,
-                    "organ_error": None}  # fmt: skip
+            return failed
         cfg = dataclasses.replace(
-            t, steps=self.config.val_steps, val_every=0, log_every=0, checkpoint_every=0,
-            preview_every=0, deterministic=False, l1_activity=0.0,
+            self.train_cfg, steps=self.config.val_steps, val_every=0, log_every=0,
+            checkpoint_every=0, preview_every=0, deterministic=False, l1_activity=0.0,
         )  # fmt: skip  # a held-out study is fitted to its projections only
         field_ = self.model.prior_field()
         try:
             with _keep_rng():
                 result = fit(field_, study, cfg, device=self.dev)
         except ValueError as error:  # e.g. no counts: report it, do not stop (or hang) the run
-            return {"id": entry.study_id, "deviance": math.nan, "psnr": math.nan,
-                    "organ_error": None, "error": str(error)}  # fmt: skip
+            return {**failed, "error": str(error)}
         activity = sample_on_grid(field_, study.grid).numpy()
         return {
             "id": entry.study_id,
@@ -848,7 +783,7 @@ class _CohortTrainer:
             "organ_error": organ_activity_error(activity, study),
         }
 
-    # -- outputs (rank 0) --------------------------------------------------------------------
+    # -- outputs -----------------------------------------------------------------------------
     def _representation(self) -> dict[str, Any]:
         return {
             "kind": "CohortModel",
@@ -856,14 +791,10 @@ class _CohortTrainer:
             "field_config": self.model.field_config.to_dict(),
         }
 
-    def _payload(self, kind: str) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "kind": kind,
-            "step": int(self.step),
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {
+            "kind": COHORT_CHECKPOINT_KIND,
             "representation": self._representation(),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "config": self.config.to_dict(),
             "cohort": {
                 "train_ids": [e.study_id for e in self.train_entries],
@@ -874,57 +805,15 @@ class _CohortTrainer:
                 "activity_levels": list(self.levels),
                 "count_levels": list(self.count_levels),
                 "used_3d_supervision": self.train_cfg.l1_activity > 0,
+                "render": ["views" if v else "lines" for v in self.views],  # per study
+                "collimator": list(self.notes),
             },
-            "history": [dict(row) for row in self.history],
-            "losses": list(self.losses),
-            "heldout": [
-                {k: (None if v is None else v) for k, v in h.items()} for h in self.heldout
-            ],
-            "elapsed_s": self.elapsed(),
+            "heldout": [dict(h) for h in self.heldout],
             "world_size": self.info.world_size,
         }
-        if kind == COHORT_CHECKPOINT_KIND:
-            payload["optimizer"] = _to_cpu(self.optimizer.state_dict())
-        return payload
 
-    def _write_checkpoint(self) -> Path:
-        assert self.out_dir is not None
-        numbered = self.out_dir / checkpoint_name(self.step)
-        if self.info.is_main:
-            save_checkpoint(
-                self._payload(COHORT_CHECKPOINT_KIND), numbered, self.out_dir / LAST_CHECKPOINT
-            )
-        self.checkpoint, self.checkpoint_step = numbered, self.step
-        return numbered
-
-    def _write_model(self) -> None:
-        if self.model_path is not None and self.info.is_main:
-            save_checkpoint(self._payload(COHORT_MODEL_KIND), self.model_path)
-
-    def _write_logs(self) -> None:
-        if self.out_dir is None or not self.info.is_main:
-            return
-        write_step_logs(self.out_dir, self.history, COHORT_LOG_COLUMNS)
-
-    def _result(self, rate: float) -> CohortResult:
-        return CohortResult(
-            model=self.model,
-            config=self.config,
-            train_ids=[e.study_id for e in self.train_entries],
-            val_ids=[e.study_id for e in self.val_entries],
-            history=self.history,
-            losses=self.losses,
-            steps_done=self.step,
-            samples_per_s=rate,
-            elapsed_s=self.elapsed(),
-            heldout=self.heldout,
-            checkpoint=self.checkpoint,
-            model_path=self.model_path,
-            out_dir=self.out_dir,
-            rank=self.info.rank,
-            world_size=self.info.world_size,
-            device=str(self.dev),
-        )
+    def previews(self, step: int, out_dir: Path) -> None:
+        pass  # ``preview_every`` does not apply to a cohort
 
 
 # ----------------------------------------------------------------------------------------------
@@ -959,15 +848,6 @@ def _agree(info: DistInfo, fn: Callable[[], Any]) -> Any:
     return outcome[1]
 
 
-def _voxel_centres(grid: Any, flat_index: torch.Tensor) -> torch.Tensor:
-    """Centres ``[N, 3]`` (x, y, z mm) of the voxels with flat indices into ``[Z, Y, X]``."""
-    _, ny, nx = grid.shape
-    dev = flat_index.device
-    cz, cy, cx = (grid.centres_mm(a, dtype=torch.float32, device=dev) for a in range(3))
-    k, j, i = flat_index // (ny * nx), (flat_index // nx) % ny, flat_index % nx
-    return torch.stack([cx[i], cy[j], cz[k]], dim=1)
-
-
 def _rank_within(codes: torch.Tensor) -> torch.Tensor:
     """For each element, how many earlier elements carry the same code."""
     order = torch.argsort(codes, stable=True)
@@ -979,7 +859,7 @@ def _rank_within(codes: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _no_buffer_sync() -> dict[str, bool]:
+def _no_buffer_sync() -> dict[str, Any]:
     """DDP's option not to re-broadcast buffers every forward (they are constants here)."""
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     if "forward_sync_buffers" in params:  # torch >= 2.13 (broadcast_buffers is deprecated)
@@ -987,27 +867,9 @@ def _no_buffer_sync() -> dict[str, bool]:
     return {"broadcast_buffers": False}
 
 
-def _due(step: int, every: int) -> bool:
-    return every > 0 and step % every == 0
-
-
-def _fmt(name: str, value: float) -> str:
-    return str(int(value)) if name == "step" else f"{value:.9g}"
-
-
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and not math.isnan(v)]
     return float(sum(finite) / len(finite)) if finite else math.nan
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
 
 
 @contextlib.contextmanager
@@ -1018,37 +880,3 @@ def _keep_rng() -> Iterator[None]:
         yield
     finally:
         torch.set_rng_state(state)
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    before = torch.are_deterministic_algorithms_enabled()
-    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=before_warn)
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """SIGINT/SIGTERM → `request_stop` (a second one interrupts at once), main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        if _STOP.is_set():
-            raise KeyboardInterrupt
-        _STOP.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

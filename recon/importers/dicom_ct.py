@@ -74,10 +74,10 @@ class CtGeometry:
             o + 0.5 * (n - 1) * d
             for o, d, n in zip(self.origin_mm, self.spacing_mm, self.shape, strict=True)
         )
-        return ImageGrid(self.shape, self.spacing_mm, centre)  # type: ignore[arg-type]
+        return ImageGrid(self.shape, self.spacing_mm, centre)  # type: ignore[arg-type]  # ImageGrid checks the length
 
 
-def _axis_of(ds: Dataset, cosines: Sequence[float], which: str) -> tuple[int, int]:
+def _axis_of(ds: Dataset, cosines: Sequence[float] | np.ndarray, which: str) -> tuple[int, int]:
     """``(LPS axis 0=x/1=y/2=z, sign)`` of an axis-aligned direction cosine vector."""
     c = np.asarray(cosines, dtype=np.float64)
     big = np.abs(c) >= 1.0 - _AXIS_TOLERANCE
@@ -101,7 +101,7 @@ def _headers(
     headers: list[Dataset] = []
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds: Dataset = pydicom.dcmread(f, stop_before_pixels=True)
         except InvalidDicomError as err:
             if from_folder:
                 continue
@@ -270,9 +270,9 @@ def read_ct_series(
     frame_uid = first.get("FrameOfReferenceUID")
     series = first.get("SeriesInstanceUID")
     geometry = CtGeometry(
-        shape=tuple(int(n) for n in n_out),  # type: ignore[arg-type]
-        spacing_mm=spacing,  # type: ignore[arg-type]
-        origin_mm=tuple(origin),  # type: ignore[arg-type]
+        shape=tuple(int(n) for n in n_out),  # type: ignore[arg-type]  # 3 axes, one per LPS axis
+        spacing_mm=spacing,  # type: ignore[arg-type]  # 3 axes, one per LPS axis
+        origin_mm=tuple(origin),  # type: ignore[arg-type]  # 3 axes, one per LPS axis
         frame_of_reference_uid=str(frame_uid) if frame_uid else None,
         series_instance_uid=str(series) if series else None,
         source=where,

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -65,6 +66,10 @@ _AXIS_TOLERANCE = 0.99  # |direction cosine| above this = along that patient axi
 
 
 # -- angles, isotopes, energies -----------------------------------------------------------------
+@overload
+def dicom_angle_to_beta(dicom_angle_deg: np.ndarray) -> np.ndarray: ...
+@overload
+def dicom_angle_to_beta(dicom_angle_deg: float) -> float: ...
 def dicom_angle_to_beta(dicom_angle_deg: float | np.ndarray) -> float | np.ndarray:
     """Detector angle β (docs/conventions.md) of a DICOM NM detector angle, in degrees.
 

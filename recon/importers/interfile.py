@@ -133,19 +133,19 @@ class InterfileImage:
         """The :class:`spectproj.ImageGrid` of a volume (centred on the axis by default)."""
         if self.kind != "volume":
             raise ValueError(f"{self.header_path}: holds projections, not a volume: no grid")
-        return ImageGrid(self.data.shape, self.spacing_mm, offset_mm)  # type: ignore[arg-type]
+        return ImageGrid(self.data.shape, self.spacing_mm, offset_mm)  # type: ignore[arg-type]  # ImageGrid checks the length
 
 
 # -- orientation --------------------------------------------------------------------------------
 def _parse_orientation(code: str) -> list[tuple[int, bool]]:
     letters = str(code).strip().upper()
     parts = [_DIRECTIONS.get(c) for c in letters]
-    if len(letters) != 3 or None in parts or sorted(p[0] for p in parts) != [0, 1, 2]:  # type: ignore[index]
+    if len(letters) != 3 or None in parts or sorted(p[0] for p in parts) != [0, 1, 2]:  # type: ignore[index]  # None excluded just before
         raise ValueError(
             f"orientation must be three letters, one of R/L, A/P, S/I each (e.g. 'LAI'), "
             f"got {code!r}"
         )
-    return parts  # type: ignore[return-value]
+    return parts  # type: ignore[return-value]  # None excluded by the check above
 
 
 def reorient_to_zyx(array: np.ndarray, orientation: str) -> np.ndarray:
@@ -192,7 +192,7 @@ def _array_orientation(orientation: str) -> str:
 def reorient_spacing(spacing: Sequence[float], orientation: str) -> tuple[float, float, float]:
     """Voxel sizes given per array axis (array order of ``orientation``) as ``(dz, dy, dx)``."""
     parts = _parse_orientation(orientation)
-    return tuple(spacing[next(a for a, (o, _) in enumerate(parts) if o == m)] for m in range(3))  # type: ignore[return-value]
+    return tuple(spacing[next(a for a, (o, _) in enumerate(parts) if o == m)] for m in range(3))  # type: ignore[return-value]  # one per axis m = 0..2
 
 
 # -- header parsing ----------------------------------------------------------------------------

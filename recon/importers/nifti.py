@@ -18,10 +18,12 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
+from nibabel.spatialimages import SpatialImage
 
 from recon.io.atomic import atomic_output
 from spectproj import ImageGrid
@@ -121,7 +123,8 @@ def read_nifti(path: PathLike) -> tuple[np.ndarray, ImageGrid]:
         Not 3D (after dropping trailing length-1 axes), or an oblique affine.
     """
     path = Path(path)
-    image = nib.load(path)
+    # nib.load is typed as returning a FileBasedImage; a NIfTI file gives a SpatialImage.
+    image = cast(SpatialImage, nib.load(path))
     data = np.asanyarray(image.dataobj)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -143,6 +146,6 @@ def read_nifti(path: PathLike) -> tuple[np.ndarray, ImageGrid]:
     grid = ImageGrid(
         (shape[2], shape[1], shape[0]),
         (float(spacing[2]), float(spacing[1]), float(spacing[0])),
-        tuple(float(o) for o in offset_zyx),  # type: ignore[arg-type]
+        tuple(float(o) for o in offset_zyx),  # type: ignore[arg-type]  # ImageGrid checks the length
     )
     return np.ascontiguousarray(data.transpose(2, 1, 0)), grid

@@ -216,8 +216,8 @@ def patient15_study(
     geometry = ParallelGeometry.ap_pa(phantom.grid)
     acquisition = Acquisition(
         angles_deg=geometry.angles_deg,
-        detector_shape=geometry.detector_shape,  # type: ignore[arg-type]
-        pixel_size_mm=geometry.pixel_size_mm,  # type: ignore[arg-type]
+        detector_shape=geometry.detector_shape,
+        pixel_size_mm=geometry.pixel_size_mm,
         energy_keV=energy_keV,
         isotope="Lu-177",
         duration_s=duration_s,

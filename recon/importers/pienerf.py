@@ -204,7 +204,7 @@ def pienerf_row_to_study(
     code = str(ct_orientation).strip().upper()
     if ct_mu_unit not in ("1/mm", "1/cm"):
         raise ValueError(f"ct_mu_unit must be '1/mm' or '1/cm', got {ct_mu_unit!r}")
-    spacing = (float(spacing_mm),) * 3 if np.ndim(spacing_mm) == 0 else tuple(spacing_mm)  # type: ignore[arg-type]
+    spacing = (float(spacing_mm),) * 3 if np.ndim(spacing_mm) == 0 else tuple(spacing_mm)  # type: ignore[arg-type]  # length checked on the next line
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing_mm must be 1 or 3 positive lengths (mm), got {spacing_mm!r}")
     spacing_zyx = reorient_spacing(spacing, code)  # also validates ct_orientation
@@ -244,8 +244,8 @@ def pienerf_row_to_study(
     geometry = ParallelGeometry.ap_pa(grid)
     acquisition = Acquisition(
         angles_deg=geometry.angles_deg,
-        detector_shape=geometry.detector_shape,  # type: ignore[arg-type]
-        pixel_size_mm=geometry.pixel_size_mm,  # type: ignore[arg-type]
+        detector_shape=geometry.detector_shape,
+        pixel_size_mm=geometry.pixel_size_mm,
         energy_keV=energy_keV,
         isotope=isotope,
     )

@@ -2,7 +2,7 @@
 
 Public names
 ------------
-Acquisition, Study, Result
+Acquisition, Anatomy, Study, Result
     The in-memory data model (`recon.io.study`).
 write_study, read_study, write_result, read_result, describe, FORMAT_VERSION
     The HDF5 study and result files (`recon.io.hdf5`, layout in ``docs/file-format.md``).
@@ -22,11 +22,12 @@ from recon.io.hdf5 import (
     write_result,
     write_study,
 )
-from recon.io.study import Acquisition, Result, Study
+from recon.io.study import Acquisition, Anatomy, Result, Study
 
 __all__ = [
     "FORMAT_VERSION",
     "Acquisition",
+    "Anatomy",
     "Result",
     "Study",
     "StudyFileError",

@@ -42,3 +42,45 @@ class StudyFileError(ValueError):
     def __reduce__(self) -> tuple[type[StudyFileError], tuple[str, str, str]]:
         # Keep the error picklable (multiprocessing) despite the three-argument constructor.
         return (type(self), (self.file, self.dataset, self.problem))
+
+
+class FieldError(Exception):
+    """Base of the errors a `Study`, `Result` or `Acquisition` raises for one of its fields.
+
+    The message is one line, ``"<owner>.<field>[<key>]: <problem>"``, for example
+    ``"Study.projections: shape (2, 4) is not 3D [view, row, bin]"`` or
+    ``"Result.history['loglik']: shape (1, 3) is not 1D"``. Catch the concrete
+    `FieldValueError` / `FieldTypeError` (or plain ``ValueError`` / ``TypeError``); this base
+    lets file readers and writers turn any of them into a `StudyFileError` for the dataset the
+    field is stored in.
+
+    Attributes
+    ----------
+    owner
+        The class, e.g. ``"Study"``.
+    field
+        The dataclass field, e.g. ``"projections"``.
+    key
+        The entry of a mapping field (``history``, ``extras``, ...), or ``None``.
+    problem
+        What is wrong: the expected and the actual value.
+    """
+
+    def __init__(self, owner: str, field: str, problem: str, key: str | None = None) -> None:
+        self.owner = owner
+        self.field = field
+        self.problem = problem
+        self.key = key
+        where = f"{owner}.{field}" + ("" if key is None else f"[{key!r}]")
+        super().__init__(f"{where}: {_one_line(problem)}")
+
+    def __reduce__(self) -> tuple[type[FieldError], tuple[str, str, str, str | None]]:
+        return (type(self), (self.owner, self.field, self.problem, self.key))
+
+
+class FieldValueError(FieldError, ValueError):
+    """A field has the right type but a wrong value (shape, range, NaN/Inf, ...)."""
+
+
+class FieldTypeError(FieldError, TypeError):
+    """A field has the wrong type (not an array, not a mapping, not a string, ...)."""

@@ -8,14 +8,19 @@ documented, dataset by dataset, in ``docs/file-format.md``; axes and units follo
 ``docs/conventions.md``.
 
 Writing is atomic (`recon.io.atomic.atomic_output`): the file appears complete or not at all, and
-an existing file is replaced only with ``overwrite=True``. Writing checks the object first with the
-same rules as reading, so a file that was written can always be read back. Reading checks
-everything and raises `StudyFileError` (``"<file>: <dataset>: <problem>"``) on the first problem.
+an existing file is replaced only with ``overwrite=True``. The rules of the data live in one place,
+the dataclasses (`Study`, `Result`, `Acquisition`, `Anatomy` check themselves when made); this
+module adds only the rules of the file (datasets, attributes, units, axes, versions). Writing
+checks the object again (its arrays may have changed in place), so a file that was written can
+always be read back. Reading checks everything and raises `StudyFileError`
+(``"<file>: <dataset>: <problem>"``) on the first problem, a dataclass's `FieldError` included,
+reported at the dataset that stores the field.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -24,14 +29,22 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import h5py
 import numpy as np
 
 from recon.io.atomic import atomic_output
-from recon.io.errors import StudyFileError
-from recon.io.study import Acquisition, Result, Study
+from recon.io.errors import FieldError, StudyFileError
+from recon.io.study import (
+    Acquisition,
+    Anatomy,
+    Result,
+    Study,
+    as_numpy,
+    dtype_text,
+    json_default,
+)
 from spectproj import ImageGrid
 
 __all__ = [
@@ -46,8 +59,12 @@ __all__ = [
     "write_study",
 ]
 
-FORMAT_VERSION = 1
-"""Layout version written by this ``spect``; files with a higher version are refused."""
+FORMAT_VERSION = 2
+"""Layout version written by this ``spect``; files with a higher version are refused.
+
+Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 1
+files have none and still read.
+"""
 
 STUDY_FORMAT = "spect-study"
 RESULT_FORMAT = "spect-result"
@@ -69,6 +86,8 @@ _DATASETS: dict[str, tuple[str | None, str, str]] = {
     "/background/counts": ("counts", PROJECTION_AXES, "expected additive background (scatter)"),
     "/truth/activity": (None, VOLUME_AXES, "true activity concentration"),
     "/truth/labels": ("label", VOLUME_AXES, "integer organ labels (0 = none)"),
+    "/anatomy/labels": ("label", VOLUME_AXES, "segmentation given as an input (0 = none)"),
+    "/anatomy/body": ("mask", VOLUME_AXES, "body outline (1 = inside)"),
     "/activity": (None, VOLUME_AXES, "reconstructed activity concentration"),
 }
 
@@ -98,6 +117,9 @@ _ATTRIBUTES: dict[tuple[str, str], str] = {
     ("/attenuation/mu", "energy_keV"): "keV — photon energy of μ",
     ("/truth/labels", "label_values"): "labels that have a name",
     ("/truth/labels", "label_names"): "names of label_values",
+    ("/anatomy/labels", "label_values"): "segment labels that have a name",
+    ("/anatomy/labels", "label_names"): "segment names of label_values",
+    ("/anatomy/labels", "source"): "where the segmentation came from",
     ("/method", "name"): "reconstruction method",
     ("/method", "parameters"): "JSON object: every parameter of the method",
 }
@@ -126,20 +148,43 @@ def _short(error: BaseException) -> str:
 
 
 def _dtype_name(dtype: np.dtype) -> str:
-    if dtype.kind in "SU" or h5py.check_string_dtype(dtype) is not None:
+    if h5py.check_string_dtype(dtype) is not None:
         return "string"
-    if dtype.kind == "O":
-        return "object"
-    if dtype.kind == "V":
-        return "compound"
-    return str(dtype)
+    return dtype_text(dtype)
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    """A NumPy array from an array-like (torch tensors included, detached and moved to CPU)."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
+# Where each dataclass field is stored: (class, field) -> HDF5 path (mapping entries below it).
+_FIELD_DATASETS: dict[tuple[str, str], str] = {
+    ("Acquisition", "angles_deg"): "/acquisition/angles_deg",
+    ("Study", "projections"): "/projections/counts",
+    ("Study", "background"): "/background/counts",
+    ("Study", "mu_per_mm"): "/attenuation/mu",
+    ("Study", "ct_hu"): "/attenuation/ct_hu",
+    ("Study", "truth_activity"): "/truth/activity",
+    ("Study", "labels"): "/truth/labels",
+    ("Study", "label_names"): "/truth/labels",
+    ("Study", "acquisition"): "/acquisition",
+    ("Study", "grid"): "/grid",
+    ("Study", "provenance"): "/provenance",
+    ("Study", "anatomy"): "/anatomy/labels",
+    ("Result", "activity"): "/activity",
+    ("Result", "activity_unit"): "/activity",
+    ("Result", "grid"): "/grid",
+    ("Result", "method"): "/method",
+    ("Result", "parameters"): "/method",
+    ("Result", "history"): "/history",
+    ("Result", "extras"): "/extras",
+}
+
+
+def _dataset_of(error: FieldError) -> str:
+    """The HDF5 path that holds the field an error names (``/history/<key>`` for entries)."""
+    if error.owner == "Acquisition":
+        return _FIELD_DATASETS.get((error.owner, error.field), "/acquisition")
+    where = _FIELD_DATASETS.get((error.owner, error.field), "/")
+    if error.key is not None and where in ("/history", "/extras"):
+        return f"{where}/{error.key}"
+    return where
 
 
 class _Checker:
@@ -152,33 +197,13 @@ class _Checker:
     def fail(self, where: str, problem: str) -> NoReturn:
         raise StudyFileError(self.file, where, self.prefix + problem)
 
+    def field(self, error: FieldError) -> NoReturn:
+        """Re-raise a dataclass's field error as ``"<file>: <dataset>: <problem>"``."""
+        raise StudyFileError(self.file, _dataset_of(error), self.prefix + error.problem) from error
+
 
 # ----------------------------------------------------------------------------------------------
 # Checks shared by writing and reading
-
-
-def _check_real(chk: _Checker, where: str, a: np.ndarray, what: str) -> None:
-    kind = a.dtype.kind
-    if kind == "c":
-        chk.fail(where, f"dtype {a.dtype} is complex; {what} must be real numbers")
-    if kind not in "iuf":
-        chk.fail(where, f"dtype {_dtype_name(a.dtype)} is not numeric; {what} must be real numbers")
-
-
-def _check_values(
-    chk: _Checker, where: str, a: np.ndarray, what: str, *, nonnegative: bool
-) -> None:
-    if a.dtype.kind == "f":
-        finite = np.isfinite(a)
-        if not finite.all():
-            bad = a.size - int(np.count_nonzero(finite))
-            chk.fail(where, f"contains {bad} NaN/Inf value(s); {what} must be finite")
-    if nonnegative and a.size and a.min() < 0:
-        chk.fail(
-            where,
-            f"contains {int(np.count_nonzero(a < 0))} negative value(s) "
-            f"(minimum {float(a.min()):.6g}); {what} must be >= 0",
-        )
 
 
 def _check_shape(chk: _Checker, where: str, a: np.ndarray, shape: tuple[int, ...], of: str) -> None:
@@ -186,141 +211,53 @@ def _check_shape(chk: _Checker, where: str, a: np.ndarray, shape: tuple[int, ...
         chk.fail(where, f"shape {tuple(a.shape)} does not match {of} {tuple(shape)}")
 
 
-def _check_volume(
-    chk: _Checker, where: str, a: np.ndarray, grid: ImageGrid, what: str, *, nonnegative: bool
-) -> None:
-    _check_real(chk, where, a, what)
-    if a.ndim != 3:
-        chk.fail(where, f"shape {tuple(a.shape)} is not 3D [z, y, x]")
-    _check_shape(chk, where, a, grid.shape, "/grid shape")
-    _check_values(chk, where, a, what, nonnegative=nonnegative)
-
-
-def _check_acquisition(chk: _Checker, acq: Acquisition) -> None:
-    where = "/acquisition"
-    angles = np.asarray(acq.angles_deg, dtype=np.float64)
-    if angles.size == 0:
-        chk.fail(f"{where}/angles_deg", "no angles: there must be at least one view")
-    if not np.isfinite(angles).all():
-        chk.fail(f"{where}/angles_deg", "contains NaN/Inf angles")
-    if len(acq.detector_shape) != 2 or any(n < 1 for n in acq.detector_shape):
-        chk.fail(
-            where,
-            f"detector_shape must be two positive integers (rows, bins), got {acq.detector_shape}",
-        )
-    if len(acq.pixel_size_mm) != 2 or not all(
-        math.isfinite(p) and p > 0 for p in acq.pixel_size_mm
-    ):
-        chk.fail(where, f"pixel_size_mm must be two positive lengths (mm), got {acq.pixel_size_mm}")
-    window = acq.energy_window_keV
-    if window is not None:
-        try:
-            w = tuple(float(v) for v in window)
-        except (TypeError, ValueError):
-            w = ()
-        if len(w) != 2 or not all(math.isfinite(v) and v > 0 for v in w) or not w[0] < w[1]:
-            chk.fail(
-                where,
-                f"energy_window_keV must be two positive energies low < high (keV), got {window}",
-            )
-    for name in ("isotope", "collimator"):
-        value = getattr(acq, name)
-        if value is not None and not isinstance(value, str):
-            chk.fail(where, f"{name} must be a string, got {type(value).__name__}")
-
-
-def _check_study(
+def _check_anatomy(
     chk: _Checker,
-    *,
-    projections: np.ndarray,
-    acquisition: Acquisition,
     grid: ImageGrid,
-    mu: np.ndarray | None,
-    energy_of_mu: float | None,
-    ct_hu: np.ndarray | None,
-    background: np.ndarray | None,
-    truth: np.ndarray | None,
-    labels: np.ndarray | None,
-    label_names: Mapping[int, str],
+    labels: np.ndarray,
+    body: np.ndarray | None,
+    names: Mapping[int, str],
 ) -> None:
-    """Every consistency rule of a study; the same on writing and reading."""
-    _check_acquisition(chk, acquisition)
-    where = "/projections/counts"
-    _check_real(chk, where, projections, "counts")
-    if projections.ndim != 3:
-        chk.fail(where, f"shape {tuple(projections.shape)} is not 3D [view, row, bin]")
-    n_angles = len(acquisition.angles_deg)
-    if projections.shape[0] != n_angles:
-        chk.fail(
-            where,
-            f"{projections.shape[0]} views but /acquisition/angles_deg has {n_angles} angles",
-        )
-    if tuple(projections.shape[1:]) != tuple(acquisition.detector_shape):
-        chk.fail(
-            where,
-            f"detector size {tuple(projections.shape[1:])} does not match "
-            f"/acquisition detector_shape {tuple(acquisition.detector_shape)}",
-        )
-    _check_values(chk, where, projections, "counts", nonnegative=True)
-
-    if background is not None:
-        where = "/background/counts"
-        _check_real(chk, where, background, "background counts")
-        _check_shape(chk, where, background, projections.shape, "/projections/counts shape")
-        _check_values(chk, where, background, "background counts", nonnegative=True)
-    if mu is not None:
-        where = "/attenuation/mu"
-        _check_volume(chk, where, mu, grid, "μ (1/mm)", nonnegative=True)
-        if energy_of_mu is not None and not math.isclose(
-            energy_of_mu, acquisition.energy_keV, rel_tol=1e-6
-        ):
-            chk.fail(
-                where,
-                f"μ is given at {energy_of_mu:g} keV but the acquisition energy_keV is "
-                f"{acquisition.energy_keV:g} keV",
-            )
-    if ct_hu is not None:
-        _check_volume(chk, "/attenuation/ct_hu", ct_hu, grid, "CT (HU)", nonnegative=False)
-    if truth is not None:
-        _check_volume(chk, "/truth/activity", truth, grid, "activity", nonnegative=True)
-    where = "/truth/labels"
-    if labels is not None:
-        if labels.dtype.kind not in "iu":
-            chk.fail(where, f"dtype {_dtype_name(labels.dtype)} is not an integer type")
-        if labels.ndim != 3:
-            chk.fail(where, f"shape {tuple(labels.shape)} is not 3D [z, y, x]")
-        _check_shape(chk, where, labels, grid.shape, "/grid shape")
-    if label_names and labels is None:
-        chk.fail(where, "label names are given but there are no labels")
-    for value, name in label_names.items():
+    """Rules of ``/anatomy``: labels ``[Z, Y, X]`` integers >= 0 on the grid, every non-zero
+    label named (unique, non-empty names, 0 unnamed), body ``[Z, Y, X]`` of 0/1 on the grid."""
+    where = "/anatomy/labels"
+    if labels.dtype.kind not in "iu":
+        chk.fail(where, f"dtype {_dtype_name(labels.dtype)} is not an integer type")
+    if labels.ndim != 3:
+        chk.fail(where, f"shape {tuple(labels.shape)} is not 3D [z, y, x]")
+    _check_shape(chk, where, labels, grid.shape, "/grid shape")
+    if labels.size and int(labels.min()) < 0:
+        chk.fail(where, f"contains negative label {int(labels.min())}; labels must be >= 0")
+    for value, name in names.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             chk.fail(where, f"label value {value!r} is not an integer")
-        if not isinstance(name, str):
-            chk.fail(where, f"name of label {value} is not a string: {name!r}")
+        if int(value) == 0:
+            chk.fail(where, "label 0 means 'no segment' and cannot be named")
+        if not isinstance(name, str) or not name.strip():
+            chk.fail(where, f"name of label {value} must be a non-empty string, got {name!r}")
+    if len(set(names.values())) != len(names):
+        repeated = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
+        chk.fail(where, f"segment names are repeated: {repeated}")
+    present = {int(v) for v in np.unique(labels)} - {0}
+    unnamed = sorted(present - {int(v) for v in names})
+    if unnamed:
+        chk.fail(where, f"label values {unnamed} have no name in label_names")
+    if body is not None:
+        where = "/anatomy/body"
+        if body.dtype.kind not in "biu":
+            chk.fail(where, f"dtype {_dtype_name(body.dtype)} is not a mask (bool or uint8)")
+        if body.ndim != 3:
+            chk.fail(where, f"shape {tuple(body.shape)} is not 3D [z, y, x]")
+        _check_shape(chk, where, body, grid.shape, "/grid shape")
+        if body.dtype.kind != "b" and body.size and (body.min() < 0 or body.max() > 1):
+            bad = int(np.count_nonzero((body < 0) | (body > 1)))
+            chk.fail(where, f"contains {bad} value(s) other than 0 and 1")
 
 
 def _check_name(chk: _Checker, group: str, name: object) -> str:
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
         chk.fail(group, f"invalid entry name {name!r} (a non-empty string without '/')")
     return name
-
-
-def _check_history(chk: _Checker, history: Mapping[str, np.ndarray]) -> None:
-    lengths: dict[str, int] = {}
-    for name, values in history.items():
-        where = f"/history/{name}"
-        _check_real(chk, where, values, "history values")
-        if values.ndim != 1:
-            chk.fail(where, f"shape {tuple(values.shape)} is not 1D")
-        lengths[name] = values.shape[0]
-    if len(set(lengths.values())) > 1:
-        listed = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-        chk.fail("/history", f"arrays differ in length ({listed}); they must be equal")
-
-
-def _check_extra(chk: _Checker, where: str, values: np.ndarray) -> None:
-    if values.dtype.kind not in "biufc":
-        chk.fail(where, f"dtype {_dtype_name(values.dtype)} is not numeric")
 
 
 def _check_unit(chk: _Checker, where: str, unit: object, what: str) -> str:
@@ -392,6 +329,18 @@ def _float32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+_Checked = TypeVar("_Checked", Study, Result)
+
+
+def _revalidated(chk: _Checker, obj: _Checked) -> _Checked:
+    """``obj`` checked again by its own rules (its arrays may have been changed in place since
+    it was made), so that what is written can always be read back."""
+    try:
+        return dataclasses.replace(obj)
+    except FieldError as error:
+        chk.field(error)
+
+
 def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> None:
     """Write a study file (``format = "spect-study"``), atomically.
 
@@ -410,43 +359,31 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
     Raises
     ------
     StudyFileError
-        The study breaks a rule that reading enforces (shapes, dtypes, NaN/Inf or negative
-        values, ...); the message says ``cannot write``. Nothing is written.
+        The study breaks one of its own rules (`Study` checks them when made; checked again
+        here because arrays can be changed in place: shapes, dtypes, NaN/Inf, negative or
+        above-1e30 counts, ...); the message says ``cannot write``. Nothing is written.
+    TypeError
+        ``study`` is not a `Study`.
     FileExistsError
         ``path`` exists and ``overwrite`` is false.
     """
     chk = _Checker(path, prefix="cannot write: ")
+    if not isinstance(study, Study):
+        raise TypeError(f"study must be a recon.io.Study, got {type(study).__name__}")
+    study = _revalidated(chk, study)
     acq = study.acquisition
-    projections = _as_numpy(study.projections)
-    optional = {
-        "mu": study.mu_per_mm,
-        "ct_hu": study.ct_hu,
-        "background": study.background,
-        "truth": study.truth_activity,
-        "labels": study.labels,
-    }
-    arrays = {k: None if v is None else _as_numpy(v) for k, v in optional.items()}
-    label_names = dict(study.label_names)
-    activity_unit = _check_unit(chk, "/", study.activity_unit, "activity_unit")
-    _check_study(
-        chk,
-        projections=projections,
-        acquisition=acq,
-        grid=study.grid,
-        mu=arrays["mu"],
-        energy_of_mu=None,
-        ct_hu=arrays["ct_hu"],
-        background=arrays["background"],
-        truth=arrays["truth"],
-        labels=arrays["labels"],
-        label_names=label_names,
-    )
-    provenance = {str(k): str(v) for k, v in study.provenance.items()}
+    activity_unit = study.activity_unit
+    anatomy = study.anatomy
+    if anatomy is not None:
+        try:  # Anatomy's own rules, again: its arrays may have been changed in place
+            dataclasses.replace(anatomy)
+        except (TypeError, ValueError) as error:
+            chk.fail("/anatomy/labels", _short(error))
 
     with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         _write_root(f, STUDY_FORMAT, software_version(), _now_utc())
         f.attrs["activity_unit"] = activity_unit
-        _write_fixed(f, "/projections/counts", _float32(projections), activity_unit)
+        _write_fixed(f, "/projections/counts", _float32(study.projections), activity_unit)
 
         a = f.create_group("acquisition")
         angles = np.asarray(acq.angles_deg, dtype=np.float64)
@@ -466,41 +403,44 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
                 a.attrs[name] = value
 
         _write_grid(f, study.grid)
-        if arrays["mu"] is not None:
-            ds = _write_fixed(f, "/attenuation/mu", _float32(arrays["mu"]), activity_unit)
+        if study.mu_per_mm is not None:
+            ds = _write_fixed(f, "/attenuation/mu", _float32(study.mu_per_mm), activity_unit)
             ds.attrs["energy_keV"] = float(acq.energy_keV)
-        if arrays["ct_hu"] is not None:
-            ct = arrays["ct_hu"]
+        if study.ct_hu is not None:
+            ct = study.ct_hu
             ct = np.ascontiguousarray(ct) if ct.dtype.kind in "iu" else _float32(ct)
             _write_fixed(f, "/attenuation/ct_hu", ct, activity_unit)
-        if arrays["background"] is not None:
-            _write_fixed(f, "/background/counts", _float32(arrays["background"]), activity_unit)
-        if arrays["truth"] is not None:
-            _write_fixed(f, "/truth/activity", _float32(arrays["truth"]), activity_unit)
-        if arrays["labels"] is not None:
-            ds = _write_fixed(
-                f, "/truth/labels", np.ascontiguousarray(arrays["labels"]), activity_unit
-            )
+        if study.background is not None:
+            _write_fixed(f, "/background/counts", _float32(study.background), activity_unit)
+        if study.truth_activity is not None:
+            _write_fixed(f, "/truth/activity", _float32(study.truth_activity), activity_unit)
+        if study.labels is not None:
+            ds = _write_fixed(f, "/truth/labels", np.ascontiguousarray(study.labels), activity_unit)
+            label_names = study.label_names
             if label_names:
                 ds.attrs["label_values"] = np.asarray(list(label_names), dtype=np.int64)
                 ds.attrs["label_names"] = np.asarray(
                     list(label_names.values()), dtype=h5py.string_dtype()
                 )
+        if anatomy is not None:
+            _write_anatomy(f, anatomy, activity_unit)
         p = f.create_group("provenance")
-        for key, value in provenance.items():
+        for key, value in study.provenance.items():
             p.attrs[key] = value
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+def _write_anatomy(f: h5py.File, anatomy: Anatomy, activity_unit: str) -> None:
+    labels = np.ascontiguousarray(as_numpy(anatomy.labels), dtype=np.int32)
+    ds = _write_fixed(f, "/anatomy/labels", labels, activity_unit)
+    names = {int(k): str(v) for k, v in anatomy.names.items()}
+    ds.attrs["label_values"] = np.asarray(sorted(names), dtype=np.int64)
+    ds.attrs["label_names"] = np.asarray(
+        [names[k] for k in sorted(names)], dtype=h5py.string_dtype()
+    )
+    ds.attrs["source"] = str(anatomy.source)
+    if anatomy.body is not None:
+        body = np.ascontiguousarray(as_numpy(anatomy.body), dtype=np.uint8)
+        _write_fixed(f, "/anatomy/body", body, activity_unit)
 
 
 def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> None:
@@ -522,26 +462,22 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
     Raises
     ------
     StudyFileError
-        The result breaks a rule that reading enforces; the message says ``cannot write``.
-        Nothing is written.
+        The result breaks one of its own rules (checked again, see `write_study`) or a history
+        or extras name cannot be an HDF5 name; the message says ``cannot write``. Nothing is
+        written.
+    TypeError
+        ``result`` is not a `Result`.
     FileExistsError
         ``path`` exists and ``overwrite`` is false.
     """
     chk = _Checker(path, prefix="cannot write: ")
-    activity = _as_numpy(result.activity)
-    activity_unit = _check_unit(chk, "/activity", result.activity_unit, "activity_unit")
-    _check_volume(chk, "/activity", activity, result.grid, "activity", nonnegative=True)
-    if not isinstance(result.method, str) or not result.method:
-        chk.fail("/method", f"method name must be a non-empty string, got {result.method!r}")
-    try:
-        parameters = json.dumps(dict(result.parameters), default=_json_default)
-    except (TypeError, ValueError) as error:
-        chk.fail("/method", f"parameters are not JSON-serialisable ({_short(error)})")
-    history = {_check_name(chk, "/history", k): _as_numpy(v) for k, v in result.history.items()}
-    _check_history(chk, history)
-    extras = {_check_name(chk, "/extras", k): _as_numpy(v) for k, v in result.extras.items()}
-    for name, values in extras.items():
-        _check_extra(chk, f"/extras/{name}", values)
+    if not isinstance(result, Result):
+        raise TypeError(f"result must be a recon.io.Result, got {type(result).__name__}")
+    result = _revalidated(chk, result)
+    activity_unit = result.activity_unit
+    parameters = json.dumps(dict(result.parameters), default=json_default)
+    history = {_check_name(chk, "/history", k): v for k, v in result.history.items()}
+    extras = {_check_name(chk, "/extras", k): v for k, v in result.extras.items()}
 
     with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         _write_root(
@@ -553,7 +489,7 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
         f.attrs["activity_unit"] = activity_unit
         if result.study_file is not None:
             f.attrs["study_file"] = os.fspath(result.study_file)
-        _write_fixed(f, "/activity", _float32(activity), activity_unit)
+        _write_fixed(f, "/activity", _float32(result.activity), activity_unit)
         _write_grid(f, result.grid)
         m = f.create_group("method")
         m.attrs["name"] = result.method
@@ -726,7 +662,7 @@ class _Reader:
             if got is not None and got != expected:
                 self.fail(where, f"{name} is '{got}', expected '{expected}'")
         try:
-            return ImageGrid(shape=shape, spacing_mm=spacing, offset_mm=offset)  # type: ignore[arg-type]
+            return ImageGrid(shape=shape, spacing_mm=spacing, offset_mm=offset)  # type: ignore[arg-type]  # numbers(..., 3) read 3 values
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
 
@@ -736,7 +672,8 @@ class _Reader:
         assert a is not None
         angles = self.dataset(f"{where}/angles_deg")
         assert angles is not None
-        _check_real(self.chk, f"{where}/angles_deg", angles, "angles")
+        if angles.dtype.kind not in "iuf":
+            self.fail(f"{where}/angles_deg", f"dtype {_dtype_name(angles.dtype)} is not numeric")
         if angles.ndim != 1:
             self.fail(f"{where}/angles_deg", f"shape {tuple(angles.shape)} is not 1D")
         values: dict[str, Any] = {
@@ -751,11 +688,11 @@ class _Reader:
         for name in ("isotope", "collimator"):
             values[name] = self.string(a, where, name, required=False)
         try:
-            acq = Acquisition(**values)
+            return Acquisition(**values)
+        except FieldError as error:
+            self.chk.field(error)
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
-        _check_acquisition(self.chk, acq)
-        return acq
 
 
 def _open(path: PathLike) -> h5py.File:
@@ -812,20 +749,14 @@ def _read_study(r: _Reader) -> Study:
     label_names: dict[int, str] = {}
     if labels is not None:
         label_names = _read_label_names(r)
+    anatomy = _read_anatomy(r, grid)
 
-    _check_study(
-        r.chk,
-        projections=projections,
-        acquisition=acq,
-        grid=grid,
-        mu=mu,
-        energy_of_mu=energy_of_mu,
-        ct_hu=ct_hu,
-        background=background,
-        truth=truth,
-        labels=labels,
-        label_names=label_names,
-    )
+    if energy_of_mu is not None and not math.isclose(energy_of_mu, acq.energy_keV, rel_tol=1e-6):
+        r.fail(
+            "/attenuation/mu",
+            f"μ is given at {energy_of_mu:g} keV but the acquisition energy_keV is "
+            f"{acq.energy_keV:g} keV",
+        )
     provenance: dict[str, str] = {}
     p = r.group("/provenance", required=False)
     if p is not None:
@@ -836,25 +767,51 @@ def _read_study(r: _Reader) -> Study:
             elif isinstance(value, np.ndarray):
                 value = value.tolist()
             provenance[str(key)] = value if isinstance(value, str) else str(value)
-    if ct_hu is not None and ct_hu.dtype.kind == "f":
-        ct_hu = ct_hu.astype(np.float32, copy=False)
-    return Study(
-        projections=_float32(projections),
-        acquisition=acq,
-        grid=grid,
-        mu_per_mm=None if mu is None else _float32(mu),
-        ct_hu=ct_hu,
-        background=None if background is None else _float32(background),
-        truth_activity=None if truth is None else _float32(truth),
-        labels=labels,
-        label_names=label_names,
-        activity_unit=activity_unit or DEFAULT_ACTIVITY_UNIT,
-        provenance=provenance,
-    )
+    try:
+        return Study(
+            projections=_read_float32(projections),
+            acquisition=acq,
+            grid=grid,
+            mu_per_mm=None if mu is None else _read_float32(mu),
+            ct_hu=ct_hu if ct_hu is None or ct_hu.dtype.kind != "f" else _read_float32(ct_hu),
+            background=None if background is None else _read_float32(background),
+            truth_activity=None if truth is None else _read_float32(truth),
+            labels=labels,
+            label_names=label_names,
+            activity_unit=activity_unit or DEFAULT_ACTIVITY_UNIT,
+            provenance=provenance,
+            anatomy=anatomy,
+        )
+    except FieldError as error:
+        r.chk.field(error)
 
 
-def _read_label_names(r: _Reader) -> dict[int, str]:
-    where = "/truth/labels"
+def _read_anatomy(r: _Reader, grid: ImageGrid) -> Anatomy | None:
+    """``/anatomy`` (format version 2) as an `Anatomy`, or ``None`` when absent."""
+    if r.group("/anatomy", required=False) is None:
+        return None
+    where = "/anatomy/labels"
+    labels = r.dataset(where)
+    assert labels is not None
+    body = r.dataset("/anatomy/body", required=False)
+    names = _read_label_names(r, where)
+    if labels.dtype.kind in "iu" and labels.size and labels.max() > 0 and not names:
+        r.fail(where, "missing attributes 'label_values' and 'label_names' (segment names)")
+    source = r.string(r.f[where], where, "source", required=False) or ""
+    _check_anatomy(r.chk, grid, labels, body, names)
+    try:
+        return Anatomy(labels=labels, names=names, body=body, source=source)
+    except (TypeError, ValueError) as error:
+        r.fail(where, _short(error))
+
+
+def _read_float32(a: np.ndarray) -> np.ndarray:
+    """A real array read from a file as float32 (what `read_study` returns); other dtypes
+    unchanged, for the dataclass to refuse with its message."""
+    return _float32(a) if a.dtype.kind in "iuf" else a
+
+
+def _read_label_names(r: _Reader, where: str = "/truth/labels") -> dict[int, str]:
     ds = r.f[where]
     values = r.attr(ds, where, "label_values", required=False)
     names = r.attr(ds, where, "label_names", required=False)
@@ -893,13 +850,10 @@ def _read_result(r: _Reader) -> Result:
     if activity_unit is None:
         activity_unit = r.string(r.f["/activity"], "/activity", "units")
     _check_unit(r.chk, "/activity", activity_unit, "units")
-    _check_volume(r.chk, "/activity", activity, grid, "activity", nonnegative=True)
 
     m = r.group("/method")
     assert m is not None
     method = r.string(m, "/method", "name")
-    if not method:
-        r.fail("/method", "attribute 'name' is empty")
     text = r.string(m, "/method", "parameters", required=False)
     parameters: dict[str, object] = {}
     if text is not None:
@@ -917,28 +871,29 @@ def _read_result(r: _Reader) -> Result:
             values = r.dataset(f"/history/{name}")
             assert values is not None
             history[name] = values
-    _check_history(r.chk, history)
     extras: dict[str, np.ndarray] = {}
     e = r.group("/extras", required=False)
     if e is not None:
         for name in e:
             values = r.dataset(f"/extras/{name}")
             assert values is not None
-            _check_extra(r.chk, f"/extras/{name}", values)
             extras[name] = values
 
-    return Result(
-        activity=_float32(activity),
-        grid=grid,
-        method=method,
-        parameters=parameters,
-        history=history,
-        activity_unit=activity_unit,
-        software_version=r.string(r.f, "/", "software_version", required=False) or "",
-        created_utc=r.string(r.f, "/", "created_utc", required=False) or "",
-        extras=extras,
-        study_file=r.string(r.f, "/", "study_file", required=False),
-    )
+    try:
+        return Result(
+            activity=_read_float32(activity),
+            grid=grid,
+            method=method,
+            parameters=parameters,
+            history=history,
+            activity_unit=activity_unit,
+            software_version=r.string(r.f, "/", "software_version", required=False) or "",
+            created_utc=r.string(r.f, "/", "created_utc", required=False) or "",
+            extras=extras,
+            study_file=r.string(r.f, "/", "study_file", required=False),
+        )
+    except FieldError as error:
+        r.chk.field(error)
 
 
 def read_study(path: PathLike) -> Study:
@@ -962,7 +917,8 @@ def read_study(path: PathLike) -> Study:
     StudyFileError
         One line, ``"<file>: <dataset>: <problem>"``: not an HDF5 file or a truncated one, not a
         study file, a newer format version, a missing dataset or attribute, a wrong shape, dtype
-        or unit, NaN/Inf or negative counts, background, μ or activity, an inconsistent grid.
+        or unit, NaN/Inf or negative counts, background, μ or activity, counts or background
+        above `recon.io.study.MAX_COUNTS` (1e30), an inconsistent grid.
     FileNotFoundError
         ``path`` does not exist.
     """

@@ -1,7 +1,15 @@
-"""A readable summary of a study or result file (for ``spect info``), read leniently.
+"""Readable summaries of studies and results, as ``(field, value)`` rows: the one renderer.
 
-Unlike ``read_study``/``read_result`` this never refuses a file: it reports what it can read and
-what is wrong, so damaged files can be inspected.
+- `summarize`: a study or result *file* (for ``spect info``), read leniently: unlike
+  ``read_study``/``read_result`` it never refuses a file; it reports what it can read and what is
+  wrong, so damaged files can be inspected.
+- `study_rows`: a `recon.io.Study` in memory (what ``spect phantom``, ``spect simulate`` and the
+  ``spect convert`` commands print).
+- `result_rows`: a `recon.io.Result` in memory (total activity, against the truth of its study
+  when given; the first and last log-likelihood or loss).
+
+The rows share their field names and value formats (`views_text`, `grid_text`, `range_text`);
+the CLI prints them as a two-column table.
 """
 
 from __future__ import annotations
@@ -16,6 +24,20 @@ import h5py
 import numpy as np
 
 from recon.io.hdf5 import read_result, read_study
+from recon.io.study import Result, Study
+
+__all__ = [
+    "grid_text",
+    "range_text",
+    "result_rows",
+    "study_rows",
+    "summarize",
+    "total_mbq",
+    "views_text",
+]
+
+#: MBq per Bq.
+_MBQ_PER_BQ = 1e-6
 
 
 def views_text(angles: tuple[float, ...]) -> str:
@@ -26,6 +48,120 @@ def views_text(angles: tuple[float, ...]) -> str:
     steps = {round((b - a) % 360.0, 6) for a, b in itertools.pairwise(angles)}
     step = f", step {steps.pop():g}°" if len(steps) == 1 else ""
     return f"{n}: {angles[0]:g}°–{angles[-1]:g}°{step}"
+
+
+def grid_text(grid: Any) -> str:
+    """``"Z×Y×X voxels (z, y, x) of dz×dy×dx mm"`` (and the offset when not 0) of an image grid."""
+    shape = "×".join(str(n) for n in grid.shape)
+    spacing = "×".join(f"{d:g}" for d in grid.spacing_mm)
+    text = f"{shape} voxels (z, y, x) of {spacing} mm"
+    if any(grid.offset_mm):
+        text += f", offset ({', '.join(f'{o:g}' for o in grid.offset_mm)}) mm"
+    return text
+
+
+def range_text(values: Any, unit: str) -> str:
+    """``"min – max unit"`` of an array."""
+    a = np.asarray(values)
+    return f"{float(a.min()):.4g} – {float(a.max()):.4g} {unit}".rstrip()
+
+
+def total_mbq(activity: np.ndarray, grid: Any, unit: str) -> float | None:
+    """Total activity (MBq) of a concentration volume ``[Z, Y, X]`` in Bq/mL (else ``None``)."""
+    if unit != "Bq/mL":
+        return None
+    voxel_ml = math.prod(grid.spacing_mm) * 1e-3
+    return float(np.sum(activity, dtype=np.float64)) * voxel_ml * _MBQ_PER_BQ
+
+
+def study_rows(study: Study) -> list[tuple[str, str]]:
+    """Key facts of a study in memory as ``(field, value)`` rows.
+
+    Views, detector, grid, isotope and energy, collimator, radius, duration, sensitivity, count
+    scale, total counts (and the expected background), μ, CT, truth (range and total), labels and
+    the anatomy, each when the study has it.
+    """
+    acq = study.acquisition
+    rows: list[tuple[str, str]] = []
+    n_rows, n_bins = acq.detector_shape
+    rows.append(("views (β)", views_text(tuple(acq.angles_deg))))
+    rows.append(
+        (
+            "detector",
+            f"{n_rows}×{n_bins} pixels of {acq.pixel_size_mm[0]:g}×{acq.pixel_size_mm[1]:g} mm",
+        )
+    )
+    rows.append(("grid", grid_text(study.grid)))
+    energy = f"{acq.energy_keV:g} keV"
+    if acq.energy_window_keV is not None:
+        energy += f", window {acq.energy_window_keV[0]:g}–{acq.energy_window_keV[1]:g} keV"
+    rows.append(("isotope, energy", f"{acq.isotope or '?'}, {energy}"))
+    rows.append(("collimator", acq.collimator or "none"))
+    if acq.radius_mm is not None:
+        rows.append(("radius", f"{acq.radius_mm:g} mm"))
+    if acq.duration_s is not None:
+        rows.append(("duration per view", f"{acq.duration_s:.6g} s"))
+    if acq.sensitivity_cps_per_mbq is not None:
+        rows.append(("sensitivity", f"{acq.sensitivity_cps_per_mbq:.6g} cps/MBq"))
+    rows.append(
+        ("count scale", f"{acq.count_scale:.6g} counts per ({study.activity_unit})·mm per pixel")
+    )
+    rows.append(("total counts", f"{float(study.projections.sum(dtype=np.float64)):.6g}"))
+    if study.background is not None:
+        expected = float(study.background.sum(dtype=np.float64))
+        rows.append(("of which scatter (expected)", f"{expected:.6g}"))
+    rows.append(
+        ("μ", range_text(study.mu_per_mm, "1/mm") if study.mu_per_mm is not None else "none")
+    )
+    if study.ct_hu is not None:
+        rows.append(("CT", range_text(study.ct_hu, "HU")))
+    if study.truth_activity is not None:
+        text = range_text(study.truth_activity, study.activity_unit)
+        total = total_mbq(study.truth_activity, study.grid, study.activity_unit)
+        if total is not None:
+            text += f"; {total:.6g} MBq in all"
+        rows.append(("truth activity", text))
+    if study.labels is not None:
+        rows.append(("labels", ", ".join(f"{k} {v}" for k, v in study.label_names.items())))
+    if study.anatomy is not None:
+        n = len(study.anatomy.names)
+        rows.append(("anatomy", f"{study.anatomy.source}; {n} segment(s)"))
+    return rows
+
+
+def result_rows(result: Result, study: Study | None = None) -> list[tuple[str, str]]:
+    """Key facts of a result in memory as ``(field, value)`` rows.
+
+    Method, grid, value range, total activity (MBq, Bq/mL results; with the truth of ``study``
+    when it has one), the log-likelihood (EM) or the loss (NeRF) of the first and last
+    iteration or step.
+    """
+    rows: list[tuple[str, str]] = [
+        ("method", result.method),
+        ("grid", grid_text(result.grid)),
+        ("values", range_text(result.activity, result.activity_unit)),
+    ]
+    log_likelihood = result.history.get("log_likelihood")
+    if log_likelihood is not None and len(log_likelihood):
+        rows.append(
+            (
+                "log-likelihood",
+                f"{log_likelihood[0]:.8g} (iteration 1) → {log_likelihood[-1]:.8g}",
+            )
+        )
+    losses = result.extras.get("losses")
+    if losses is not None and len(losses):
+        rows.append(("loss", f"{losses[0]:.4g} (step 1) → {losses[-1]:.4g}"))
+    total = total_mbq(result.activity, result.grid, result.activity_unit)
+    if total is not None:
+        text = f"{total:.6g} MBq"
+        truth = None if study is None else study.truth_activity
+        if study is not None and truth is not None:
+            truth_total = total_mbq(truth, study.grid, study.activity_unit)
+            if truth_total is not None:
+                text += f" (truth {truth_total:.6g} MBq)"
+        rows.append(("total activity", text))
+    return rows
 
 
 def _text(value: Any) -> str | None:
@@ -160,10 +296,13 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
                 ("background", "/background/counts"),
                 ("truth activity", "/truth/activity"),
                 ("labels", "/truth/labels"),
+                ("anatomy", "/anatomy/labels"),
             )
             if isinstance(_get(f, where), h5py.Dataset)
         ]
         rows.append(("also holds", ", ".join(present) or "nothing else"))
+        spacing = _numbers(_get_attr(g, "spacing_mm")) if isinstance(g, h5py.Group) else None
+        _anatomy_rows(f, spacing, rows)
 
     m = _get(f, "/method")
     if isinstance(m, h5py.Group):
@@ -198,6 +337,45 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
                     rows.append(("total activity", f"{mbq:.6g} MBq"))
             except (OSError, RuntimeError, ValueError, TypeError):
                 rows.append(("activity", "? (unreadable)"))
+
+
+def _volume_text(voxels: int, voxel_ml: float | None) -> str:
+    text = f"{voxels} voxels"
+    return text if voxel_ml is None else f"{text}, {voxels * voxel_ml:.4g} mL"
+
+
+def _anatomy_rows(f: Any, spacing: list[float] | None, rows: list[tuple[str, str]]) -> None:
+    """``anatomy`` (its source), then one ``  <segment>`` row each: voxels and volume (mL)."""
+    ds = _get(f, "/anatomy/labels")
+    if not isinstance(ds, h5py.Dataset):
+        return
+    voxel_ml = math.prod(spacing) * 1e-3 if spacing and len(spacing) == 3 else None
+    source = _text(_get_attr(ds, "source")) or "source not given"
+    try:
+        labels = np.asarray(ds[()])
+        values, counts = np.unique(labels, return_counts=True)
+    except (OSError, RuntimeError, ValueError, TypeError):
+        rows.append(("anatomy", f"{source}; labels unreadable"))
+        return
+    found = {int(v): int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)}
+    names: dict[int, str] = {}
+    keys, texts = _numbers(_get_attr(ds, "label_values")), _get_attr(ds, "label_names")
+    if keys is not None and texts is not None:
+        texts = [_text(t) or "?" for t in np.atleast_1d(np.asarray(texts, dtype=object))]
+        if len(texts) == len(keys):
+            names = {int(k): t for k, t in zip(keys, texts, strict=True)}
+    segments = sorted(set(found) - {0} | set(names))
+    rows.append(("anatomy", f"{source}; {len(segments)} segment(s)"))
+    for value in segments:
+        name = names.get(value, f"label {value} (unnamed)")
+        rows.append((f"  {name}", f"label {value}: " + _volume_text(found.get(value, 0), voxel_ml)))
+    body = _get(f, "/anatomy/body")
+    if isinstance(body, h5py.Dataset):
+        try:
+            inside = int(np.count_nonzero(np.asarray(body[()])))
+            rows.append(("  body outline", _volume_text(inside, voxel_ml)))
+        except (OSError, RuntimeError, ValueError, TypeError):
+            rows.append(("  body outline", "? (unreadable)"))
 
 
 def _check(path: str | os.PathLike[str], rows: list[tuple[str, str]]) -> str:

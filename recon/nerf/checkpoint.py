@@ -110,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def capture_rng(sampler: torch.Generator) -> dict[str, Any]:
     """The states of the ray sampler and of torch (CPU, CUDA), ``random`` and ``numpy``."""
-    key, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]  # noqa: NPY002
+    key, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     return {
         "sampler": sampler.get_state(),
         "torch": torch.get_rng_state(),

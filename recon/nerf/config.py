@@ -31,11 +31,13 @@ from typing import Any
 
 from recon.nerf.field import FieldConfig
 
-__all__ = ["AMP_MODES", "LR_SCHEDULES", "OPTIMIZERS", "REGULARISERS", "TrainConfig"]
+__all__ = ["AMP_MODES", "LR_SCHEDULES", "OPTIMIZERS", "REGULARISERS", "RENDER_MODES", "TrainConfig"]
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZERS = ("adam", "lbfgs")
 AMP_MODES = ("off", "bf16", "fp16")
+#: How a training step renders the data (see `TrainConfig.render`).
+RENDER_MODES = ("auto", "lines", "views")
 #: The regulariser weights, in the order they appear in logs.
 REGULARISERS = ("latent_l2", "ct_smoothness", "tv_ray", "tv_3d", "l1_activity")
 
@@ -71,6 +73,11 @@ class TrainConfig:
         Samples per ray; ``None`` = the projector's lattice (one sample per voxel along the ray).
     jitter:
         Shift each ray's samples by a random fraction of a step (stratified sampling).
+    render:
+        How a step renders the data: ``"lines"`` (``rays_per_step`` random detector lines; no
+        collimator blur), ``"views"`` (every view whole, with the collimator blur; the loss is
+        over all training pixels and ``rays_per_step`` is unused) or ``"auto"`` (default:
+        views when a collimator blur is modelled, i.e. the study names one, else lines).
     lr, lr_schedule, lr_gamma, lr_milestones, lr_min:
         Learning rate and its schedule: ``"constant"``; ``"cosine"`` (from ``lr`` down to
         ``lr_min`` at the last step); ``"step"`` (multiplied by ``lr_gamma`` at each step
@@ -118,6 +125,7 @@ class TrainConfig:
     rays_per_step: int = 4096
     n_samples: int | None = None
     jitter: bool = True
+    render: str = "auto"
     lr: float = 5e-4
     lr_schedule: str = "constant"
     lr_gamma: float = 0.1
@@ -179,6 +187,7 @@ class TrainConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("amp", self.amp, AMP_MODES)
+        _choice("render", self.render, RENDER_MODES)
         for name in ("jitter", "deterministic", "cpu_bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

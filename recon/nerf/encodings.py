@@ -30,6 +30,8 @@ _CHUNK_POINTS = 2**18
 class FrequencyEncoding(nn.Module):
     """``[..., 3] → [..., 3·(2·n_frequencies + 1)]`` (input included)."""
 
+    bands: torch.Tensor  # buffer (registered in __init__)
+
     def __init__(self, n_frequencies: int = 10) -> None:
         super().__init__()
         if n_frequencies < 0:
@@ -71,6 +73,15 @@ class HashGridEncoding(nn.Module):
     recomputes the corners instead of storing them; when the points themselves need a gradient,
     plain autograd is used instead (same values).
     """
+
+    # buffers (registered in __init__)
+    _res: torch.Tensor
+    _last_cell: torch.Tensor
+    _dense_y: torch.Tensor
+    _dense_z: torch.Tensor
+    _dense_start: torch.Tensor
+    _hash_block: torch.Tensor
+    _corner01: torch.Tensor
 
     def __init__(
         self,
@@ -259,7 +270,7 @@ class _HashGridInterpolation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, table: torch.Tensor, unit: torch.Tensor, enc: HashGridEncoding, chunk: int
     ) -> torch.Tensor:
         levels, features, n_points = enc.levels, enc.features, unit.shape[1]
@@ -278,7 +289,7 @@ class _HashGridInterpolation(torch.autograd.Function):
         return out.view(levels * features, n_points)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         (unit,) = ctx.saved_tensors

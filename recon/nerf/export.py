@@ -25,11 +25,12 @@ from torch import nn
 
 from recon.io import Result, read_result
 from recon.io.study import Study
+from recon.nerf.anatomy_field import AnatomyField, AnatomyFieldConfig
 from recon.nerf.checkpoint import load_checkpoint
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.rays import RayData
 from recon.nerf.representations import VoxelActivity
-from recon.nerf.training import FitResult
+from recon.nerf.training import FitResult, rendered_counts
 from spectproj import ImageGrid
 
 __all__ = [
@@ -157,7 +158,7 @@ def to_result(
     target = study.grid if grid is None else grid
     activity = sample_on_grid(rep, target, subsamples=subsamples).numpy()
     config = fit_result.config
-    rendered = render_counts(rep, study, n_samples=config.n_samples).numpy().astype(np.float32)
+    rendered = rendered_counts(fit_result, study).numpy().astype(np.float32)
     parameters: dict[str, object] = {
         "method": "nerf",
         "config": config.to_dict(),
@@ -174,7 +175,7 @@ def to_result(
         "elapsed_s": fit_result.elapsed_s,
         "attenuation": study.mu_per_mm is not None,
         "background": study.background is not None,
-        "collimator": "not modelled (render_rays has no collimator blur)",
+        **fit_result.physics,
         "sampling": "voxel centres" if subsamples == 1 else f"mean of {subsamples}^3 sub-voxels",
         "torch_version": torch.__version__,
     }
@@ -205,33 +206,41 @@ def build_representation(info: Mapping[str, Any]) -> nn.Module:
     """An untrained representation of the kind and architecture ``info`` describes.
 
     ``info`` is `recon.nerf.training.representation_info`'s dict: ``kind``
-    (``"EmissionField"`` or ``"VoxelActivity"``), ``grid`` and ``field_config``.
+    (``"EmissionField"``, ``"AnatomyField"`` or ``"VoxelActivity"``), ``grid`` and
+    ``field_config`` (for an ``AnatomyField`` its `AnatomyFieldConfig` dict; the anatomy volumes
+    come with the stored tensors).
     """
     kind = info.get("kind")
     g = info.get("grid")
     if not isinstance(g, Mapping):
         raise ValueError(f"the representation description has no grid: {dict(info)}")
     grid = ImageGrid(
-        shape=tuple(int(n) for n in g["shape"]),  # type: ignore[arg-type]
-        spacing_mm=tuple(float(d) for d in g["spacing_mm"]),  # type: ignore[arg-type]
-        offset_mm=tuple(float(o) for o in g["offset_mm"]),  # type: ignore[arg-type]
+        shape=tuple(int(n) for n in g["shape"]),  # type: ignore[arg-type]  # ImageGrid checks the length
+        spacing_mm=tuple(float(d) for d in g["spacing_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
+        offset_mm=tuple(float(o) for o in g["offset_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
     )
     if kind == "EmissionField":
         fc = info.get("field_config")
         if not isinstance(fc, Mapping):
             raise ValueError("an EmissionField description needs its field_config")
         return EmissionField(grid, FieldConfig(**dict(fc)))
+    if kind == "AnatomyField":
+        fc = info.get("field_config")
+        if not isinstance(fc, Mapping):
+            raise ValueError("an AnatomyField description needs its field_config")
+        return AnatomyField(grid, AnatomyFieldConfig.from_dict(fc))
     if kind == "VoxelActivity":
         return VoxelActivity(grid)
     raise ValueError(
-        f"cannot rebuild a representation of kind {kind!r}; known: EmissionField, VoxelActivity"
+        f"cannot rebuild a representation of kind {kind!r}; known: EmissionField, AnatomyField, "
+        "VoxelActivity"
     )
 
 
 def load_field(
     source: Result | FitResult | str | os.PathLike[str], *, device: torch.device | str = "cpu"
 ) -> nn.Module:
-    """Rebuild a trained representation (usually an `EmissionField`) in eval mode.
+    """Rebuild a trained representation (an `EmissionField`, `AnatomyField`, ...) in eval mode.
 
     Parameters
     ----------

@@ -4,6 +4,10 @@
 view's bounding box ``[-1, 1]³``, z a trainable latent code of the study (auto-decoder style) and
 ``scale`` (Bq/mL, a buffer) sets the physical unit, chosen from the data before training so that
 the network's outputs are of order one.
+
+Optionally the input also holds point features from another module (``features``, e.g.
+`recon.nerf.anatomy_field.AnatomyFeatures`: μ, a segment embedding, a body indicator), concatenated
+after the encoding: ``MLP([encoding(x̂), features(x), z])``.
 """
 
 from __future__ import annotations
@@ -64,12 +68,35 @@ class EmissionField(nn.Module):
     grid: the field of view; points are normalised to its bounding box.
     config: the architecture.
     scale: activity concentration of a unit network output (Bq/mL).
+    features: optional module mapping points ``[N, 3]`` (x, y, z mm, not normalised) to features
+        ``[N, F]``, with an ``out_features`` attribute F; its output joins the network's input
+        between the encoding and the latent code (and is re-injected with them at the skip layer).
+        It is a submodule: its parameters are trained and its tensors saved with the field's.
     """
 
+    # buffers (registered in __init__)
+    centre_xyz: torch.Tensor
+    half_extent_xyz: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
-        self, grid: ImageGrid, config: FieldConfig = FieldConfig(), scale: float = 1.0
+        self,
+        grid: ImageGrid,
+        config: FieldConfig = FieldConfig(),
+        scale: float = 1.0,
+        *,
+        features: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        n_features = 0
+        if features is not None:
+            out_features = getattr(features, "out_features", None)
+            if not isinstance(features, nn.Module) or not isinstance(out_features, int):
+                raise TypeError(
+                    "features must be a torch.nn.Module with an int out_features, got "
+                    f"{type(features).__name__}"
+                )
+            n_features = out_features
         self.config = config
         self.grid = grid
         z, y, x = grid.extent_mm
@@ -87,7 +114,8 @@ class EmissionField(nn.Module):
                 config.hash_base_resolution, config.hash_finest_resolution,
             )  # fmt: skip
             depth, width, skip = config.hash_mlp_depth, config.hash_mlp_width, -1
-        n_in = self.encoding.out_features + config.latent_dim  # type: ignore[operator]
+        self.features = features
+        n_in = self.encoding.out_features + n_features + config.latent_dim
         self.skip_layer = skip
         layers = []
         for k in range(depth):
@@ -111,6 +139,9 @@ class EmissionField(nn.Module):
         dtype = self.output.weight.dtype
         p = self.normalise(points_mm.reshape(-1, 3).to(dtype))
         h0 = self.encoding(p)
+        if self.features is not None:
+            extra = self.features(points_mm.reshape(-1, 3)).to(dtype)
+            h0 = torch.cat([h0, extra], dim=-1)
         if self.config.latent_dim:
             h0 = torch.cat([h0, self.latent.to(dtype).expand(h0.shape[0], -1)], dim=-1)
         h = h0

@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from recon.io import atomic_output
 
@@ -23,9 +24,11 @@ def write_step_logs(
         writer.writerow(["" if math.isnan(row[k]) else _fmt(k, row[k]) for k in columns])
     with atomic_output(out_dir / "log.csv", overwrite=True) as tmp:
         Path(tmp).write_text(text.getvalue(), encoding="utf-8")
-    rows = [{k: (None if math.isnan(v) else v) for k, v in row.items()} for row in history]
+    rows: list[dict[str, Any]] = [
+        {k: (None if math.isnan(v) else v) for k, v in row.items()} for row in history
+    ]
     for row in rows:
-        row["step"] = int(row["step"])  # type: ignore[arg-type]
+        row["step"] = int(row["step"])
     with atomic_output(out_dir / "log.json", overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps({"columns": list(columns), "rows": rows}), encoding="utf-8")
 

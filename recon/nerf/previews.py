@@ -6,20 +6,26 @@
 - `depth_preview`: activity and μ along a few detector lines, against the depth coordinate
   ``s = −x·sin β − y·cos β`` (mm, toward the detector of the first view; ``docs/conventions.md``).
 
-Both write a PNG atomically (`recon.io.atomic_output`).
+Both write a PNG atomically (`recon.io.atomic_output`); `write_previews` writes both for a
+field and a study's `recon.nerf.rays.RayData` during training.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from recon.io.atomic import atomic_output
+from recon.nerf.rays import RayData, RecordingField
 from spectproj.display import to_viewer
 
-__all__ = ["depth_preview", "projection_preview"]
+__all__ = ["depth_preview", "projection_preview", "write_previews"]
 
 
 def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
@@ -120,3 +126,77 @@ def depth_preview(
     if title:
         fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def write_previews(
+    out_dir: Path,
+    step: int,
+    data: RayData,
+    field: Any,
+    n_samples: int | None,
+    activity_unit: str,
+) -> None:
+    """``preview-<step>-projections.png`` (the first view and its opposed view, measured and
+    expected) and ``preview-<step>-depth.png`` (activity and μ along three lines of the first
+    view: its brightest pixel, its centre and its 75th-percentile pixel) in ``out_dir``."""
+    lines = _preview_lines(data)
+    with torch.no_grad():
+        expected = data.expected_views(field, n_samples).cpu().numpy()
+        depth, act, mu = _line_profiles(data, field, lines, n_samples)
+    views = _preview_views(data)
+    names = [_view_label(data.geometry.angles_deg[v]) for v in views]
+    counts = data.counts.cpu().numpy()
+    projection_preview(
+        out_dir / f"preview-{step:06d}-projections.png",
+        counts[views], expected[views], names, title=f"step {step}",
+    )  # fmt: skip
+    labels = [
+        f"{_view_label(data.geometry.angles_deg[int(data.view[k])])} row {int(data.row[k])} "
+        f"bin {int(data.bin[k])}"
+        for k in lines.tolist()
+    ]
+    depth_preview(
+        out_dir / f"preview-{step:06d}-depth.png", depth, act, mu, labels,
+        activity_unit=activity_unit, title=f"step {step}",
+    )  # fmt: skip
+
+
+def _view_label(beta: float) -> str:
+    names = {0: "AP", 180: "PA", 90: "RL", 270: "LL"}
+    b = round(beta % 360.0, 6)
+    return names.get(int(b), f"β={b:g}°") if float(b).is_integer() else f"β={b:g}°"
+
+
+def _preview_views(data: RayData) -> list[int]:
+    first = int(data.view[0])
+    opposed = data.geometry.opposed_view(first)
+    return [first] if opposed is None or opposed == first else [first, opposed]
+
+
+def _preview_lines(data: RayData) -> torch.Tensor:
+    """Three lines of the first view: brightest pixel, centre, 75th-percentile pixel."""
+    first = int(data.view[0])
+    on_view = torch.nonzero(data.view == first).squeeze(1)
+    counts = data.counts[first].reshape(-1).cpu()
+    _, n_rows, n_bins = data.shape
+    brightest = int(torch.argmax(counts))
+    centre = (n_rows // 2) * n_bins + n_bins // 2
+    q = torch.quantile(counts.double(), 0.75)
+    quartile = int(torch.argmin((counts.double() - q).abs()))
+    picks = list(dict.fromkeys([brightest, centre, quartile]))
+    return on_view[torch.tensor(picks)]
+
+
+def _line_profiles(
+    data: RayData, field: Any, lines: torch.Tensor, n_samples: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth (mm), activity and μ at the samples of ``lines``, each ``[K, S]``."""
+    recorder = RecordingField(field)
+    v, r, b = (t[lines].to(data.device) for t in (data.view, data.row, data.bin))
+    data.projector.render_rays(recorder, v, r, b, n_samples=n_samples)
+    points, values = recorder.samples(len(lines))
+    beta = torch.tensor([math.radians(data.geometry.angles_deg[int(k)]) for k in v.cpu()])
+    x, y = points[..., 0].cpu().double(), points[..., 1].cpu().double()
+    depth = -x * torch.sin(beta)[:, None] - y * torch.cos(beta)[:, None]
+    mu = data.mu_at(points)
+    return depth.numpy(), values.double().cpu().numpy(), mu.double().cpu().numpy()

@@ -5,10 +5,18 @@ The expected counts of pixel i are (exactly, ``docs/conventions.md``)::
     ŷ_i = count_scale · (A e)_i + b_i
 
 with ``A`` the attenuated ray transform of `spectproj.SPECTProjector` (the study's μ, midpoint
-rule; no collimator blur, which `render_rays` cannot apply), ``e`` the activity representation,
+rule), ``e`` the activity representation,
 ``count_scale`` the study's one count scale for every view (``Acquisition.count_scale``) and
 ``b`` its background (scatter) counts. No view is normalised on its own: the ratio of opposed
 views is the only depth information two views carry.
+
+**Two renderings.** *Lines* (`RayData.render_lines`): chosen detector pixels, each the line
+integral along its own ray (`SPECTProjector.render_rays`); cheap per pixel, but it cannot apply
+the collimator blur, which mixes neighbouring rays. *Views* (`RayData.expected_views`): whole
+views through `SPECTProjector.forward`, with the depth-dependent collimator blur when the
+`RayData` has a ``collimator``: a field is evaluated on the projector's sampling lattice and each
+depth plane blurred exactly as the projector does for volumes; a volume ``[Z, Y, X]`` takes the
+voxel path. `RayData.validate` scores held-out pixels with either.
 
 **Lines.** A view whose opposed view (β + 180°) is also present shares its lines with it: pixel
 ``(row, bin)`` of the *primary* view (the lower index of the pair, e.g. AP) and pixel
@@ -33,7 +41,7 @@ import torch
 
 from recon.io.study import Study
 from recon.poisson import poisson_deviance
-from spectproj import GridField, SPECTProjector
+from spectproj import CollimatorResponse, GridField, SPECTProjector
 
 __all__ = ["LineBatch", "RayData", "RecordingField", "study_digest"]
 
@@ -115,11 +123,18 @@ class RayData:
         Seed of the split (offset by `SPLIT_SEED_OFFSET` from the training seed's stream).
     device, dtype:
         Of the projector and the count tensors.
+    collimator:
+        Depth-dependent collimator blur of the whole-view rendering (`expected_views`,
+        `validate` with ``render="views"``), or ``None`` (default: no blur). Needs the study's
+        ``radius_mm``. Line rendering (`render_lines`) never blurs.
 
     Attributes
     ----------
     projector:
-        `spectproj.SPECTProjector` of the study's geometry and μ (built once).
+        `spectproj.SPECTProjector` of the study's geometry and μ, without blur (built once;
+        `render_lines` uses it).
+    view_projector:
+        The same with ``collimator`` (the same object when there is none): `expected_views`.
     counts, background:
         ``[V, rows, bins]`` tensors (background ``None`` when the study has none).
     train_mask:
@@ -138,6 +153,7 @@ class RayData:
         seed: int = 0,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        collimator: CollimatorResponse | None = None,
     ) -> None:
         if not isinstance(study, Study):
             raise TypeError(f"study must be a recon.io.Study, got {type(study).__name__}")
@@ -155,6 +171,14 @@ class RayData:
 
         self.mu = None if study.mu_per_mm is None else tensor(study.mu_per_mm)
         self.projector = SPECTProjector(g, mu=self.mu, dtype=dtype, device=self.device)
+        self.collimator = collimator
+        self.view_projector = (
+            self.projector
+            if collimator is None
+            else SPECTProjector(
+                g, mu=self.mu, collimator=collimator, dtype=dtype, device=self.device
+            )
+        )
         self.counts = tensor(study.projections)
         self.background = None if study.background is None else tensor(study.background)
         n_views, n_rows, n_bins = self.counts.shape
@@ -255,33 +279,93 @@ class RayData:
                 exp = exp + self.background[idx]
             expected.append(exp)
             counts.append(self.counts[idx])
-            if record:
-                samples.append(f.samples(len(sel))[1])  # type: ignore[union-attr]
+            if record and isinstance(f, RecordingField):
+                samples.append(f.samples(len(sel))[1])
         return LineBatch(torch.cat(expected), torch.cat(counts), tuple(samples))
 
     def expected_views(
-        self, field: Field | torch.Tensor, n_samples: int | None = None
+        self,
+        field: Field | torch.Tensor,
+        n_samples: int | None = None,
+        *,
+        jitter: bool = False,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Expected counts ``[V, rows, bins]`` of a field (or a volume ``[Z, Y, X]``, which takes
-        the projector's voxel path): ``count_scale · A e + background``."""
+        """Expected counts ``[V, rows, bins]`` of whole views: ``count_scale · A e + background``.
+
+        ``field`` is a field (evaluated on the projector's lattice, ``n_samples`` per ray,
+        optionally ``jitter``-ed with ``generator`` as in `SPECTProjector.forward`) or a volume
+        ``[Z, Y, X]`` on the study grid (the voxel path; ``n_samples`` and ``jitter`` do not
+        apply). With a ``collimator`` every depth plane is blurred exactly as in
+        `SPECTProjector.forward`.
+        """
         if isinstance(field, torch.Tensor):
-            proj = self.projector(field)
+            proj = self.view_projector(field)
         else:
-            proj = self.projector(field, n_samples=n_samples)
+            proj = self.view_projector(
+                field, n_samples=n_samples, jitter=jitter, generator=generator
+            )
         out = self.count_scale * proj
         return out if self.background is None else out + self.background
 
+    def render_views(
+        self,
+        field: Field | torch.Tensor,
+        n_samples: int | None = None,
+        *,
+        jitter: bool = False,
+        generator: torch.Generator | None = None,
+        record: bool = False,
+    ) -> LineBatch:
+        """Expected and measured counts ``[M]`` of the training pixels (``train_mask``) of whole
+        views (`expected_views`, with the collimator blur), and with ``record`` (a field only)
+        the field's samples along each lattice ray ``[rays, S]``, one group per opposed pair or
+        unpaired view."""
+        recorder = RecordingField(field) if record and not isinstance(field, torch.Tensor) else None
+        expected = self.expected_views(
+            field if recorder is None else recorder, n_samples, jitter=jitter, generator=generator
+        )
+        samples: tuple[torch.Tensor, ...] = ()
+        if recorder is not None:  # one lattice [S, bins, rows] per field call: rays are columns
+            _, rows, bins = self.shape
+            depths = [
+                self.samples_per_view[v] if n_samples is None else n_samples
+                for v in range(self.geometry.n_views)
+                if (o := self.geometry.opposed_view(v)) is None or o >= v
+            ]
+            flat = torch.cat(recorder.values).split([n_s * rows * bins for n_s in depths])
+            samples = tuple(v.reshape(n_s, -1).t() for v, n_s in zip(flat, depths, strict=True))
+        mask = self.train_mask
+        return LineBatch(expected[mask].float(), self.counts[mask].float(), samples)
+
     def validate(
-        self, field: Field, n_samples: int | None = None, chunk_lines: int = 8192
+        self,
+        field: Field | torch.Tensor,
+        n_samples: int | None = None,
+        chunk_lines: int = 8192,
+        *,
+        render: str = "lines",
     ) -> tuple[float, float]:
         """``(mean Poisson deviance per pixel, PSNR in dB)`` on the held-out pixels.
 
-        The PSNR compares expected and measured counts on one scale, with the peak the largest
-        held-out count of any view: ``10·log10(peak² / mean((ŷ − y)²))``. Both are NaN when
-        nothing is held out.
+        ``render="lines"`` renders the held-out lines only (no blur; ``field`` must be a
+        field); ``"views"`` renders whole views by `expected_views` (with the collimator blur,
+        ``field`` a field or a volume) and scores the held-out pixels (``~train_mask``), the
+        same pixels. The PSNR compares expected and measured counts on one scale, with the peak
+        the largest held-out count of any view: ``10·log10(peak² / mean((ŷ − y)²))``. Both are
+        NaN when nothing is held out.
         """
+        if render not in ("lines", "views"):
+            raise ValueError(f"render must be 'lines' or 'views', got {render!r}")
         if len(self.holdout_lines) == 0:
             return math.nan, math.nan
+        if render == "views":
+            with torch.no_grad():
+                expected = self.expected_views(field, n_samples)
+            held = ~self.train_mask
+            return _scores(expected[held].double(), self.counts[held].double())
+        if isinstance(field, torch.Tensor):
+            raise TypeError("validate(render='lines') needs a field, not a volume")
         dev_sum, sq_sum, n, peak = 0.0, 0.0, 0, 0.0
         with torch.no_grad():
             for start in range(0, len(self.holdout_lines), chunk_lines):
@@ -302,19 +386,22 @@ class RayData:
         """Mean measured count of the training pixels (counts)."""
         return float(self.counts[self.train_mask].double().mean())
 
-    def activity_level(self) -> float:
+    def activity_level(self, support: torch.Tensor | np.ndarray | None = None) -> float:
         """The uniform activity that explains the training counts above background.
 
         ``(Σ y − Σ b) / (count_scale · Σ A u)`` over the training pixels, with ``u`` a unit
-        activity inside the body (μ > 0), or in the whole field of view without μ. Scaling the
-        counts and background by k scales it by k.
+        activity inside ``support`` (``[Z, Y, X]``, bool or 0..1) when given, else inside the
+        body (μ > 0), or in the whole field of view without μ. Scaling the counts and background
+        by k scales it by k.
 
         Raises
         ------
         ValueError
             No counts above the background, or the body projects to nothing.
         """
-        if self.mu is not None and bool((self.mu > 0).any()):
+        if support is not None:
+            unit = torch.as_tensor(support).to(dtype=self.dtype, device=self.device)
+        elif self.mu is not None and bool((self.mu > 0).any()):
             unit = (self.mu > 0).to(self.dtype)
         else:
             unit = torch.ones(self.geometry.grid.shape, dtype=self.dtype, device=self.device)
@@ -339,3 +426,12 @@ class RayData:
         if self.mu is None:
             return torch.zeros(points_mm.shape[:-1], dtype=self.dtype, device=points_mm.device)
         return GridField(self.mu, self.geometry.grid)(points_mm)
+
+
+def _scores(expected: torch.Tensor, counts: torch.Tensor) -> tuple[float, float]:
+    """``(mean deviance per pixel, PSNR dB)`` of expected against measured counts ``[N]``."""
+    n = counts.numel()
+    mse = float(((expected - counts) ** 2).sum()) / n
+    peak = float(counts.max())
+    psnr = math.inf if mse == 0 else 10.0 * math.log10(max(peak, 1e-30) ** 2 / mse)
+    return float(poisson_deviance(counts, expected)) / n, psnr

@@ -64,6 +64,8 @@ class VoxelActivity(nn.Module):
     exactly like the volume `volume` itself.
     """
 
+    scale: torch.Tensor  # buffer (registered in __init__)
+
     def __init__(
         self, grid: ImageGrid, init: torch.Tensor | float = 1.0, scale: float = 1.0
     ) -> None:

@@ -5,6 +5,10 @@ See ``docs/phantoms.md``::
     from recon.phantoms import TorsoPhantom, default_grid, make_torso
 
     phantom = make_torso(default_grid(64), energy_keV=140.5, config=TorsoPhantom())
+
+Variants with the flaws of clinical data (uneven uptake, necrotic and unsegmented lesions,
+segmentation errors, scatter), simulated from a finer grid: `PhantomVariant`,
+`simulate_variant`, `segmentation_from_phantom` (``recon.phantoms.variants``).
 """
 
 from recon.phantoms.torso import (
@@ -18,29 +22,51 @@ from recon.phantoms.torso import (
     Lesion,
     Phantom,
     TorsoPhantom,
+    UptakeField,
     collimator_for,
     default_grid,
     default_lesions,
     make_torso,
     nuclide_energy,
     nuclide_name,
+    structure_at,
+)
+from recon.phantoms.variants import (
+    HETEROGENEOUS_ORGANS,
+    PhantomVariant,
+    block_mean,
+    gaussian_random_field,
+    heterogeneous_uptake,
+    segmentation_from_phantom,
+    simulate_variant,
+    vary_lesions,
 )
 
 __all__ = [
     "COLLIMATORS",
     "ENERGY_WINDOWS_KEV",
     "FIRST_LESION_LABEL",
+    "HETEROGENEOUS_ORGANS",
     "LABELS",
     "NUCLIDES",
     "ORGANS",
     "TYPICAL_SENSITIVITY_CPS_PER_MBQ",
     "Lesion",
     "Phantom",
+    "PhantomVariant",
     "TorsoPhantom",
+    "UptakeField",
+    "block_mean",
     "collimator_for",
     "default_grid",
     "default_lesions",
+    "gaussian_random_field",
+    "heterogeneous_uptake",
     "make_torso",
     "nuclide_energy",
     "nuclide_name",
+    "segmentation_from_phantom",
+    "simulate_variant",
+    "structure_at",
+    "vary_lesions",
 ]

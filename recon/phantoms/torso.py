@@ -34,12 +34,14 @@ __all__ = [
     "Lesion",
     "Phantom",
     "TorsoPhantom",
+    "UptakeField",
     "collimator_for",
     "default_grid",
     "default_lesions",
     "make_torso",
     "nuclide_energy",
     "nuclide_name",
+    "structure_at",
 ]
 
 # -- nuclides --------------------------------------------------------------------------------
@@ -171,12 +173,19 @@ class Lesion:
         Activity concentration inside, in Bq/mL (replaces the organ's, it is not added).
     name : str
         Label name; ``"lesion_<k>"`` when empty.
+    core_diameter_mm : float
+        Diameter (mm) of a concentric cold (necrotic) core, 0 for none; less than
+        ``diameter_mm``. The core belongs to the lesion's label.
+    core_concentration : float
+        Activity concentration (Bq/mL) inside the core (ignored without a core).
     """
 
     centre_mm: tuple[float, float, float]
     diameter_mm: float
     concentration: float
     name: str = ""
+    core_diameter_mm: float = 0.0
+    core_concentration: float = 0.0
 
     def __post_init__(self) -> None:
         centre = tuple(float(c) for c in self.centre_mm)
@@ -189,11 +198,30 @@ class Lesion:
             raise ValueError(f"concentration must be >= 0 (Bq/mL), got {self.concentration}")
         object.__setattr__(self, "diameter_mm", float(self.diameter_mm))
         object.__setattr__(self, "concentration", float(self.concentration))
+        core = self.core_diameter_mm
+        if not (math.isfinite(core) and 0 <= core < self.diameter_mm):
+            raise ValueError(
+                f"core_diameter_mm must be in [0, {self.diameter_mm}) mm (the diameter), "
+                f"got {core!r}"
+            )
+        if not (math.isfinite(self.core_concentration) and self.core_concentration >= 0):
+            raise ValueError(
+                f"core_concentration must be >= 0 (Bq/mL), got {self.core_concentration!r}"
+            )
+        object.__setattr__(self, "core_diameter_mm", float(core))
+        object.__setattr__(self, "core_concentration", float(self.core_concentration))
 
     @property
     def volume_ml(self) -> float:
         """Volume of the sphere in mL."""
         return math.pi / 6.0 * self.diameter_mm**3 * 1e-3
+
+    @property
+    def activity_mbq(self) -> float:
+        """Activity of the sphere (MBq): shell at ``concentration`` plus the core at its own."""
+        core_ml = math.pi / 6.0 * self.core_diameter_mm**3 * 1e-3
+        shell_ml = self.volume_ml - core_ml
+        return (shell_ml * self.concentration + core_ml * self.core_concentration) * 1e-6
 
 
 #: Default lesion sites (centre (z, y, x) mm, diameter mm): two in the liver, two in soft tissue.
@@ -328,7 +356,7 @@ class TorsoPhantom:
         unknown = sorted(set(concentrations) - set(_ORGAN_NAMES))
         if unknown:
             raise ValueError(f"unknown organs {unknown}; expected some of {list(_ORGAN_NAMES)}")
-        return replace(self, **concentrations)
+        return replace(self, **concentrations)  # type: ignore[arg-type]  # names checked above
 
     def concentration(self, name: str) -> float:
         """Concentration (Bq/mL) of an organ (``"liver"``, ...) or a lesion by its label name."""
@@ -380,6 +408,10 @@ class Phantom:
         Photon energy (keV) at which ``mu`` is given.
     volumes_ml : Mapping[int, float]
         Partial-volume volume (mL) of each label (more accurate than counting labelled voxels).
+    activities_mbq : Mapping[int, float]
+        Activity (MBq) of each label's structure, summed over its sub-voxels (so exact for the
+        volume: it counts the structure's share of boundary voxels, a lesion's core, and any
+        `UptakeField`), where known.
     config : TorsoPhantom or None
         The configuration it was made from (``None`` for hand-made phantoms).
     """
@@ -392,6 +424,7 @@ class Phantom:
     energy_keV: float
     volumes_ml: Mapping[int, float] = field(default_factory=dict)
     config: TorsoPhantom | None = None
+    activities_mbq: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = tuple(self.grid.shape)
@@ -446,6 +479,43 @@ def default_grid(size: int = 64, fov_mm: float = 400.0) -> ImageGrid:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     step = float(fov_mm) / size
     return ImageGrid(shape=(size, size, size), spacing_mm=(step, step, step))
+
+
+# -- uneven uptake ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class UptakeField:
+    """Uneven uptake inside structures: a voxel's share of structure ``name`` has concentration
+    ``concentration · max(0, offset + gain · field[voxel])`` with ``(offset, gain) =
+    terms[name]``; other structures are uniform.
+
+    Attributes
+    ----------
+    field : torch.Tensor
+        ``[Z, Y, X]`` dimensionless field on the grid given to `make_torso` (e.g. a smooth
+        Gaussian random field, `recon.phantoms.gaussian_random_field`).
+    terms : Mapping[str, tuple[float, float]]
+        Structure name → ``(offset, gain)``; names must be organs of `LABELS`.
+    """
+
+    field: torch.Tensor
+    terms: Mapping[str, tuple[float, float]]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.field, torch.Tensor) or self.field.dim() != 3:
+            raise ValueError("UptakeField.field must be a [Z, Y, X] tensor")
+        terms = {}
+        for name, pair in dict(self.terms).items():
+            if name not in LABELS:
+                raise ValueError(
+                    f"UptakeField.terms: unknown structure {name!r}; expected {list(LABELS)}"
+                )
+            offset, gain = (float(v) for v in pair)
+            if not (math.isfinite(offset) and math.isfinite(gain)):
+                raise ValueError(f"UptakeField.terms[{name!r}] must be finite, got {pair!r}")
+            terms[name] = (offset, gain)
+        object.__setattr__(self, "terms", MappingProxyType(terms))
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -517,11 +587,46 @@ def _parts(config: TorsoPhantom) -> tuple[_Part, list[_Part]]:
     others.extend(_ellipsoid_part(LABELS["bladder"], e, scale) for e in ORGANS["bladder"])
     if config.include_heart:
         others.extend(_ellipsoid_part(LABELS["heart"], e, scale) for e in ORGANS["heart"])
+    n_lesions = len(config.lesions)
     for k, lesion in enumerate(config.lesions):
         cz, cy, cx = (c * f for c, f in zip(lesion.centre_mm, scale, strict=True))
         r_les = lesion.diameter_mm / 2.0
         others.append(_ellipsoid_like(FIRST_LESION_LABEL + k, (cz, cy, cx), (r_les, r_les, r_les)))
+        if lesion.core_diameter_mm > 0:
+            # An internal label (folded into the lesion's in the output) with its own activity.
+            r_core = lesion.core_diameter_mm / 2.0
+            core_label = FIRST_LESION_LABEL + n_lesions + k
+            others.append(_ellipsoid_like(core_label, (cz, cy, cx), (r_core, r_core, r_core)))
     return body, others
+
+
+def structure_at(config: TorsoPhantom, points_mm: torch.Tensor) -> torch.Tensor:
+    """Label of the structure holding each point (0 outside the body), as `make_torso` paints.
+
+    Parameters
+    ----------
+    config : TorsoPhantom
+        The phantom configuration (lesions included; a lesion's core counts as the lesion).
+    points_mm : torch.Tensor
+        ``[N, 3]`` points ``(z, y, x)`` in mm (patient frame).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N]`` int64 labels (`LABELS`, lesions ``FIRST_LESION_LABEL + k``).
+    """
+    p = torch.as_tensor(points_mm, dtype=torch.float64).reshape(-1, 3)
+    z, y, x = p[:, 0], p[:, 1], p[:, 2]
+    body, others = _parts(config)
+    in_body = body.inside(z, y, x)
+    out = torch.where(in_body, body.label, 0).to(torch.int64)
+    n_lesions = len(config.lesions)
+    for part in others:
+        label = part.label
+        if label >= FIRST_LESION_LABEL + n_lesions:  # a core: part of its lesion
+            label -= n_lesions
+        out = torch.where(part.inside(z, y, x) & in_body, label, out)
+    return out
 
 
 def _sub_coordinates(grid: ImageGrid, axis: int, s: int) -> torch.Tensor:
@@ -545,6 +650,7 @@ def make_torso(
     supersample: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    uptake: UptakeField | None = None,
 ) -> Phantom:
     """Evaluate the torso phantom on ``grid``.
 
@@ -565,14 +671,16 @@ def make_torso(
         Floating dtype of ``activity`` and ``mu``.
     device : torch.device or str, optional
         Device on which the phantom is evaluated and returned.
+    uptake : UptakeField, optional
+        Uneven uptake inside some organs (one field value per voxel of ``grid``).
 
     Returns
     -------
     Phantom
         ``activity`` ``[Z, Y, X]`` (Bq/mL), ``mu`` ``[Z, Y, X]`` (1/mm: soft tissue water's μ,
         lungs ``lung_density`` × water's, spine cortical bone's, 0 outside the body), ``labels``
-        ``[Z, Y, X]`` (uint8, the structure holding most of the voxel), their names, and the
-        partial-volume volume of each label in mL.
+        ``[Z, Y, X]`` (uint8, the structure holding most of the voxel), their names, the
+        partial-volume volume of each label in mL and each structure's activity in MBq.
     """
     config = TorsoPhantom() if config is None else config
     if not isinstance(config, TorsoPhantom):
@@ -588,9 +696,12 @@ def make_torso(
     mu_bone = bone_mu_per_mm(energy_keV)
 
     names = config.label_names()
-    n_labels = FIRST_LESION_LABEL + len(config.lesions)
-    conc = torch.zeros(n_labels, dtype=torch.float64)
-    mu_of = torch.full((n_labels,), mu_water, dtype=torch.float64)
+    n_lesions = len(config.lesions)
+    n_labels = FIRST_LESION_LABEL + n_lesions
+    # Internal labels n_labels + k: the necrotic core of lesion k (folded into it below).
+    n_all = n_labels + n_lesions
+    conc = torch.zeros(n_all, dtype=torch.float64)
+    mu_of = torch.full((n_all,), mu_water, dtype=torch.float64)
     mu_of[0] = 0.0
     for organ, value in LABELS.items():
         conc[value] = getattr(config, organ)
@@ -598,6 +709,24 @@ def make_torso(
     mu_of[LABELS["spine"]] = mu_bone
     for k, lesion in enumerate(config.lesions):
         conc[FIRST_LESION_LABEL + k] = lesion.concentration
+        conc[n_labels + k] = lesion.core_concentration
+    cores = [k for k, les in enumerate(config.lesions) if les.core_diameter_mm > 0]
+    n_paint = n_labels + (max(cores) + 1 if cores else 0)  # labels that may be painted
+
+    modulated: list[tuple[int, float, float]] = []  # (label, offset, gain)
+    if uptake is not None:
+        if not isinstance(uptake, UptakeField):
+            raise TypeError(f"uptake must be an UptakeField or None, got {type(uptake).__name__}")
+        if tuple(uptake.field.shape) != tuple(grid.shape):
+            raise ValueError(
+                f"uptake.field has shape {tuple(uptake.field.shape)}, expected the grid's "
+                f"{tuple(grid.shape)}"
+            )
+        modulated = [
+            (LABELS[name], offset, gain)
+            for name, (offset, gain) in uptake.terms.items()
+            if LABELS[name] in names
+        ]
 
     body, others = _parts(config)
     dev = torch.device("cpu") if device is None else torch.device(device)
@@ -606,31 +735,44 @@ def make_torso(
     activity = torch.empty(grid.shape, dtype=torch.float64, device=dev)
     mu = torch.empty(grid.shape, dtype=torch.float64, device=dev)
     labels = torch.empty(grid.shape, dtype=torch.uint8, device=dev)
-    counts_total = torch.zeros(n_labels, dtype=torch.float64, device=dev)
-    conc_d, mu_d = conc.to(dev), mu_of.to(dev)
-    # Labels from the last to the first, so that argmax breaks ties toward the later structure.
-    order = torch.arange(n_labels - 1, -1, -1, device=dev)
+    conc_d, mu_d = conc[:n_paint].to(dev), mu_of[:n_paint].to(dev)
+    # Output label of each painted label (a core is its lesion's).
+    label_of = torch.arange(n_paint, device=dev)
+    label_of[n_labels:] -= n_lesions
+    offset = torch.ones(n_paint, dtype=torch.float64, device=dev)
+    gain = torch.zeros(n_paint, dtype=torch.float64, device=dev)
+    for lab_m, off, gn in modulated:
+        offset[lab_m], gain[lab_m] = off, gn
+    count_total = torch.zeros(n_paint, dtype=torch.float64, device=dev)
+    activity_total = torch.zeros(n_paint, dtype=torch.float64, device=dev)  # Σ concentration
 
     slab = max(1, (1 << 22) // (s**3 * ny * nx))
     for k0 in range(0, nz, slab):
         k1 = min(nz, k0 + slab)
         zsub = zs[k0 * s : k1 * s]
-        sub = torch.zeros((zsub.numel(), ny * s, nx * s), dtype=torch.uint8, device=dev)
+        sub_dtype = torch.uint8 if n_paint <= 256 else torch.int16
+        sub = torch.zeros((zsub.numel(), ny * s, nx * s), dtype=sub_dtype, device=dev)
         _paint(sub, body, zsub, ys, xs, dev, clip=None)
         for part in others:
             _paint(sub, part, zsub, ys, xs, dev, clip=body)
-        # [k, s, Y, s, X, s] -> per-voxel counts of each label [L, k, Y, X]
-        blocks = sub.reshape(k1 - k0, s, ny, s, nx, s).permute(0, 2, 4, 1, 3, 5)
-        blocks = blocks.reshape(k1 - k0, ny, nx, s**3)
-        counts = torch.stack([(blocks == lab).sum(-1) for lab in range(n_labels)]).double()
-        frac = counts / s**3
-        activity[k0:k1] = torch.tensordot(conc_d, frac, dims=1)
-        mu[k0:k1] = torch.tensordot(mu_d, frac, dims=1)
-        labels[k0:k1] = order[counts.flip(0).argmax(0)].to(torch.uint8)
-        counts_total += counts.sum(dim=(1, 2, 3))
+        g = None
+        if modulated and uptake is not None:  # modulated is empty without uptake
+            g = uptake.field[k0:k1].to(device=dev, dtype=torch.float64)
+        a, m, lab, n_sub, a_sub = _voxel_means(sub, s, conc_d, mu_d, label_of, offset, gain, g)
+        activity[k0:k1], mu[k0:k1], labels[k0:k1] = a, m, lab.to(torch.uint8)
+        count_total += n_sub
+        activity_total += a_sub
 
+    # Fold the cores into their lesions.
+    counts = torch.zeros(n_labels, dtype=torch.float64, device=dev).index_add_(
+        0, label_of, count_total
+    )
+    totals = torch.zeros(n_labels, dtype=torch.float64, device=dev).index_add_(
+        0, label_of, activity_total
+    )
     sub_ml = grid.voxel_volume_mm3 / s**3 * 1e-3
-    volumes = {lab: float(counts_total[lab]) * sub_ml for lab in names}
+    volumes = {lab: float(counts[lab]) * sub_ml for lab in names}
+    activities = {lab: float(totals[lab]) * sub_ml * 1e-6 for lab in names}
     return Phantom(
         activity=activity.to(dtype),
         mu=mu.to(dtype),
@@ -640,7 +782,68 @@ def make_torso(
         energy_keV=float(energy_keV),
         volumes_ml=MappingProxyType(volumes),
         config=config,
+        activities_mbq=MappingProxyType(activities),
     )
+
+
+def _voxel_means(
+    sub: torch.Tensor,
+    s: int,
+    conc: torch.Tensor,
+    mu: torch.Tensor,
+    label_of: torch.Tensor,
+    offset: torch.Tensor,
+    gain: torch.Tensor,
+    field: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-voxel means of the sub-voxels ``sub`` ``[k·s, Y·s, X·s]`` (painted labels).
+
+    Returns activity and μ ``[k, Y, X]`` (float64: means over the sub-voxels, the activity of a
+    sub-voxel being ``conc[l] · max(0, offset[l] + gain[l] · field[voxel])``), the majority
+    output label ``[k, Y, X]`` (``label_of`` of the painted labels; ties go to the later one),
+    and per painted label the number of sub-voxels and the sum of their activities ``[L]``.
+    Pure voxels (one label) are handled per voxel, only mixed ones per sub-voxel.
+    """
+    n_paint = conc.numel()
+    nk, ny, nx = (n // s for n in sub.shape)
+    if s == 1:
+        blocks = sub.reshape(-1, 1)
+        lo = blocks[:, 0].long()
+        mixed = lo[:0]
+    else:
+        blocks = sub.reshape(nk, s, ny, s, nx, s).permute(0, 2, 4, 1, 3, 5).reshape(-1, s**3)
+        low = blocks.min(dim=1).values
+        mixed = (blocks.max(dim=1).values != low).nonzero().squeeze(1)
+        lo = low.long()
+    g = None if field is None else field.reshape(-1)
+    act = conc[lo] if g is None else conc[lo] * (offset[lo] + gain[lo] * g).clamp_min(0.0)
+    mu_v = mu[lo]
+    folds = bool((label_of != torch.arange(n_paint, device=label_of.device)).any())
+    out = label_of[lo] if folds else lo.clone()
+    n_sub = torch.zeros(n_paint, dtype=torch.float64, device=sub.device)
+    a_sub = torch.zeros(n_paint, dtype=torch.float64, device=sub.device)
+    pure: torch.Tensor | slice = slice(None)
+    if mixed.numel():
+        pure = torch.ones_like(lo, dtype=torch.bool)
+        pure[mixed] = False
+        b = blocks[mixed].long()  # [M, s³]
+        cb = conc[b]
+        if g is not None:
+            cb = cb * (offset[b] + gain[b] * g[mixed, None]).clamp_min(0.0)
+        act[mixed] = cb.mean(dim=1)
+        mu_v[mixed] = mu[b].mean(dim=1)
+        lb = label_of[b]
+        n_out = int(label_of.max()) + 1
+        index = torch.arange(b.shape[0], device=b.device)[:, None] * n_out + lb
+        counts = torch.bincount(index.reshape(-1), minlength=b.shape[0] * n_out)
+        out[mixed] = (n_out - 1) - counts.reshape(-1, n_out).flip(1).argmax(dim=1)
+        n_sub += torch.bincount(b.reshape(-1), minlength=n_paint)
+        a_sub += torch.bincount(b.reshape(-1), weights=cb.reshape(-1), minlength=n_paint)
+    lp = lo[pure]
+    n_sub += torch.bincount(lp, minlength=n_paint).double() * s**3
+    a_sub += torch.bincount(lp, weights=act[pure], minlength=n_paint) * s**3
+    shape = (nk, ny, nx)
+    return act.reshape(shape), mu_v.reshape(shape), out.reshape(shape), n_sub, a_sub
 
 
 def _paint(

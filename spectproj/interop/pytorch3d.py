@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import torch
 from torch import nn
@@ -357,7 +357,7 @@ def grid_from_volumes(
         spacing.append(float(f"{d:.6g}"))
     dx, dy, dz = spacing
     grid = ImageGrid(
-        shape=shape,  # type: ignore[arg-type]
+        shape=shape,  # type: ignore[arg-type]  # ImageGrid checks the length
         spacing_mm=(dz, dy, dx),
         offset_mm=(centre_xyz[2], centre_xyz[1], centre_xyz[0]),
     )
@@ -602,8 +602,8 @@ def _directions(geometry: ParallelGeometry, view: int) -> tuple[tuple[float, flo
 
 
 def _ndc_focal(geometry: ParallelGeometry) -> tuple[float, float]:
-    rows, bins = geometry.detector_shape  # type: ignore[misc]
-    p_row, p_bin = geometry.pixel_size_mm  # type: ignore[misc]
+    rows, bins = geometry.detector_shape
+    p_row, p_bin = geometry.pixel_size_mm
     m = min(rows, bins)
     return 2.0 / (m * p_bin), 2.0 / (m * p_row)
 
@@ -748,8 +748,8 @@ class SPECTRaysampler(nn.Module):
         else:
             distances = [_camera_distance(geometry, None)] * geometry.n_views
         combs = self._combs(geometry)
-        rows, bins = geometry.detector_shape  # type: ignore[misc]
-        f64 = {"dtype": torch.float64}
+        rows, bins = geometry.detector_shape
+        f64: dict[str, Any] = {"dtype": torch.float64}
         r = geometry.detector_centres_mm(1)  # [W]
         z = geometry.detector_centres_mm(0)  # [H]
         origins, directions, lengths = [], [], []
@@ -770,7 +770,7 @@ class SPECTRaysampler(nn.Module):
             lengths_t = lengths_t + (shift - 0.5) * steps[:, None, None, None]
         fx, fy = _ndc_focal(geometry)
         xy = torch.stack(torch.broadcast_tensors(-fx * r[None, :], fy * z[:, None]), dim=-1)
-        out = {"dtype": dtype, "device": device}
+        out: dict[str, Any] = {"dtype": dtype, "device": device}
         return RayBundle(
             origins=torch.stack(origins).to(**out),
             directions=torch.stack(directions).to(**out),
@@ -814,7 +814,7 @@ def multinomial_raysampler(
                 "off-centre grid); MultinomialRaysampler uses one range: use SPECTRaysampler"
             )
     distance = _camera_distance(geometry, distance_mm)
-    rows, bins = geometry.detector_shape  # type: ignore[misc]
+    rows, bins = geometry.detector_shape
     m = min(rows, bins)
     half_x = (bins - 1) / m  # NDC of the outermost pixel centres
     half_y = (rows - 1) / m
@@ -828,7 +828,7 @@ def multinomial_raysampler(
         n_pts_per_ray=len(s0),
         min_depth=distance - s0[-1],
         max_depth=distance - s0[0],
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -909,7 +909,7 @@ def render_spect(
             raise TypeError("renderer='volume' needs activity and mu as [Z, Y, X] tensors")
         images, _ = VolumeRenderer(sampler, marcher)(cameras=cameras, volumes=volumes)
     else:
-        function = SPECTVolumetricFunction(activity, mu, geometry.grid)  # type: ignore[arg-type]
+        function = SPECTVolumetricFunction(activity, mu, geometry.grid)
         images, _ = ImplicitRenderer(sampler, marcher)(
             cameras=cameras, volumetric_function=function
         )

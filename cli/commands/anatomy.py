@@ -1,0 +1,225 @@
+"""Anatomy-guided commands: ``spect recon organs``, ``spect recon conjugate``, ``spect quantify``.
+
+Each parses its options, calls one library function (`recon.anatomy.reconstruct_organs`,
+`recon.anatomy.reconstruct.reconstruct_conjugate`, `recon.anatomy.quantify.quantify`) and prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cli.commands import ForceOption, ResultOutput, check_output
+
+if TYPE_CHECKING:
+    from recon.io import Anatomy, Result, Study
+
+__all__ = ["ANATOMY_HELP", "conjugate", "load_study_anatomy", "organs", "quantify"]
+
+#: Help text of every ``--anatomy`` option.
+ANATOMY_HELP = (
+    "A segmentation to use instead of the study's own anatomy: a NIfTI label map, a folder of "
+    "NIfTI masks (TotalSegmentator), or a study file holding an anatomy on the same grid."
+)
+
+
+def organs(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.h5", help="Study file.")],
+    output: ResultOutput,
+    anatomy_file: Annotated[
+        Path | None, typer.Option("--anatomy", metavar="FILE", help=ANATOMY_HELP)
+    ] = None,
+    residual: Annotated[
+        bool,
+        typer.Option(
+            "--residual/--no-residual",
+            help="Fit organs + residual (within-organ tilt and sources the anatomy misses) after "
+            "the organ fit; --no-residual: the organ fit alone (QPlanar).",
+        ),
+    ] = True,
+    background_regions: Annotated[
+        int,
+        typer.Option("--background-regions", min=0, help="Background bands along z."),
+    ] = 1,
+    max_sources: Annotated[
+        int, typer.Option("--max-sources", min=0, help="At most this many residual sources.")
+    ] = 8,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Training steps of each residual round.")
+    ] = 20,
+    support: Annotated[
+        str | None,
+        typer.Option("--support", help="body, anatomy or none (default: body when possible)."),
+    ] = None,
+    collimator: Annotated[
+        bool,
+        typer.Option(
+            "--collimator/--no-collimator",
+            help="Model the collimator blur the study names (when it has a radius).",
+        ),
+    ] = True,
+    force: ForceOption = False,
+) -> None:
+    """Organ activities from the study's anatomy: one concentration per segment (Poisson ML
+    through the full projector, with a Cramér–Rao uncertainty), then organs + residual.
+
+    Writes a result file whose activity is the fitted model and whose parameters hold the
+    organ table and the residual sources; prints the table.
+    """
+    from recon.anatomy import OrgansConfig, reconstruct_organs
+    from recon.io import read_study, write_result
+
+    check_output(output, force)
+    study = read_study(study_file)
+    anatomy = _anatomy(study, anatomy_file)
+    config = OrgansConfig(
+        residual=residual,
+        background_regions=background_regions,
+        max_sources=max_sources,
+        steps=steps,
+    )
+    outcome = reconstruct_organs(
+        study,
+        anatomy=anatomy,
+        support=support,
+        config=config,
+        use_collimator=collimator,
+        study_file=str(study_file),
+    )
+    write_result(output, outcome.result, overwrite=force)
+    _print_quantities(study, [outcome.result], [outcome.result.method])
+    typer.echo(f"wrote {output}")
+
+
+def conjugate(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.h5", help="Study file.")],
+    output: ResultOutput,
+    anatomy_file: Annotated[
+        Path | None, typer.Option("--anatomy", metavar="FILE", help=ANATOMY_HELP)
+    ] = None,
+    force: ForceOption = False,
+) -> None:
+    """Organ activities by the conjugate-view method (geometric mean of AP and PA with the
+    transmission from μ), over the segments of the study's anatomy.
+
+    Writes a result file (each segment painted at its concentration, the organ table in its
+    parameters) and prints the table.
+    """
+    from recon.anatomy.reconstruct import reconstruct_conjugate
+    from recon.io import read_study, write_result
+
+    check_output(output, force)
+    study = read_study(study_file)
+    anatomy = _anatomy(study, anatomy_file)
+    result = reconstruct_conjugate(study, anatomy=anatomy, study_file=str(study_file))
+    write_result(output, result, overwrite=force)
+    _print_quantities(study, [result], [result.method])
+    typer.echo(f"wrote {output}")
+
+
+def quantify(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.h5", help="Study file.")],
+    result_files: Annotated[
+        list[Path], typer.Argument(metavar="RESULT.h5...", help="Results of the study.")
+    ],
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write it as JSON.")] = None,
+    force: ForceOption = False,
+) -> None:
+    """The organ and lesion table of one or more results of a study: MBq, concentration,
+    % of the total and uncertainty per segment of the study's anatomy, and the truth and error
+    when the study has a truth (phantoms). Works on patient studies (no truth needed).
+    """
+    import json
+
+    from recon.anatomy.quantify import quantify as table_of
+    from recon.anatomy.quantify import rows_to_csv
+    from recon.io import atomic_output, read_result, read_study
+
+    for path in (csv, json_file):
+        if path is not None:
+            check_output(path, force)
+    study = read_study(study_file)
+    results = [read_result(p) for p in result_files]
+    names = _labels(results, result_files)
+    rows = table_of(study, results, names)
+    _print_rows(rows)
+    if csv is not None:
+        with atomic_output(csv, overwrite=force) as tmp:
+            Path(tmp).write_text(rows_to_csv(rows), encoding="utf-8")
+        typer.echo(f"wrote {csv}")
+    if json_file is not None:
+        with atomic_output(json_file, overwrite=force) as tmp:
+            Path(tmp).write_text(
+                json.dumps([r.to_dict() for r in rows], indent=1), encoding="utf-8"
+            )
+        typer.echo(f"wrote {json_file}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def load_study_anatomy(study: Study, path: Path) -> Anatomy:
+    """An ``--anatomy FILE`` segmentation on the study's grid
+    (`recon.importers.segmentation.load_anatomy`)."""
+    from recon.importers.segmentation import load_anatomy
+
+    return load_anatomy(study, path)
+
+
+def _anatomy(study: Study, path: Path | None) -> Anatomy | None:
+    """The ``--anatomy`` segmentation, or ``None`` for the study's own."""
+    return None if path is None else load_study_anatomy(study, path)
+
+
+def _labels(results: list[Result], files: list[Path]) -> list[str]:
+    """One label per result: its method, or its file stem when methods repeat."""
+    methods = [r.method for r in results]
+    if len(set(methods)) == len(methods):
+        return methods
+    return [f"{m} ({f.stem})" for m, f in zip(methods, files, strict=True)]
+
+
+def _print_quantities(study: Study, results: list[Result], names: list[str]) -> None:
+    from recon.anatomy.quantify import quantify as table_of
+
+    _print_rows(table_of(study, results, names))
+
+
+def _print_rows(rows: list) -> None:  # QuantRow, imported lazily
+    from rich.console import Console
+    from rich.table import Table
+
+    has_truth = any(r.truth_mbq == r.truth_mbq for r in rows)  # not NaN
+    table = Table(title="Organ and lesion activities")
+    for column in ("method", "region", "MBq", "± sd", "Bq/mL", "% total"):
+        table.add_column(column, justify="left" if column in ("method", "region") else "right")
+    if has_truth:
+        table.add_column("truth MBq", justify="right")
+        table.add_column("error", justify="right")
+    for r in rows:
+        region = r.region if r.kind != "lesion" else f"{r.region} (lesion)"
+        if r.kind == "lesion" and r.found is False:
+            region += " not found"
+        cells = [
+            r.method,
+            region,
+            _num(r.activity_mbq),
+            _num(r.activity_sd_mbq),
+            _num(r.concentration_bq_per_ml),
+            _num(r.percent_of_total, ".1f"),
+        ]
+        if has_truth:
+            cells += [_num(r.truth_mbq), _pct(r.error_percent)]
+        table.add_row(*cells)
+    Console(width=max(100, 0)).print(table)
+
+
+def _num(value: float, spec: str = ".4g") -> str:
+    return "–" if value != value else format(value, spec)  # NaN → dash
+
+
+def _pct(value: float) -> str:
+    return "–" if value != value else f"{value:+.1f} %"

@@ -1,0 +1,138 @@
+"""``spect recon organs``, ``spect recon conjugate`` and ``spect quantify``, end to end."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from recon.io import read_result, read_study, write_study
+from recon.phantoms import PhantomVariant, TorsoPhantom, simulate_variant
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_ok(result) -> None:
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("organs")
+
+
+@pytest.fixture(scope="module")
+def study_file(folder: Path) -> Path:
+    """A 24³ Lu-177 torso with an anatomy (organs, not the lesions), MEGP blur, AP/PA."""
+    study = simulate_variant(TorsoPhantom.lu177_dotatate(), PhantomVariant(seed=2), size=24)
+    path = folder / "study.h5"
+    write_study(path, study)
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(folder: Path, study_file: Path) -> dict[str, Path]:
+    paths = {name: folder / f"{name}.h5" for name in ("organs", "qplanar", "conjugate")}
+    assert_ok(invoke("recon", "organs", study_file, "-o", paths["organs"], "--steps", "15"))
+    assert_ok(invoke("recon", "organs", study_file, "-o", paths["qplanar"], "--no-residual"))
+    assert_ok(invoke("recon", "conjugate", study_file, "-o", paths["conjugate"]))
+    return paths
+
+
+def test_recon_organs_writes_the_table_and_its_settings(study_file: Path, results) -> None:
+    study = read_study(study_file)
+    organs = read_result(results["organs"])
+    assert organs.method == "organs+residual"
+    table = {row["name"]: row for row in organs.parameters["organ_table"]}
+    assert set(study.anatomy.names.values()) <= set(table)  # type: ignore[union-attr]
+    liver = table["liver"]
+    assert liver["activity_mbq"] > 0 and 0 < liver["activity_sd_mbq"] < liver["activity_mbq"]
+    assert "MEGP" in organs.parameters["collimator"]
+    assert organs.parameters["support"].startswith("body")
+    # the activity volume holds the organ activities (and the sources)
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    total = float(organs.activity.sum()) * voxel_ml * 1e-6
+    listed = sum(r["activity_mbq"] for r in table.values())
+    listed += sum(s["activity_mbq"] for s in organs.parameters["sources"])
+    assert total == pytest.approx(listed, rel=1e-3)
+    qplanar = read_result(results["qplanar"])
+    assert qplanar.method == "organs" and qplanar.parameters["sources"] == []
+    conjugate = read_result(results["conjugate"])
+    assert conjugate.method == "conjugate-view"
+    assert {r["name"] for r in conjugate.parameters["organ_table"]} >= {"liver", "spleen"}
+
+
+def test_quantify_prints_and_writes_csv_and_json(folder: Path, study_file: Path, results) -> None:
+    csv_path, json_path = folder / "table.csv", folder / "table.json"
+    files = [results[n] for n in ("organs", "qplanar", "conjugate")]
+    run = invoke("quantify", study_file, *files, "--csv", csv_path, "--json", json_path)
+    assert_ok(run)
+    out = " ".join(run.stdout.split())
+    assert "liver" in out and "organs+residual" in out and "conjugate-view" in out
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    liver = [r for r in rows if r["region"] == "liver"]
+    assert {r["method"] for r in liver} == {"organs+residual", "organs", "conjugate-view"}
+    assert all(float(r["activity_mbq"]) > 0 for r in liver)
+    assert all(r["truth_mbq"] for r in liver)  # a phantom: the truth is there
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert len(data) == len(rows)
+    # refuses to overwrite without --force, in one line
+    assert_one_line_error(
+        invoke("quantify", study_file, *files, "--csv", csv_path), "already exists"
+    )
+
+
+def test_quantify_on_a_patient_study_needs_no_truth(folder: Path, study_file: Path) -> None:
+    study = read_study(study_file)
+    patient = dataclasses.replace(study, truth_activity=None, labels=None, label_names={})
+    path = folder / "patient.h5"
+    write_study(path, patient)
+    result = folder / "patient-organs.h5"
+    assert_ok(invoke("recon", "organs", path, "-o", result, "--no-residual"))
+    run = invoke("quantify", path, result, "--json", folder / "patient.json")
+    assert_ok(run)
+    rows = json.loads((folder / "patient.json").read_text(encoding="utf-8"))
+    assert rows and all(r["truth_mbq"] is None for r in rows)
+    assert "truth" not in run.stdout
+
+
+def test_organ_commands_refuse_bad_input_in_one_line(folder: Path, study_file: Path) -> None:
+    study = read_study(study_file)
+    bare = folder / "bare.h5"
+    write_study(bare, dataclasses.replace(study, anatomy=None))
+    assert_one_line_error(
+        invoke("recon", "organs", bare, "-o", folder / "x.h5"), "needs an anatomy"
+    )
+    assert not (folder / "x.h5").exists()
+    other = folder / "other.h5"
+    small = simulate_variant(TorsoPhantom.lu177_dotatate(), PhantomVariant(), size=16)
+    write_study(other, small)
+    assert_one_line_error(
+        invoke("recon", "organs", study_file, "-o", folder / "y.h5", "--anatomy", other),
+        "other.h5",
+    )
+    assert_one_line_error(
+        invoke("quantify", study_file, folder / "missing.h5"), "missing.h5"
+    )
+    assert np.isfinite(study.projections).all()
