@@ -1,7 +1,9 @@
-"""Reconstruction and test objects built on `spectproj`.
+"""Reconstruction, data and evaluation built on `spectproj`.
 
-Modules
--------
-phantoms_basic
-    Small analytic phantoms (activity and attenuation maps) for demos and tests.
+The layout (see ``docs/architecture.md``): `recon.io` (the data model and its files) and
+`recon.importers` (other formats); `recon.phantoms` and `recon.simulate` (test data);
+algorithms — `recon.mlem`, `recon.conjugate_view`, `recon.nerf`, `recon.cohort`,
+`recon.anatomy` — trained, where they learn, by the one loop of `recon.training`; one function
+per method in `recon.reconstruct`; evaluation in `recon.metrics`, `recon.report` and
+`recon.figures`.
 """

@@ -265,9 +265,9 @@ def run_demo(
     FileExistsError
         Outputs exist and ``overwrite`` is false.
     """
+    from recon.anatomy import reconstruct_organs
     from recon.io import write_result, write_study
     from recon.mlem import EMConfig
-    from recon.anatomy import reconstruct_organs
     from recon.phantoms import (
         NUCLIDES,
         PhantomVariant,

@@ -298,34 +298,13 @@ def heldout_mask(result: Result | None) -> np.ndarray | None:
 
 
 def expected_counts(study: Study, activity: np.ndarray, *, device: Any = None) -> np.ndarray:
-    """Expected counts ``[V, rows, bins]`` (float32) of ``activity`` under the study's model.
+    """Expected counts ``[V, rows, bins]`` (float32) of ``activity`` under the study's model
+    (`recon.expected_counts.expected_counts` with `study_collimator_response`)."""
+    from recon.expected_counts import expected_counts as model_counts
 
-    ``count_scale · A(activity) + background`` with the study's geometry, μ (if any), collimator
-    blur (`study_collimator_response`) and background (if any). Negative activity is clipped to
-    0 first (expected counts cannot be negative).
-    """
-    import torch
-
-    from spectproj import SPECTProjector
-
-    dev = torch.device("cpu") if device is None else torch.device(device)
-    x = np.asarray(activity, dtype=np.float32)
-    if x.shape != tuple(study.grid.shape):
-        raise ValueError(
-            f"activity has shape {x.shape}, the study's grid {tuple(study.grid.shape)}"
-        )
-    mu = None
-    if study.mu_per_mm is not None:
-        mu = torch.as_tensor(np.ascontiguousarray(study.mu_per_mm, dtype=np.float32), device=dev)
-    projector = SPECTProjector(
-        study.geometry(), mu, study_collimator_response(study), dtype=torch.float32, device=dev
+    return model_counts(
+        study, activity, collimator=study_collimator_response(study), device=device
     )
-    with torch.no_grad():
-        volume = torch.as_tensor(np.ascontiguousarray(np.maximum(x, 0.0)), device=dev)
-        y = study.acquisition.count_scale * projector(volume)
-        if study.background is not None:
-            y = y + torch.as_tensor(np.asarray(study.background, dtype=np.float32), device=dev)
-    return y.cpu().numpy().astype(np.float32)
 
 
 def compare(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -87,6 +87,12 @@ class SPECTProjector(nn.Module):
     build a new projector (or call ``project``) for each step that differentiates through μ.
     """
 
+    # Buffers registered in ``__init__``, declared for the type checker (``nn.Module.__getattr__``
+    # would type them ``Tensor | Module``). ``None`` when there is nothing to cache.
+    _probe: torch.Tensor
+    aligned_weights: torch.Tensor | None
+    rebin_rows: torch.Tensor | None
+
     def __init__(
         self,
         geometry: ParallelGeometry,
@@ -123,7 +129,8 @@ class SPECTProjector(nn.Module):
         ]
         grid = geometry.grid
         mu_t = _prepare_mu(mu, grid.shape, dtype, device)
-        self._mu_field: Field | None = mu if (mu is not None and mu_t is None) else None
+        # ``_prepare_mu`` accepted ``mu``: anything but None or a tensor is a callable field.
+        self._mu_field: Field | None = None if mu is None or isinstance(mu, torch.Tensor) else mu
         self._mu_grid = mu_t
 
         # Axis-aligned views: weights in the volume's own orientation, [Va, Z, Y, X].
@@ -132,13 +139,13 @@ class SPECTProjector(nn.Module):
         ]
         aligned_w = [self._aligned_lattice_weights(v) for v in self.aligned_views]
         if mu is not None and aligned_w:
-            stacked = torch.stack(
-                [
-                    from_lattice(w, self.lattices[v].quadrant)
-                    for v, w in zip(self.aligned_views, aligned_w, strict=True)
-                ]  # type: ignore[arg-type]
-            )
-            self.register_buffer("aligned_weights", stacked, persistent=False)
+            volumes = []
+            for v, w in zip(self.aligned_views, aligned_w, strict=True):
+                q = self.lattices[v].quadrant
+                # With μ given every view has weights, and aligned views have a quadrant.
+                assert w is not None and q is not None
+                volumes.append(from_lattice(w, q))
+            self.register_buffer("aligned_weights", torch.stack(volumes), persistent=False)
         else:
             self.aligned_weights = None
 
@@ -181,7 +188,7 @@ class SPECTProjector(nn.Module):
             grid.spacing_mm[0],
             geometry.detector_centres_mm(0),
             geometry.pixel_size_mm[0],
-        )  # type: ignore[index]
+        )
         self.register_buffer(
             "rebin_rows",
             None if rows is None else rows.to(dtype=dtype, device=device),
@@ -191,7 +198,7 @@ class SPECTProjector(nn.Module):
         for v, lat in enumerate(self.lattices):
             m = rebin_matrix(
                 torch.tensor(lat.r_mm, dtype=torch.float64), lat.step_r_mm,
-                geometry.detector_centres_mm(1), geometry.pixel_size_mm[1],  # type: ignore[index]
+                geometry.detector_centres_mm(1), geometry.pixel_size_mm[1],
             )  # fmt: skip
             if m is not None:
                 self._rebin_bins[v] = f"_rebin_bins{v}"
@@ -447,17 +454,18 @@ class SPECTProjector(nn.Module):
         """Native projection ``[B, Z, R]`` of axis-aligned view ``v``."""
         lat = self.lattices[v]
         q = lat.quadrant
+        assert q is not None  # only the axis-aligned views (those with a quadrant) come here
         k = self.aligned_views.index(v)
         w_vol = None if self.aligned_weights is None else self.aligned_weights[k]
         if reference or self.collimator is not None:
             if reference:
                 samples = self._reference_samples(a, v)
             else:
-                samples = to_lattice(a, q).permute(2, 3, 0, 1).unsqueeze(0)  # type: ignore[arg-type]
-            w = None if w_vol is None else to_lattice(w_vol, q).permute(1, 2, 0).unsqueeze(0)  # type: ignore[arg-type]
+                samples = to_lattice(a, q).permute(2, 3, 0, 1).unsqueeze(0)
+            w = None if w_vol is None else to_lattice(w_vol, q).permute(1, 2, 0).unsqueeze(0)
             native = self._integrate_chunk(samples, [v], w)  # [B, 1, Z, R]
             return native[:, 0]
-        depth_dim, _, _, bins_rev = quadrant_axes(q)  # type: ignore[arg-type]
+        depth_dim, _, _, bins_rev = quadrant_axes(q)
         summed = (
             (a * w_vol).sum(dim=depth_dim)
             if w_vol is not None
@@ -469,15 +477,16 @@ class SPECTProjector(nn.Module):
         """Transpose of ``_aligned_forward``: ``[B, Z, R] → [B, Z, Y, X]``."""
         lat = self.lattices[v]
         q = lat.quadrant
+        assert q is not None  # only the axis-aligned views (those with a quadrant) come here
         k = self.aligned_views.index(v)
         w_vol = None if self.aligned_weights is None else self.aligned_weights[k]
         if reference or self.collimator is not None:
-            w = None if w_vol is None else to_lattice(w_vol, q).permute(1, 2, 0).unsqueeze(0)  # type: ignore[arg-type]
+            w = None if w_vol is None else to_lattice(w_vol, q).permute(1, 2, 0).unsqueeze(0)
             lattice = self._integrate_adjoint_chunk(native.unsqueeze(1), [v], w)  # [1, S, R, B, Z]
             if reference:
                 return self._reference_unsample(lattice, v)
-            return from_lattice(lattice[0].permute(2, 3, 0, 1), q)  # type: ignore[arg-type]
-        depth_dim, _, _, bins_rev = quadrant_axes(q)  # type: ignore[arg-type]
+            return from_lattice(lattice[0].permute(2, 3, 0, 1), q)
+        depth_dim, _, _, bins_rev = quadrant_axes(q)
         n = torch.flip(native, (-1,)) if bins_rev else native
         spread = n.unsqueeze(depth_dim)
         return (
@@ -591,8 +600,9 @@ class SPECTProjector(nn.Module):
         )
         if key not in self._blur_cache:
             radius = self.geometry.radius_mm
+            assert radius is not None  # __init__ refuses a collimator without geometry.radius_mm
             s = torch.tensor(per_view, dtype=torch.float64, device=self.device)  # [V|1, S]
-            sigma = self.collimator.sigma_mm(radius - s)  # type: ignore[operator]
+            sigma = self.collimator.sigma_mm(radius - s)
             lat = lattices[0]
             blur_r = gaussian_blur_matrices(sigma, n_bins, lat.step_r_mm)
             blur_z = gaussian_blur_matrices(sigma, len(lat.z_mm), lat.step_z_mm)
@@ -666,6 +676,7 @@ class SPECTProjector(nn.Module):
                 lat_o = _resampled(self.field_lattices[opposed], n_samples)
                 todo.append((opposed, torch.flip(act, (0, 1)), mu_o, lat_o))
             for view, a_s, mu_s, view_lat in todo:
+                weights: torch.Tensor | None
                 if mu_s is not None:
                     weights = depth_weights(mu_s, view_lat.step_s_mm, dim=0).unsqueeze(0)
                 else:
@@ -718,7 +729,7 @@ class SPECTProjector(nn.Module):
                 (rows, g.detector_shape[0]),
                 (bins, g.detector_shape[1]),
             )
-        )  # type: ignore[index]
+        )
         if not (views.shape == rows.shape == bins.shape) or views.dim() != 1:
             raise ValueError(
                 f"views, rows and bins must be 1D integer tensors of one length, got shapes "
@@ -778,14 +789,16 @@ class SPECTProjector(nn.Module):
     def _mu_at(self, points: torch.Tensor) -> torch.Tensor:
         if self._mu_field is not None:
             return _evaluate(self._mu_field, points, DEFAULT_CHUNK_POINTS, "mu field")
-        return GridField(self._mu_grid, self.geometry.grid)(points)  # type: ignore[arg-type]
+        assert self._mu_grid is not None  # callers ask only when there is a μ (grid or field)
+        return GridField(self._mu_grid, self.geometry.grid)(points)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _aligned_lattice_weights(self, v: int) -> torch.Tensor | None:
         """Attenuation weights ``[Z, S, R]`` of axis-aligned view ``v`` on its lattice."""
         lat = self.lattices[v]
         if self._mu_grid is not None:
-            return depth_weights(to_lattice(self._mu_grid, lat.quadrant), lat.step_s_mm, dim=1)  # type: ignore[arg-type]
+            assert lat.quadrant is not None  # called for the axis-aligned views only
+            return depth_weights(to_lattice(self._mu_grid, lat.quadrant), lat.step_s_mm, dim=1)
         if self._mu_field is None:
             return None
         points = _lattice_points(lat, None, self.dtype, self.device)  # [S, R, Z, 3]
@@ -799,8 +812,10 @@ class SPECTProjector(nn.Module):
         if self._mu_grid is not None:
             mu_s = self._sample_oblique(self._mu_grid.unsqueeze(0), c, len(views))[..., 0, :]
         else:
+            # Called only when μ is given: not a grid, so a field.
+            assert self._mu_field is not None
             pts = torch.stack([_lattice_points(lat, None, self.dtype, self.device) for lat in lats])
-            mu_s = _evaluate(self._mu_field, pts, DEFAULT_CHUNK_POINTS, "mu field")  # type: ignore[arg-type]
+            mu_s = _evaluate(self._mu_field, pts, DEFAULT_CHUNK_POINTS, "mu field")
         return depth_weights(mu_s, lats[0].step_s_mm, dim=1)
 
     def _check_tensor(self, t: torch.Tensor, name: str) -> None:
@@ -874,7 +889,7 @@ def _lattice_points(
 ) -> torch.Tensor:
     """``[S, R, Z, 3]`` (x, y, z) positions in mm; ``shift_mm`` ``[R, Z]`` moves each ray's comb."""
     (ux, uy), (nx, ny) = lat.directions()
-    f64 = {"dtype": torch.float64, "device": device}
+    f64: dict[str, Any] = {"dtype": torch.float64, "device": device}
     r = torch.tensor(lat.r_mm, **f64)[None, :, None]
     s = torch.tensor(lat.s_mm, **f64)[:, None, None]
     if shift_mm is not None:
@@ -939,7 +954,7 @@ def project(
     """
     dtype, device = _dtype_device(activity, mu)
     op = SPECTProjector(geometry, mu, collimator, dtype=dtype, device=device)
-    return op(activity, **field_options)  # type: ignore[arg-type]
+    return op(activity, **field_options)
 
 
 def backproject(

@@ -32,26 +32,3 @@ def ellipsoid_mask(
     az, ay, ax = positive_triplet("semi_axes_mm", semi_axes_mm, "mm")
     z, y, x = _coordinates(grid, device)
     return ((z - cz) / az) ** 2 + ((y - cy) / ay) ** 2 + ((x - cx) / ax) ** 2 <= 1.0
-
-
-def cylinder_mask(
-    grid: ImageGrid,
-    centre_yx_mm: Sequence[float],
-    radius_mm: float,
-    z_range_mm: tuple[float, float] | None = None,
-    *,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Boolean ``[Z, Y, X]``: voxel centres inside a cylinder along z of ``radius_mm``.
-
-    ``centre_yx_mm`` is the (y, x) axis position in mm; ``z_range_mm`` limits it in z (all slices
-    when ``None``).
-    """
-    cy, cx = (float(c) for c in centre_yx_mm)
-    if not radius_mm > 0:
-        raise ValueError(f"radius_mm must be positive (mm), got {radius_mm!r}")
-    z, y, x = _coordinates(grid, device)
-    inside = (y - cy) ** 2 + (x - cx) ** 2 <= radius_mm**2
-    if z_range_mm is not None:
-        inside = inside & (z >= z_range_mm[0]) & (z <= z_range_mm[1])
-    return inside.expand(grid.shape)

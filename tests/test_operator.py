@@ -211,7 +211,7 @@ def test_operators_satisfy_the_protocol():
     assert op.output_shape == (12, 3, 7) and ViewSubset(m, (0, 2)).output_shape == (2, 3, 7)
     assert not isinstance(object(), LinearOperator)
     with pytest.raises(TypeError, match="operator must be a LinearOperator"):
-        ViewSubset(object(), (0,))  # type: ignore[arg-type]
+        ViewSubset(object(), (0,))  # type: ignore[arg-type]  # the wrong type under test
 
 
 @pytest.mark.parametrize(

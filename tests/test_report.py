@@ -174,3 +174,44 @@ def test_voxel_positions_of_a_grid() -> None:
     assert voxel_edges_mm(grid, 2) == (-7.5, 2.5)
     assert [voxel_centre_mm(grid, 0, k) for k in range(4)] == [-2.0, 0.0, 2.0, 4.0]
     assert [voxel_centre_mm(grid, 1, j) for j in range(3)] == [-1.0, 0.0, 1.0]
+
+
+def test_settings_and_heldout_deviance_of_each_method(tmp_path: Path, pngs) -> None:
+    """The report shows each method's settings, and for a fit that held pixels out (a NeRF's
+    ``train_mask``) the deviance over those pixels beside the one over all pixels."""
+    from recon.io import Result
+    from recon.projection_metrics import projection_fit
+    from recon.report import expected_counts, method_settings
+
+    phantom = make_torso(default_grid(12), 140.5)
+    geometry = ParallelGeometry.ap_pa(phantom.grid, radius_mm=250.0)
+    study = simulate_acquisition(phantom, geometry, total_counts=1e5, seed=2)
+    truth = np.asarray(study.truth_activity, dtype=np.float32)
+    held = np.zeros(study.projections.shape, dtype=np.uint8)  # 0 = held out
+    held[:, ::2] = 1  # train on the even rows
+    nerf = Result(
+        truth, study.grid, "nerf",
+        parameters={"steps_done": 7, "support_note": "body (test)", "collimator": "LEHR (test)"},
+        extras={"train_mask": held},
+    )  # fmt: skip
+    mlem = Result(truth, study.grid, "mlem", parameters={"iterations": 3, "support": "none"})
+    comparison = compare(
+        study, [MethodResult.from_result(nerf, "NeRF"), MethodResult.from_result(mlem, "MLEM")]
+    )
+    fits = comparison.projection_fit
+    counts = np.asarray(study.projections)
+    by_hand = projection_fit(expected_counts(study, truth), counts, held == 0)
+    assert fits["NeRF"]["heldout_deviance_per_pixel"] == pytest.approx(
+        by_hand["deviance_per_pixel"], rel=1e-9
+    )
+    assert "heldout_deviance_per_pixel" not in fits["MLEM"]  # MLEM holds nothing out
+    assert method_settings(nerf)["iterations / steps"] == "7"
+    assert method_settings(nerf)["support"] == "body (test)"
+    assert method_settings(mlem)["iterations / steps"] == "3"
+    assert method_settings(mlem)["anatomy"] == "–"
+    parsed = _Tables()
+    parsed.feed(_render(comparison, pngs, tmp_path))
+    settings = {row[0]: row[1:] for row in parsed.tables["settings"][1:]}
+    assert settings["NeRF"][:3] == ["7", "–", "body (test)"]
+    fit_rows = {row[0]: row for row in parsed.tables["projection-fit"][1:]}
+    assert fit_rows["NeRF"][3] != "–" and fit_rows["MLEM"][3] == "–"

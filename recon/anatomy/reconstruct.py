@@ -372,13 +372,11 @@ def _projector(study: Study, collimator: Any, device: torch.device | str) -> SPE
 def _expected(
     study: Study, model: OrganResidualModel, collimator: Any, device: torch.device | str
 ) -> np.ndarray:
-    projector = _projector(study, collimator, device)
+    from recon.expected_counts import expected_counts
+
     with torch.no_grad():
-        counts = projector(model.volume().to(projector.device)) * study.acquisition.count_scale
-    out = counts.double().cpu().numpy()
-    if study.background is not None:
-        out = out + np.asarray(study.background, dtype=np.float64)
-    return out
+        volume = model.volume()
+    return expected_counts(study, volume, collimator=collimator, device=device)
 
 
 def _volume(model: OrganResidualModel) -> np.ndarray:

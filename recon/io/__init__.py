@@ -8,12 +8,17 @@ write_study, read_study, write_result, read_result, describe, FORMAT_VERSION
     The HDF5 study and result files (`recon.io.hdf5`, layout in ``docs/file-format.md``).
 StudyFileError
     Raised for a bad file, with a one-line ``"<file>: <dataset>: <problem>"`` message.
+FieldError, FieldValueError, FieldTypeError
+    Raised by `Study`, `Result` and `Acquisition` for a bad field, naming it
+    (``"Study.projections: ..."``).
+MAX_COUNTS
+    The largest count (or background) a study may hold (the likelihood stays finite in float32).
 atomic_output
     Write any file atomically (temporary file in the same folder, then rename).
 """
 
 from recon.io.atomic import atomic_output
-from recon.io.errors import StudyFileError
+from recon.io.errors import FieldError, FieldTypeError, FieldValueError, StudyFileError
 from recon.io.hdf5 import (
     FORMAT_VERSION,
     describe,
@@ -22,12 +27,16 @@ from recon.io.hdf5 import (
     write_result,
     write_study,
 )
-from recon.io.study import Acquisition, Anatomy, Result, Study
+from recon.io.study import MAX_COUNTS, Acquisition, Anatomy, Result, Study
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_COUNTS",
     "Acquisition",
     "Anatomy",
+    "FieldError",
+    "FieldTypeError",
+    "FieldValueError",
     "Result",
     "Study",
     "StudyFileError",

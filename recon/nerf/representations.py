@@ -24,7 +24,6 @@ from spectproj import GridField, ImageGrid
 __all__ = [
     "Representation",
     "VoxelActivity",
-    "activity_scale",
     "inverse_softplus",
     "set_activity_scale",
 ]
@@ -93,14 +92,6 @@ class VoxelActivity(nn.Module):
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
         values = GridField(self.volume(), self.grid)(points_mm.to(self.theta.dtype))
         return values.to(points_mm.dtype)
-
-
-def activity_scale(representation: object) -> float | None:
-    """The representation's ``scale`` (activity of a unit output), or ``None`` if it has none."""
-    scale = getattr(representation, "scale", None)
-    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
-        return float(scale)
-    return None
 
 
 def set_activity_scale(representation: object, level: float) -> bool:
