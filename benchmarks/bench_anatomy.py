@@ -5,7 +5,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_anatomy.py [--size 64] [--timing-size 128] [--quick]
                                                  [--write-docs]
 
-Each case is a Lu-177 DOTATATE torso (`recon.phantoms.simulate_variant`) simulated on a grid twice
+Each case is a Lu-177 DOTATATE torso (`recon.data.phantoms.simulate_variant`) simulated on a grid
+twice
 as fine as the study's (no inverse crime), AP/PA with attenuation and the MEGP collimator blur,
 2e6 counts per view, with: ±20 % smooth uptake heterogeneity inside the organs, lesions the
 segmentation does not contain (moved by up to 15 mm and resized by up to ±30 %, seeded),
@@ -45,9 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from recon.anatomy import OrgansConfig, reconstruct_organs  # noqa: E402
 from recon.anatomy.reconstruct import reconstruct_conjugate  # noqa: E402
+from recon.data.phantoms import FIRST_LESION_LABEL, TorsoPhantom  # noqa: E402
+from recon.data.phantoms.variants import PhantomVariant, simulate_variant, vary_lesions  # noqa: E402
 from recon.io import Result, Study  # noqa: E402
-from recon.phantoms import FIRST_LESION_LABEL, TorsoPhantom  # noqa: E402
-from recon.phantoms.variants import PhantomVariant, simulate_variant, vary_lesions  # noqa: E402
 
 BEGIN, END = "<!-- bench-anatomy:begin -->", "<!-- bench-anatomy:end -->"
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
@@ -160,7 +161,7 @@ def _radius_mm(study: Study, name: str) -> float:
 
 
 def run_mlem(study: Study) -> Result:
-    from recon.mlem import EMConfig, em_reconstruct
+    from recon.algorithms.mlem import EMConfig, em_reconstruct
     from recon.support import resolve_support
 
     mask, _ = resolve_support(study, "body")

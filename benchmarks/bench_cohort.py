@@ -22,7 +22,8 @@ concentrations and the body size varied too; every phantom a different seed):
    * each cohort prior, code only (`recon.cohort.prior.fit_with_prior`),
    * each cohort prior, code then fine-tuning (half the steps each),
    and, for reference, by 2-view MLEM (``--mlem-iterations``). Figure: the organ-activity error
-   ``|A_est − A_true| / A_true`` of each organ (MBq in the labelled voxels, `recon.metrics
+   ``|A_est − A_true| / A_true`` of each organ (MBq in the labelled voxels,
+   `recon.evaluation.metrics
    .organ_errors`), averaged over the 9 organs (body, lungs, liver, spleen, both kidneys, spine,
    bladder, heart) and over the held-out phantoms; lesions are reported apart.
 
@@ -68,6 +69,7 @@ from _report import (
 )
 from _timing import QuietGate, machine_info, other_processes_load, usable_cores
 
+from recon.algorithms.mlem import EMConfig, em_reconstruct
 from recon.cohort import (
     CohortConfig,
     Manifest,
@@ -75,21 +77,20 @@ from recon.cohort import (
     load_cohort_model,
     train_cohort,
 )
-from recon.io import read_study, write_study
-from recon.metrics import organ_errors
-from recon.mlem import EMConfig, em_reconstruct
-from recon.nerf.config import TrainConfig
-from recon.nerf.export import sample_on_grid
-from recon.nerf.field import EmissionField, FieldConfig
-from recon.nerf.training import fit
-from recon.phantoms.torso import (
+from recon.data.phantoms.torso import (
     LABELS,
     TorsoPhantom,
     default_grid,
     default_lesions,
     make_torso,
 )
-from recon.simulate import simulate_acquisition
+from recon.data.simulate import simulate_acquisition
+from recon.evaluation.metrics import organ_errors
+from recon.io import read_study, write_study
+from recon.nerf.config import TrainConfig
+from recon.nerf.export import sample_on_grid
+from recon.nerf.field import EmissionField, FieldConfig
+from recon.nerf.training import fit
 from spectproj import ParallelGeometry
 
 ORGANS = tuple(LABELS)

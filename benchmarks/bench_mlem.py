@@ -19,7 +19,7 @@ first callback, plus the short tail after the last one, minus one s/iter).
   ``SPECTAttenuationTransform`` built beforehand. Each call first computes ``Hᵀ1`` (per subset),
   so its first iteration costs FP + 2 BP; that is its one-off cost. An iteration is FP + BP +
   the update.
-* spect: ``recon.mlem.em_reconstruct(counts, geometry, EMConfig(N, subsets), mu=mu,
+* spect: ``recon.algorithms.mlem.em_reconstruct(counts, geometry, EMConfig(N, subsets), mu=mu,
   count_scale=1, callback=…)``. Its one-off cost is the setup: building the ``SPECTProjector``
   operators (which cache the attenuation factors), the sensitivity images and the uniform start
   image. An iteration is FP + BP + the update, and it records the Poisson log-likelihood in
@@ -284,7 +284,7 @@ def run_spect(
     sp: SpectCase, counts_vzb: torch.Tensor, iterations: int, subsets: int
 ) -> tuple[RunTimes, torch.Tensor, list[float]]:
     """spect's ``em_reconstruct`` from its default uniform start, ``count_scale = 1``."""
-    from recon.mlem import EMConfig, em_reconstruct
+    from recon.algorithms.mlem import EMConfig, em_reconstruct
 
     stamps = _IterationStamps(sp.device)
     stamps.start()
@@ -325,7 +325,7 @@ class Samples:
 
 def bench_case(case: EMCase, args: argparse.Namespace, log: Callable[[str], None]) -> Row:
     """Time and cross-check one case."""
-    from recon.poisson import poisson_log_likelihood
+    from recon.algorithms.poisson import poisson_log_likelihood
 
     device = torch.device(args.device)
     iterations = args.iterations
@@ -587,10 +587,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 #: The repository's files that the spect side of this benchmark runs.
 TIMED_SOURCES = (
-    "recon/mlem.py",
-    "recon/poisson.py",
-    "recon/priors.py",
-    "recon/filters.py",
+    "recon/algorithms/mlem.py",
+    "recon/algorithms/poisson.py",
+    "recon/algorithms/priors.py",
+    "recon/algorithms/filters.py",
     "spectproj",
 )
 

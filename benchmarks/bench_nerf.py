@@ -29,7 +29,8 @@ whole ``fit`` is the "64³ AP/PA study in under 2 minutes on 2 cores" check, tim
 threads and with 1), 2-view MLEM at 50 and 200 iterations and at its best iteration by NRMSE
 (an oracle: it needs the truth), all without and with the body outline (μ > 0) as support, and
 the conjugate-view organ activities (``background="body"``). Metrics from
-``recon.metrics.evaluate_volume``: NRMSE in the body and in the whole volume, PSNR, SSIM, the
+``recon.evaluation.metrics.evaluate_volume``: NRMSE in the body and in the whole volume, PSNR,
+SSIM, the
 total-activity error and every organ's activity error.
 
 Every timed round first waits (``--max-quiet-wait``, default 20 s) until other processes on the
@@ -182,8 +183,8 @@ def speed_cases(device: torch.device, quick: bool) -> tuple[list[SpeedCase], int
 
 def torso_study(size: int, total_counts: float, seed: int) -> Study:
     """The torso (Tc-99m) on ``default_grid(size)``, AP/PA with attenuation and Poisson noise."""
-    from recon.phantoms import NUCLIDES, default_grid, make_torso
-    from recon.simulate import simulate_acquisition
+    from recon.data.phantoms import NUCLIDES, default_grid, make_torso
+    from recon.data.simulate import simulate_acquisition
     from spectproj import ParallelGeometry
 
     grid = default_grid(size)
@@ -489,8 +490,8 @@ def run_mlem(
     study: Study, support: bool, iterations: int, device: torch.device
 ) -> dict[str, tuple[np.ndarray, int, float]]:
     """MLEM volumes at `MLEM_ITERATIONS` and at the iteration of least body NRMSE (oracle)."""
-    from recon.metrics import nrmse
-    from recon.mlem import EMConfig, em_reconstruct
+    from recon.algorithms.mlem import EMConfig, em_reconstruct
+    from recon.evaluation.metrics import nrmse
 
     counts = torch.as_tensor(study.projections, dtype=torch.float32, device=device)
     mu = torch.as_tensor(study.mu_per_mm, dtype=torch.float32, device=device)
@@ -527,8 +528,8 @@ def run_mlem(
 def run_quality(
     args: argparse.Namespace, device: torch.device, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    from recon.conjugate_view import conjugate_view_quantification
-    from recon.metrics import evaluate_volume
+    from recon.algorithms.conjugate_view import conjugate_view_quantification
+    from recon.evaluation.metrics import evaluate_volume
 
     size = 64
     log(f"quality: {size}³ torso, AP/PA, {QUALITY_COUNTS:.0e} counts, seed {QUALITY_SEED}")

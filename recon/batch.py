@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
+from recon.algorithms.mlem import EMConfig
 from recon.io import Result, read_study, write_result
 from recon.io.atomic import atomic_output
 from recon.io.study import Study
 from recon.io.summary import total_mbq
-from recon.mlem import EMConfig
 from recon.nerf.config import TrainConfig
 from recon.reconstruct import reconstruct_mlem, reconstruct_nerf
 from recon.support import SUPPORT_KINDS

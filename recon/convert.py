@@ -85,8 +85,8 @@ _AXIS_OF_LETTER = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
 # -- small helpers ------------------------------------------------------------------------------
 def canonical_isotope(name: str | None) -> str | None:
     """A nuclide name as the library spells it (``"lu177"`` → ``"Lu-177"``) when it is one of
-    `recon.phantoms.NUCLIDES`, else the text as given (stripped); ``None`` for no name."""
-    from recon.phantoms import nuclide_name
+    `recon.data.phantoms.NUCLIDES`, else the text as given (stripped); ``None`` for no name."""
+    from recon.data.phantoms import nuclide_name
 
     if name is None or not str(name).strip():
         return None

@@ -3,13 +3,13 @@ reconstructions → evaluation → report, from nothing but the built-in torso.
 
 Steps (`run_demo`):
 
-1. the torso phantom (`recon.phantoms.make_torso`, Tc-99m concentrations) on
+1. the torso phantom (`recon.data.phantoms.make_torso`, Tc-99m concentrations) on
    ``default_grid(size)`` (a 400 mm cube: 64³ voxels of 6.25 mm for ``fast``, 128³ of 3.125 mm
    for ``full``);
 2. an anterior/posterior acquisition with attenuation and seeded Poisson noise, 1.5 million
-   expected counts over both views (`recon.simulate.simulate_acquisition`; no collimator blur
+   expected counts over both views (`recon.data.simulate.simulate_acquisition`; no collimator blur
    and no scatter, so that the demo stays quick; `docs/anatomy.md` measures every method with
-   both); written as ``study.h5`` with its anatomy (`recon.phantoms.segmentation_from_phantom`:
+   both); written as ``study.h5`` with its anatomy (`recon.data.phantoms.segmentation_from_phantom`:
    the organs and the body outline, not the lesions);
 3. reconstructions that use the study's μ map and its body outline (`recon.support.support_mask`,
    from μ) as support, as a CT would give them:
@@ -23,10 +23,12 @@ Steps (`run_demo`):
    - **organs + residual** (`recon.anatomy.reconstruct_organs`): one activity per organ of the
      study's anatomy (the phantom's organs without its lesions, as a CT would show them) plus
      residual sources for what the anatomy misses; ``organs.h5``;
-   - **conjugate view**, the clinical geometric-mean method (`recon.conjugate_view`, organ
+   - **conjugate view**, the clinical geometric-mean method (`recon.algorithms.conjugate_view`,
+     organ
      ROIs from the labels, tissue background from the body): organ activities only;
 
-4. `recon.report.compare` and `recon.report.write_report`: ``report.html``, the PNG figures,
+4. `recon.evaluation.report.compare` and `recon.evaluation.report.write_report`: ``report.html``,
+   the PNG figures,
    ``summary.json`` and ``summary.md`` in the output folder.
 
 Nothing here prints; `run_demo` reports progress through an optional callback and returns a
@@ -46,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.report import FIGURES, REPORT_HTML, SUMMARY_JSON, SUMMARY_MD
+from recon.evaluation.report import FIGURES, REPORT_HTML, SUMMARY_JSON, SUMMARY_MD
 from recon.support import SupportedField
 
 __all__ = [
@@ -190,9 +192,9 @@ class DemoSummary:
     device : str
         Where the reconstructions ran.
     headline : list of dict
-        `recon.report.Comparison.headline` rows (one per method and the conjugate view).
+        `recon.evaluation.report.Comparison.headline` rows (one per method and the conjugate view).
     organs : list of dict
-        `recon.report.Comparison.organ_table` rows.
+        `recon.evaluation.report.Comparison.organ_table` rows.
     timings_s : dict
         Wall-clock seconds of each stage.
     runtime_s : float
@@ -265,19 +267,19 @@ def run_demo(
     FileExistsError
         Outputs exist and ``overwrite`` is false.
     """
+    from recon.algorithms.mlem import EMConfig
     from recon.anatomy import reconstruct_organs
-    from recon.io import write_result, write_study
-    from recon.mlem import EMConfig
-    from recon.phantoms import (
+    from recon.data.phantoms import (
         NUCLIDES,
         PhantomVariant,
         default_grid,
         make_torso,
         segmentation_from_phantom,
     )
+    from recon.data.simulate import simulate_acquisition
+    from recon.evaluation.report import MethodResult, compare, write_report
+    from recon.io import write_result, write_study
     from recon.reconstruct import reconstruct_mlem, reconstruct_nerf
-    from recon.report import MethodResult, compare, write_report
-    from recon.simulate import simulate_acquisition
     from spectproj import ParallelGeometry
 
     settings = demo_settings(quality, size=size, steps=steps)

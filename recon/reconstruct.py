@@ -4,7 +4,8 @@ The CLI (``spect recon mlem`` / ``spect recon nerf``), `recon.batch` and `recon.
 these, so a study reconstructed by any of them gives the same activity and the same parameter
 record:
 
-- `reconstruct_mlem`: MLEM, OSEM or one-step-late MAP-EM (`recon.mlem.em_reconstruct`) with the
+- `reconstruct_mlem`: MLEM, OSEM or one-step-late MAP-EM (`recon.algorithms.mlem.em_reconstruct`)
+  with the
   study's geometry, μ, collimator, background and count scale;
 - `reconstruct_nerf`: a neural field fitted to the counts (`recon.nerf.training.fit`, or
   `recon.cohort.prior.fit_with_prior` with a cohort model), sampled on the study's grid
@@ -30,7 +31,7 @@ from recon.io import Result, Study
 from recon.support import resolve_support
 
 if TYPE_CHECKING:
-    from recon.mlem import EMConfig, IterationCallback
+    from recon.algorithms.mlem import EMConfig, IterationCallback
     from recon.nerf.config import TrainConfig
     from recon.nerf.training import StepCallback
     from spectproj import CollimatorResponse
@@ -142,7 +143,7 @@ def reconstruct_mlem(
     study:
         The study.
     config:
-        `recon.mlem.EMConfig` (iterations, subsets, prior, post-filter).
+        `recon.algorithms.mlem.EMConfig` (iterations, subsets, prior, post-filter).
     support:
         ``"body"``, ``"anatomy"``, ``"none"`` or ``None`` (body when possible).
     attenuation, collimator:
@@ -172,7 +173,7 @@ def reconstruct_mlem(
         More subsets than views, an unknown collimator, a support the study cannot give, CUDA
         asked for but absent.
     """
-    from recon.mlem import em_reconstruct
+    from recon.algorithms.mlem import em_reconstruct
 
     _check_study(study)
     dev = _device(device)

@@ -1,6 +1,6 @@
 """Linear operators ``A``: volumes ``[Z, Y, X]`` → projections ``[V, rows, bins]``, and back.
 
-Reconstruction code (``recon.mlem``) takes any object with the ``LinearOperator`` shape:
+Reconstruction code (``recon.algorithms.mlem``) takes any object with the ``LinearOperator`` shape:
 ``SPECTProjector`` and its view subsets (``SPECTProjector.subset``), ``MatrixOperator`` (a plain
 dense or sparse matrix, the reference twin of the tests), or your own. ``subset_operator`` gives
 the operator of some views (the rows of ``A`` that belong to them): the operator's own ``subset``

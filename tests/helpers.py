@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from spectproj import ImageGrid
@@ -21,3 +23,28 @@ def disc_fraction(grid: ImageGrid, radius_mm: float, supersample: int = 6) -> to
 def random_volume(shape: tuple[int, int, int], seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=gen, dtype=dtype)
+
+
+def invoke(*args: object) -> Any:
+    """Run ``spect ARGS...`` in-process (typer's CliRunner), arguments as strings."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_ok(result: Any) -> None:
+    """The command succeeded and printed no traceback."""
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+
+
+def assert_one_line_error(result: Any, *fragments: str) -> str:
+    """The command failed with exit code 1 and one line ``Error: ...`` holding ``fragments``."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

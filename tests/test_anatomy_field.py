@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from recon.data.phantoms import Phantom
+from recon.data.simulate import simulate_acquisition
 from recon.io import Anatomy, read_result, write_result
 from recon.nerf.anatomy_field import (
     AnatomyFeatureConfig,
@@ -21,8 +23,6 @@ from recon.nerf.config import TrainConfig
 from recon.nerf.export import build_representation, load_field, sample_on_grid, to_result
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.training import fit, representation_info
-from recon.phantoms import Phantom
-from recon.simulate import simulate_acquisition
 from spectproj import ImageGrid, ParallelGeometry, hu_to_mu_per_mm, water_mu_per_mm
 
 ENERGY_KEV = 140.5

@@ -15,13 +15,13 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from recon.algorithms.mlem import EMConfig
 from recon.batch import SUMMARY_COLUMNS, output_path, reconstruct_batch
+from recon.data.phantoms.torso import TorsoPhantom, default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.io import read_result, write_study
-from recon.mlem import EMConfig
 from recon.nerf.config import TrainConfig
 from recon.nerf.field import FieldConfig
-from recon.phantoms.torso import TorsoPhantom, default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from spectproj import ParallelGeometry
 
 TINY_NERF = TrainConfig(

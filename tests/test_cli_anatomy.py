@@ -7,33 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
 from recon.importers.nifti import write_nifti
 from recon.io import Acquisition, Anatomy, Study, read_study, write_study
 from spectproj import ImageGrid, water_mu_per_mm
+from tests.helpers import assert_ok, assert_one_line_error, invoke
 
-runner = CliRunner()
 GRID = ImageGrid((6, 8, 10), (4.0, 3.0, 2.0), (2.0, -3.0, 1.0))  # voxel 24 mm³ = 0.024 mL
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_ok(result) -> None:
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def truth_labels() -> np.ndarray:
@@ -173,7 +153,7 @@ def test_show_passes_the_contours_option(
     """The option reaches the figure (drawing itself is tested below, without the CLI)."""
     from matplotlib.figure import Figure
 
-    from recon import figures
+    from recon.evaluation import figures
 
     seen = {}
 
@@ -193,7 +173,7 @@ def test_show_passes_the_contours_option(
 def test_contours_follow_the_mask_in_the_figure() -> None:
     """The liver's outline on the transverse slice encloses exactly the liver's voxels; the
     body outline and the legend are drawn too."""
-    from recon import figures
+    from recon.evaluation import figures
 
     labels = truth_labels()
     anatomy = Anatomy((labels == 3).astype(np.int32), {1: "liver"}, labels > 0, "test")

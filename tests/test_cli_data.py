@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from cli.commands.data import CollimatorChoice, NuclideChoice
 from cli.main import app, package_version
+from recon.data.phantoms import NUCLIDES, TYPICAL_SENSITIVITY_CPS_PER_MBQ
 from recon.io import read_study, write_study
-from recon.phantoms import NUCLIDES, TYPICAL_SENSITIVITY_CPS_PER_MBQ
 from spectproj import CollimatorResponse
 
 runner = CliRunner()

@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from recon.data.phantoms import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
+from recon.evaluation.metrics import evaluate_volume
+from recon.evaluation.report import MethodResult, compare
 from recon.io import read_result, read_study, write_result, write_study
-from recon.metrics import evaluate_volume
-from recon.phantoms import default_grid, make_torso
-from recon.report import MethodResult, compare
-from recon.simulate import simulate_acquisition
 from spectproj import ParallelGeometry
 from tests.test_demo import check_report_references
 

@@ -9,31 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
+from recon.data.phantoms import PhantomVariant, TorsoPhantom, simulate_variant
 from recon.io import read_result, read_study, write_study
-from recon.phantoms import PhantomVariant, TorsoPhantom, simulate_variant
-
-runner = CliRunner()
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_ok(result) -> None:
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+from tests.helpers import assert_ok, assert_one_line_error, invoke
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +111,5 @@ def test_organ_commands_refuse_bad_input_in_one_line(folder: Path, study_file: P
         invoke("recon", "organs", study_file, "-o", folder / "y.h5", "--anatomy", other),
         "other.h5",
     )
-    assert_one_line_error(
-        invoke("quantify", study_file, folder / "missing.h5"), "missing.h5"
-    )
+    assert_one_line_error(invoke("quantify", study_file, folder / "missing.h5"), "missing.h5")
     assert np.isfinite(study.projections).all()

@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from recon.data.phantoms import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.io import read_result, read_study, write_study
-from recon.phantoms import default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from spectproj import ParallelGeometry
 
 runner = CliRunner()

@@ -41,14 +41,14 @@ from recon.cohort import (
 )
 from recon.cohort.distributed import DistInfo
 from recon.cohort.model import cohort_frame
+from recon.data.phantoms.torso import TorsoPhantom, default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.io import read_result, read_study, write_study
 from recon.nerf.checkpoint import load_checkpoint, save_checkpoint
 from recon.nerf.config import TrainConfig
 from recon.nerf.export import load_field, sample_on_grid, to_result
 from recon.nerf.field import FieldConfig
 from recon.nerf.training import TrainingInterrupted
-from recon.phantoms.torso import TorsoPhantom, default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from spectproj import ImageGrid, ParallelGeometry
 from tests.conftest import requires_cuda
 

@@ -1,6 +1,7 @@
 """Conjugate-view (geometric-mean) quantification: exact on slabs, sensible on the torso.
 
-Slab case (derivation in ``recon.conjugate_view``): a source of concentration c filling n whole
+Slab case (derivation in ``recon.algorithms.conjugate_view``): a source of concentration c filling
+n whole
 voxels of size Δ along each AP/PA line, inside a medium of uniform μ filling m >= n whole
 voxels. The projector's midpoint rule attenuates the k-th source voxel (counted from the
 medium's near face) by exp(−μΔ(k + 1/2)), so with q = exp(−μΔ)::
@@ -25,14 +26,14 @@ import numpy as np
 import pytest
 import torch
 
-from recon.conjugate_view import (
+from recon.algorithms.conjugate_view import (
     ConjugateViewRow,
     conjugate_view_quantification,
     self_attenuation_factor,
 )
+from recon.data.phantoms import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.io.study import Acquisition, Study
-from recon.phantoms import default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from spectproj import ImageGrid, ParallelGeometry, project
 
 MU = 0.015  # 1/mm

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.metrics import (
+from recon.evaluation.metrics import (
     OrganError,
     activity_outside,
     evaluate_volume,
@@ -23,7 +23,7 @@ from recon.metrics import (
     total_activity_error,
     unit_to_bq_per_ml,
 )
-from recon.projection_metrics import projection_fit
+from recon.evaluation.projection_metrics import projection_fit
 from spectproj import ImageGrid
 
 # -- whole-volume errors ---------------------------------------------------------------------

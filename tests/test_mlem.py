@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 
-from recon.mlem import EMConfig, em_reconstruct, em_reconstruct_operator, interleaved_subsets
+from recon.algorithms.mlem import (
+    EMConfig,
+    em_reconstruct,
+    em_reconstruct_operator,
+    interleaved_subsets,
+)
 from spectproj import (
     CollimatorResponse,
     ImageGrid,
@@ -221,7 +226,7 @@ def test_bad_inputs():
 
 
 def test_poisson_likelihood_and_deviance_values():
-    from recon.poisson import poisson_deviance, poisson_log_likelihood
+    from recon.algorithms.poisson import poisson_deviance, poisson_log_likelihood
 
     y = torch.tensor([0.0, 2.0, 5.0], dtype=torch.float64)
     mean = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from recon.data.phantoms.torso import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.nerf.config import TrainConfig
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.rays import RayData
 from recon.nerf.representations import VoxelActivity
 from recon.nerf.training import fit, rendered_counts
-from recon.phantoms.torso import default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from recon.support import support_mask
 from spectproj import CollimatorResponse, GridField, ParallelGeometry, SPECTProjector
 from tests.helpers import random_volume

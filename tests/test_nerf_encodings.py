@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from recon.data.phantoms.torso import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.nerf import encodings
 from recon.nerf.config import TrainConfig
 from recon.nerf.encodings import FrequencyEncoding, HashGridEncoding
 from recon.nerf.export import to_result
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.training import fit
-from recon.phantoms.torso import default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from spectproj import ParallelGeometry
 
 _PRIMES = (1, 2654435761, 805459861)

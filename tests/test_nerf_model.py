@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from recon.data.phantoms.torso import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.nerf import losses
 from recon.nerf.checkpoint import load_checkpoint, save_checkpoint
 from recon.nerf.config import TrainConfig
@@ -16,8 +18,6 @@ from recon.nerf.export import render_counts, sample_on_grid
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.rays import RayData
 from recon.nerf.representations import VoxelActivity, inverse_softplus
-from recon.phantoms.torso import default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from spectproj import GridField, ParallelGeometry, SPECTProjector
 
 TINY_HASH = FieldConfig(

@@ -15,6 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from recon.data.phantoms.torso import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
 from recon.io import read_result, write_result, write_study
 from recon.nerf import losses
 from recon.nerf.checkpoint import load_checkpoint
@@ -23,8 +25,6 @@ from recon.nerf.export import load_field, sample_on_grid, to_result
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.representations import VoxelActivity
 from recon.nerf.training import LOG_COLUMNS, TrainingDiverged, TrainingInterrupted, fit
-from recon.phantoms.torso import default_grid, make_torso
-from recon.simulate import simulate_acquisition
 from spectproj import ParallelGeometry
 
 TINY_FIELD = FieldConfig(

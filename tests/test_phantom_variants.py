@@ -14,9 +14,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from recon.io import read_study, write_study
-from recon.io.study import Study
-from recon.phantoms import (
+from recon.data.phantoms import (
     FIRST_LESION_LABEL,
     HETEROGENEOUS_ORGANS,
     LABELS,
@@ -37,6 +35,8 @@ from recon.phantoms import (
     structure_at,
     vary_lesions,
 )
+from recon.io import read_study, write_study
+from recon.io.study import Study
 from spectproj import ParallelGeometry, SPECTProjector
 
 LU = TorsoPhantom.lu177_dotatate()

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.io.study import Study
-from recon.phantoms import (
+from recon.data.phantoms import (
     LABELS,
     NUCLIDES,
     Lesion,
@@ -24,7 +23,8 @@ from recon.phantoms import (
     nuclide_energy,
     nuclide_name,
 )
-from recon.simulate import scatter_projections, simulate_acquisition
+from recon.data.simulate import scatter_projections, simulate_acquisition
+from recon.io.study import Study
 from spectproj import (
     CollimatorResponse,
     ImageGrid,

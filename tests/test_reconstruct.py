@@ -15,23 +15,23 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from recon.algorithms.mlem import EMConfig
 from recon.batch import reconstruct_batch
-from recon.evaluate_result import evaluate_result, evaluation_csv
-from recon.expected_counts import expected_counts_study
+from recon.data.phantoms import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
+from recon.data.torso_study import torso_study
+from recon.evaluation.evaluate_result import evaluate_result, evaluation_csv
+from recon.evaluation.expected_counts import expected_counts_study
 from recon.io import Result, read_result, read_study, write_study
 from recon.io.summary import result_rows, study_rows, total_mbq
-from recon.mlem import EMConfig
 from recon.nerf.config import TrainConfig
 from recon.nerf.field import FieldConfig
-from recon.phantoms import default_grid, make_torso
 from recon.reconstruct import (
     check_nerf_folder,
     reconstruct_mlem,
     reconstruct_nerf,
     resolve_collimator,
 )
-from recon.simulate import simulate_acquisition
-from recon.torso_study import torso_study
 from spectproj import ParallelGeometry
 
 runner = CliRunner()

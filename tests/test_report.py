@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recon import report_writer
-from recon.figures import voxel_centre_mm, voxel_edges_mm
-from recon.phantoms import default_grid, make_torso
-from recon.report import HEADLINE_COLUMNS, MethodResult, compare, render_report_html
-from recon.simulate import simulate_acquisition
+from recon.data.phantoms import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
+from recon.evaluation import report_writer
+from recon.evaluation.figures import voxel_centre_mm, voxel_edges_mm
+from recon.evaluation.report import HEADLINE_COLUMNS, MethodResult, compare, render_report_html
 from spectproj import ImageGrid, ParallelGeometry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,14 +92,15 @@ def _render(comparison, pngs: dict[str, Path], folder: Path, **kw) -> str:
 
 
 def test_template_is_package_data_of_the_installed_recon() -> None:
-    template = resources.files("recon").joinpath(report_writer.REPORT_TEMPLATE)
+    template = resources.files("recon.evaluation").joinpath(report_writer.REPORT_TEMPLATE)
     assert template.is_file()
     assert "<!DOCTYPE html>" in template.read_text(encoding="utf-8")
     assert report_writer.report_template().environment.autoescape is True
     # pyproject ships it (and every other template) in a wheel, and the core needs jinja2.
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    patterns = config["tool"]["setuptools"]["package-data"]["recon"]
-    files = sorted(p.relative_to(ROOT / "recon").as_posix() for p in (ROOT / "recon").rglob("*.j2"))
+    patterns = config["tool"]["setuptools"]["package-data"]["recon.evaluation"]
+    package = ROOT / "recon" / "evaluation"
+    files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.j2"))
     assert "templates/report.html.j2" in files
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), (name, patterns)
@@ -179,9 +180,9 @@ def test_voxel_positions_of_a_grid() -> None:
 def test_settings_and_heldout_deviance_of_each_method(tmp_path: Path, pngs) -> None:
     """The report shows each method's settings, and for a fit that held pixels out (a NeRF's
     ``train_mask``) the deviance over those pixels beside the one over all pixels."""
+    from recon.evaluation.projection_metrics import projection_fit
+    from recon.evaluation.report import expected_counts, method_settings
     from recon.io import Result
-    from recon.projection_metrics import projection_fit
-    from recon.report import expected_counts, method_settings
 
     phantom = make_torso(default_grid(12), 140.5)
     geometry = ParallelGeometry.ap_pa(phantom.grid, radius_mm=250.0)

@@ -15,7 +15,7 @@ Modules
 data
     ``spect phantom``, ``spect simulate``, ``spect project``, ``spect info``.
 show
-    ``spect show``: PNG figures of projections and volumes (`recon.figures`).
+    ``spect show``: PNG figures of projections and volumes (`recon.evaluation.figures`).
 recon
     ``spect recon mlem``, ``spect recon nerf`` (`recon.reconstruct`).
 cohort
@@ -35,6 +35,7 @@ import importlib
 import json
 import os
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -45,9 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORCE_HELP",
+    "SUPPORT_HELP",
+    "CollimatorOption",
     "ForceOption",
     "ResultOutput",
     "StudyOutput",
+    "SupportChoice",
+    "SupportOption",
     "add_provenance",
     "bound_options",
     "check_output",
@@ -81,6 +86,36 @@ def output_option(help: str, *, metavar: str | None = None) -> Any:
 StudyOutput = Annotated[Path, output_option("Study file to write (.h5).")]
 #: ``-o/--output`` of the commands that write a result file.
 ResultOutput = Annotated[Path, output_option("Result file to write (.h5).")]
+
+#: ``--collimator/--no-collimator`` of the reconstructions.
+CollimatorOption = Annotated[
+    bool,
+    typer.Option(
+        "--collimator/--no-collimator",
+        help="Model the collimator blur the study names (when it has a radius).",
+    ),
+]
+
+
+class SupportChoice(str, Enum):
+    """Where activity may be (`recon.support`)."""
+
+    BODY = "body"
+    ANATOMY = "anatomy"
+    NONE = "none"
+
+
+#: Help text of every ``--support`` option.
+SUPPORT_HELP = (
+    "Keep the activity inside the body (outline of the study's anatomy, else μ, else the CT), "
+    "inside the anatomy's segments, or nowhere in particular (default: body when the study has "
+    "μ, a CT or an anatomy, else none)."
+)
+
+#: ``--support`` of the reconstructions.
+SupportOption = Annotated[
+    SupportChoice | None, typer.Option("--support", case_sensitive=False, help=SUPPORT_HELP)
+]
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.commands import ForceOption, ResultOutput, check_output
+from cli.commands import (
+    CollimatorOption,
+    ForceOption,
+    ResultOutput,
+    SupportOption,
+    check_output,
+)
 
 if TYPE_CHECKING:
     from recon.io import Anatomy, Result, Study
@@ -49,17 +55,8 @@ def organs(
     steps: Annotated[
         int, typer.Option("--steps", min=1, help="Training steps of each residual round.")
     ] = 20,
-    support: Annotated[
-        str | None,
-        typer.Option("--support", help="body, anatomy or none (default: body when possible)."),
-    ] = None,
-    collimator: Annotated[
-        bool,
-        typer.Option(
-            "--collimator/--no-collimator",
-            help="Model the collimator blur the study names (when it has a radius).",
-        ),
-    ] = True,
+    support: SupportOption = None,
+    collimator: CollimatorOption = True,
     force: ForceOption = False,
 ) -> None:
     """Organ activities from the study's anatomy: one concentration per segment (Poisson ML
@@ -83,7 +80,7 @@ def organs(
     outcome = reconstruct_organs(
         study,
         anatomy=anatomy,
-        support=support,
+        support=None if support is None else support.value,
         config=config,
         use_collimator=collimator,
         study_file=str(study_file),

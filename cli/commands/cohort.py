@@ -257,8 +257,8 @@ def batch(
     from rich.markup import escape
     from rich.table import Table
 
+    from recon.algorithms.mlem import EMConfig
     from recon.batch import reconstruct_batch
-    from recon.mlem import EMConfig
     from recon.nerf.config import TrainConfig
 
     if output.exists() and not output.is_dir():

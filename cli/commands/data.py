@@ -1,8 +1,10 @@
 """Data commands: ``spect phantom``, ``spect simulate``, ``spect project`` and ``spect info``.
 
 Each parses, calls one library function and prints: ``phantom`` and ``simulate`` call
-`recon.torso_study.torso_study` (the torso phantom and an acquisition of it) and write the study;
-``project`` calls `recon.expected_counts.expected_counts_study` (the noise-free expected counts of
+`recon.data.torso_study.torso_study` (the torso phantom and an acquisition of it) and write the
+study;
+``project`` calls `recon.evaluation.expected_counts.expected_counts_study` (the noise-free expected
+counts of
 the study's truth or of a reconstruction); ``info`` calls `recon.io.summary.summarize` (and
 `recon.io.describe` for the list of datasets).
 """
@@ -51,7 +53,7 @@ DEFAULT_RADIUS_MM = 250.0
 
 
 class NuclideChoice(str, Enum):
-    """Nuclides of `recon.phantoms.NUCLIDES` (the photopeak sets μ and the energy window)."""
+    """Nuclides of `recon.data.phantoms.NUCLIDES` (the photopeak sets μ and the energy window)."""
 
     TC99M = "Tc-99m"
     LU177 = "Lu-177"
@@ -141,11 +143,12 @@ def _run_simulation(
     noise: bool,
     title: str,
 ) -> Study:
-    """``spect phantom`` and ``spect simulate``: `recon.torso_study.torso_study`, written, and its
+    """``spect phantom`` and ``spect simulate``: `recon.data.torso_study.torso_study`, written, and
+    its
     summary printed."""
+    from recon.data.torso_study import torso_study
     from recon.io import write_study
     from recon.io.summary import study_rows
-    from recon.torso_study import torso_study
 
     check_output(output, force)
     with status(f"Building the {size}³ torso phantom and simulating..."):
@@ -372,7 +375,7 @@ def project(
     from rich.markup import escape
     from rich.table import Table
 
-    from recon.expected_counts import expected_counts_study
+    from recon.evaluation.expected_counts import expected_counts_study
     from recon.io import read_result, read_study, write_study
 
     check_output(output, force)

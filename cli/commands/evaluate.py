@@ -1,8 +1,9 @@
 """``spect eval`` (one result against the truth) and ``spect compare`` (several results, a report).
 
 Both read the truth from a study file (a simulated study holds ``truth_activity``, labels and
-μ); the numbers come from `recon.evaluate_result.evaluate_result` (``eval``) and
-`recon.report.compare` (``compare``, which also adds the conjugate-view organ activities of an
+μ); the numbers come from `recon.evaluation.evaluate_result.evaluate_result` (``eval``) and
+`recon.evaluation.report.compare` (``compare``, which also adds the conjugate-view organ activities
+of an
 AP/PA study); this module parses, calls and prints.
 """
 
@@ -31,12 +32,13 @@ __all__ = ["compare", "evaluate", "headline_table", "organ_table"]
 
 
 def headline_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
-    """A rich table of `recon.report.Comparison.headline` rows, one column per method (so that
+    """A rich table of `recon.evaluation.report.Comparison.headline` rows, one column per method
+    (so that
     it fits a terminal of 80 columns)."""
     from rich.markup import escape
     from rich.table import Table
 
-    from recon.report import HEADLINE_COLUMNS, headline_cells
+    from recon.evaluation.report import HEADLINE_COLUMNS, headline_cells
 
     table = Table(title=escape(title), title_justify="left")
     table.add_column("metric", style="bold")
@@ -49,7 +51,8 @@ def headline_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
 
 
 def organ_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str) -> Table:
-    """A rich table of `recon.report.Comparison.organ_table` rows: the true activity (MBq) and
+    """A rich table of `recon.evaluation.report.Comparison.organ_table` rows: the true activity
+    (MBq) and
     every column's relative error (the estimates in MBq are in the report and summary.json)."""
     from rich.markup import escape
     from rich.table import Table
@@ -120,9 +123,9 @@ def evaluate(
     from rich.markup import escape
     from rich.table import Table
 
-    from recon.evaluate_result import evaluate_result, evaluation_csv
+    from recon.evaluation.evaluate_result import evaluate_result, evaluation_csv
+    from recon.evaluation.report import method_label
     from recon.io import read_result, read_study
-    from recon.report import method_label
 
     for path in (output, csv_file):
         if path is not None:
@@ -208,7 +211,7 @@ def evaluate(
 
 def _method_names(results: Sequence[Result], files: Sequence[Path]) -> list[str]:
     """Display names: the method (``MLEM``, ``NeRF``...), with the file name where two share it."""
-    from recon.report import method_label
+    from recon.evaluation.report import method_label
 
     base = [method_label(r.method) for r in results]
     names = []
@@ -240,10 +243,10 @@ def compare(
     """
     from rich.console import Console
 
-    from recon.evaluate_result import check_comparable
+    from recon.evaluation.evaluate_result import check_comparable
+    from recon.evaluation.report import MethodResult, write_report
+    from recon.evaluation.report import compare as compare_results
     from recon.io import read_result, read_study
-    from recon.report import MethodResult, write_report
-    from recon.report import compare as compare_results
 
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output}: exists and is not a folder")

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.commands import (
+    CollimatorOption,
     ForceOption,
     ResultOutput,
+    SupportChoice,
+    SupportOption,
     check_output,
     help_text,
     print_rows,
@@ -55,24 +58,8 @@ class PriorChoice(str, Enum):
 
     @property
     def library_name(self) -> str | None:
-        """The name `recon.mlem.EMConfig` takes (``None``, ``"quadratic"``, ...)."""
+        """The name `recon.algorithms.mlem.EMConfig` takes (``None``, ``"quadratic"``, ...)."""
         return None if self is PriorChoice.NONE else self.value.replace("-", "_")
-
-
-class SupportChoice(str, Enum):
-    """Where activity may be (`recon.support`)."""
-
-    BODY = "body"
-    ANATOMY = "anatomy"
-    NONE = "none"
-
-
-#: Help text of every ``--support`` option.
-SUPPORT_HELP = (
-    "Keep the activity inside the body (outline of the study's anatomy, else μ, else the CT), "
-    "inside the anatomy's segments, or nowhere in particular (default: body when the study has "
-    "μ, a CT or an anatomy, else none)."
-)
 
 
 class DeviceChoice(str, Enum):
@@ -122,17 +109,8 @@ def mlem(
             help="Model attenuation with the study's μ (when it has one).",
         ),
     ] = True,
-    collimator: Annotated[
-        bool,
-        typer.Option(
-            "--collimator/--no-collimator",
-            help="Model the collimator blur the study names (when it has a radius).",
-        ),
-    ] = True,
-    support: Annotated[
-        SupportChoice | None,
-        typer.Option("--support", case_sensitive=False, help=SUPPORT_HELP),
-    ] = None,
+    collimator: CollimatorOption = True,
+    support: SupportOption = None,
     force: ForceOption = False,
 ) -> None:
     """Reconstruct a study by MLEM, OSEM (--subsets) or one-step-late MAP-EM (--prior).
@@ -143,8 +121,8 @@ def mlem(
     default the body when the study has μ, a CT or an anatomy) are held at 0. The result file
     records every parameter and the log-likelihood and log-prior of each iteration.
     """
+    from recon.algorithms.mlem import EMConfig
     from recon.io import read_study, write_result
-    from recon.mlem import EMConfig
     from recon.reconstruct import reconstruct_mlem
 
     check_output(output, force)
@@ -289,10 +267,7 @@ def nerf(
             help="Model the collimator blur the study names (whole views per step).",
         ),
     ] = True,
-    support: Annotated[
-        SupportChoice | None,
-        typer.Option("--support", case_sensitive=False, help=SUPPORT_HELP),
-    ] = None,
+    support: SupportOption = None,
     representation: Annotated[
         RepresentationChoice,
         typer.Option(

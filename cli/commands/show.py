@@ -86,7 +86,7 @@ def show(
     maximum-intensity projections and orthogonal slices, with colour bars in their units; a
     study's anatomy (spect convert anatomy) is outlined on them unless --no-contours.
     """
-    from recon import figures
+    from recon.evaluation import figures
     from recon.io import read_result, read_study
 
     check_output(output, force)

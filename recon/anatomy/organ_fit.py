@@ -314,14 +314,14 @@ def _covariance(fisher: torch.Tensor) -> np.ndarray:
 
 
 def _deviance(y: torch.Tensor, expected: torch.Tensor) -> float:
-    from recon.poisson import poisson_deviance
+    from recon.algorithms.poisson import poisson_deviance
 
     return float(poisson_deviance(y, expected)) / max(int(y.numel()), 1)
 
 
 def _mbq_per_unit_ml(unit: str) -> float:
     """MBq per (unit · mL); NaN for a unit that is not an activity concentration."""
-    from recon.metrics import unit_to_bq_per_ml
+    from recon.evaluation.metrics import unit_to_bq_per_ml
 
     try:
         return unit_to_bq_per_ml(unit) * 1e-6

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from recon.evaluation.metrics import unit_to_bq_per_ml
 from recon.io.study import Result, Study
-from recon.metrics import unit_to_bq_per_ml
 
 __all__ = ["QuantRow", "quantify", "rows_to_csv"]
 

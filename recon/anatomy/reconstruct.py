@@ -238,14 +238,15 @@ def reconstruct_organs(
 def reconstruct_conjugate(
     study: Study, *, anatomy: Anatomy | None = None, study_file: str | None = None
 ) -> Result:
-    """Organ activities by the conjugate-view method (`recon.conjugate_view`), as a `Result`.
+    """Organ activities by the conjugate-view method (`recon.algorithms.conjugate_view`), as a
+    `Result`.
 
     The regions are the anatomy's segments (the study's, or ``anatomy``; for a phantom without
     one, its truth labels). The result's activity paints each segment at its mean concentration
     (activity / volume); its parameters hold the ``organ_table`` (no uncertainty: the method
     gives none).
     """
-    from recon.conjugate_view import conjugate_view_quantification
+    from recon.algorithms.conjugate_view import conjugate_view_quantification
 
     anatomy = study.anatomy if anatomy is None else anatomy
     if anatomy is not None:
@@ -372,7 +373,7 @@ def _projector(study: Study, collimator: Any, device: torch.device | str) -> SPE
 def _expected(
     study: Study, model: OrganResidualModel, collimator: Any, device: torch.device | str
 ) -> np.ndarray:
-    from recon.expected_counts import expected_counts
+    from recon.evaluation.expected_counts import expected_counts
 
     with torch.no_grad():
         volume = model.volume()
@@ -417,7 +418,7 @@ def _table(
         covariance = np.linalg.pinv(fisher)
     sd = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
     y = torch.as_tensor(np.asarray(study.projections, dtype=np.float64)).reshape(-1)
-    from recon.poisson import poisson_deviance
+    from recon.algorithms.poisson import poisson_deviance
 
     deviance = float(poisson_deviance(y, expected)) / max(int(y.numel()), 1)
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from recon.cohort.model import CohortModel, LoadedCohortModel, load_cohort_model
+from recon.evaluation.metrics import organ_errors
 from recon.io.study import Study
-from recon.metrics import organ_errors
 from recon.nerf.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from recon.nerf.config import TrainConfig
 from recon.nerf.training import FitResult, StepCallback, fit
@@ -261,7 +261,8 @@ def organ_activity_error(activity: np.ndarray | torch.Tensor, study: Study) -> f
     """Mean absolute relative error of the activity (MBq) in the study's labelled structures.
 
     ``mean_k |A_est,k − A_true,k| / A_true,k`` over the labels of ``study.label_names`` with
-    true activity > 0 (`recon.metrics.organ_errors`); ``None`` when the study has no truth or no
+    true activity > 0 (`recon.evaluation.metrics.organ_errors`); ``None`` when the study has no
+    truth or no
     labels (real data).
     """
     if study.truth_activity is None or study.labels is None or not study.label_names:

@@ -96,7 +96,8 @@ def _totalsegmentator_total() -> dict[int, str]:
 #: NIfTI given without names.
 TOTALSEGMENTATOR_TOTAL: Mapping[int, str] = MappingProxyType(_totalsegmentator_total())
 
-#: TotalSegmentator name → the phantom's name (`recon.phantoms.LABELS`) where the match is obvious.
+#: TotalSegmentator name → the phantom's name (`recon.data.phantoms.LABELS`) where the match is
+#: obvious.
 TOTALSEGMENTATOR_TO_SPECT: Mapping[str, str] = MappingProxyType(
     {
         "urinary_bladder": "bladder",

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recon.algorithms.poisson import poisson_deviance
 from recon.io.study import Study
-from recon.poisson import poisson_deviance
 from spectproj import CollimatorResponse, GridField, SPECTProjector
 
 __all__ = ["LineBatch", "RayData", "RecordingField", "study_digest"]

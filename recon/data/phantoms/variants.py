@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from recon.io.study import Anatomy, Study
-from recon.phantoms.torso import (
+from recon.data.phantoms.torso import (
     COLLIMATORS,
     FIRST_LESION_LABEL,
     LABELS,
@@ -40,6 +39,7 @@ from recon.phantoms.torso import (
     nuclide_name,
     structure_at,
 )
+from recon.io.study import Anatomy, Study
 from spectproj import ImageGrid, ParallelGeometry
 
 __all__ = [
@@ -117,7 +117,7 @@ class PhantomVariant:
         Scale each lesion's diameter by ``1 + u · lesion_size_jitter``, ``u`` uniform in [−1, 1]
         (seeded); lesions of ≥ 5 mL stay ≥ 5 mL. In [0, 0.5].
     scatter_fraction : float
-        Scatter-to-primary ratio of the simulation (`recon.simulate.scatter_projections`).
+        Scatter-to-primary ratio of the simulation (`recon.data.simulate.scatter_projections`).
     seed : int
         Seed (>= 0) of the heterogeneity field, the random shifts, the lesion jitter and the
         Poisson noise.
@@ -587,7 +587,8 @@ def simulate_variant(
 
     The truth (with the variant's lesions and heterogeneity) is evaluated on a grid
     ``oversample``× finer than the study's ``size³`` grid and projected there by
-    `recon.simulate.simulate_acquisition` with the fine μ and the collimator blur onto a detector
+    `recon.data.simulate.simulate_acquisition` with the fine μ and the collimator blur onto a
+    detector
     whose pixels are the study's (the projector takes the area-weighted mean of the fine line
     integrals under each pixel). The study carries the coarse grid: μ, labels and volumes of
     `make_torso` on it, and the truth activity averaged from the fine grid. Both grids use the
@@ -636,7 +637,9 @@ def simulate_variant(
         For a bad ``size``, ``fov_mm``, ``oversample``, ``counts_per_view``, ``radius_mm``,
         ``isotope`` or collimator name.
     """
-    from recon.simulate import simulate_acquisition  # recon.simulate imports recon.phantoms
+    from recon.data.simulate import (
+        simulate_acquisition,  # recon.data.simulate imports recon.data.phantoms
+    )
 
     if not isinstance(config, TorsoPhantom):
         raise TypeError(f"config must be a TorsoPhantom, got {type(config).__name__}")
@@ -691,8 +694,9 @@ def simulate_variant(
     provenance.update(
         {
             "software": provenance["software"].replace(
-                "(recon.simulate.simulate_acquisition)",
-                "(recon.phantoms.simulate_variant via recon.simulate.simulate_acquisition)",
+                "(recon.data.simulate.simulate_acquisition)",
+                "(recon.data.phantoms.simulate_variant via "
+                "recon.data.simulate.simulate_acquisition)",
             ),
             "phantom_variant": variant.to_json(),
             "oversample": str(oversample),

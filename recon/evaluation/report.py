@@ -2,12 +2,13 @@
 
 One name for the three modules of a report, each with one job:
 
-- `recon.report_scoring`: `compare` scores every reconstruction (`MethodResult`) into a
+- `recon.evaluation.scoring`: `compare` scores every reconstruction (`MethodResult`) into a
   `Comparison` (volume metrics, the projection-domain fit of its `expected_counts`, the
   conjugate-view organ activities of an AP/PA study);
-- `recon.report_figures`: the report's figures (`comparison_figure`, `profiles_figure`,
+- `recon.evaluation.report_figures`: the report's figures (`comparison_figure`, `profiles_figure`,
   `organ_figure`, `projection_profiles_figure`, `convergence_figure`);
-- `recon.report_writer`: `write_report` writes the folder (``report.html`` rendered from the
+- `recon.evaluation.report_writer`: `write_report` writes the folder (``report.html`` rendered from
+  the
   jinja2 template ``recon/templates/report.html.j2``, the PNGs, ``summary.json``,
   ``summary.md``).
 
@@ -16,7 +17,7 @@ Nothing here prints; every file is written atomically (`recon.io.atomic_output`)
 
 from __future__ import annotations
 
-from recon.report_figures import (
+from recon.evaluation.report_figures import (
     comparison_figure,
     convergence_figure,
     organ_figure,
@@ -24,7 +25,19 @@ from recon.report_figures import (
     projection_profiles_figure,
     report_point,
 )
-from recon.report_scoring import (
+from recon.evaluation.report_writer import (
+    FIGURES,
+    HEADLINE_COLUMNS,
+    REPORT_HTML,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    ReportFiles,
+    headline_cells,
+    render_report_html,
+    summary_markdown,
+    write_report,
+)
+from recon.evaluation.scoring import (
     CONJUGATE_VIEW,
     SETTINGS,
     Comparison,
@@ -36,18 +49,6 @@ from recon.report_scoring import (
     method_label,
     method_settings,
     study_collimator_response,
-)
-from recon.report_writer import (
-    FIGURES,
-    HEADLINE_COLUMNS,
-    REPORT_HTML,
-    SUMMARY_JSON,
-    SUMMARY_MD,
-    ReportFiles,
-    headline_cells,
-    render_report_html,
-    summary_markdown,
-    write_report,
 )
 
 __all__ = [

@@ -21,14 +21,14 @@ from importlib import metadata
 
 import torch
 
-from recon.io.study import MBQ_PER_BQ, ML_PER_MM3, Acquisition, Study
-from recon.phantoms.torso import (
+from recon.data.phantoms.torso import (
     ENERGY_WINDOWS_KEV,
     NUCLIDES,
     TYPICAL_SENSITIVITY_CPS_PER_MBQ,
     Phantom,
     nuclide_name,
 )
+from recon.io.study import MBQ_PER_BQ, ML_PER_MM3, Acquisition, Study
 from spectproj import CollimatorResponse, ParallelGeometry, SPECTProjector
 from spectproj.collimator import gaussian_blur_matrices
 
@@ -103,7 +103,7 @@ def simulate_acquisition(
 
     Parameters
     ----------
-    phantom : recon.phantoms.Phantom
+    phantom : recon.data.phantoms.Phantom
         Activity (Bq/mL), μ (1/mm) and labels on ``geometry.grid``.
     geometry : spectproj.ParallelGeometry
         Views and detector, e.g. ``ParallelGeometry.ap_pa(grid, radius_mm=250.0)`` or
@@ -220,7 +220,7 @@ def simulate_acquisition(
         counts = expected
 
     provenance = {
-        "software": f"spect {_version()} (recon.simulate.simulate_acquisition)",
+        "software": f"spect {_version()} (recon.data.simulate.simulate_acquisition)",
         "seed": str(int(seed)),
         "noise": "poisson" if noise else "none (expected counts)",
         "count_scale": repr(scale),

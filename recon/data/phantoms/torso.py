@@ -494,7 +494,7 @@ class UptakeField:
     ----------
     field : torch.Tensor
         ``[Z, Y, X]`` dimensionless field on the grid given to `make_torso` (e.g. a smooth
-        Gaussian random field, `recon.phantoms.gaussian_random_field`).
+        Gaussian random field, `recon.data.phantoms.gaussian_random_field`).
     terms : Mapping[str, tuple[float, float]]
         Structure name → ``(offset, gain)``; names must be organs of `LABELS`.
     """

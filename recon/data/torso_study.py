@@ -1,8 +1,8 @@
 """A study of the built-in torso phantom from a few choices (``spect phantom``, ``spect simulate``).
 
 `torso_study` resolves the choices (the activity preset and the collimator from the nuclide, the
-views), builds the phantom (`recon.phantoms.make_torso`) on ``default_grid(size, fov_mm)`` and
-simulates its acquisition (`recon.simulate.simulate_acquisition`). It returns a `TorsoStudy`:
+views), builds the phantom (`recon.data.phantoms.make_torso`) on ``default_grid(size, fov_mm)`` and
+simulates its acquisition (`recon.data.simulate.simulate_acquisition`). It returns a `TorsoStudy`:
 the study and what was chosen, for the provenance and the printed summary.
 """
 
@@ -66,7 +66,7 @@ def torso_study(
     size, fov_mm:
         Voxels per axis and edge (mm) of the cubic grid.
     nuclide:
-        A name of `recon.phantoms.NUCLIDES` (its photopeak sets μ and the energy window).
+        A name of `recon.data.phantoms.NUCLIDES` (its photopeak sets μ and the energy window).
     preset:
         One of `PRESETS`.
     views:
@@ -76,15 +76,15 @@ def torso_study(
     radius_mm:
         Distance from the rotation axis to the collimator face (mm), or ``None``.
     scatter_fraction, total_counts, duration_s, sensitivity_cps_per_mbq, seed, noise:
-        As `recon.simulate.simulate_acquisition`.
+        As `recon.data.simulate.simulate_acquisition`.
 
     Raises
     ------
     ValueError
         An unknown nuclide, preset, collimator or views; bad simulation settings.
     """
-    from recon.phantoms import COLLIMATORS, NUCLIDES, TorsoPhantom, default_grid, make_torso
-    from recon.simulate import simulate_acquisition
+    from recon.data.phantoms import COLLIMATORS, NUCLIDES, TorsoPhantom, default_grid, make_torso
+    from recon.data.simulate import simulate_acquisition
     from spectproj import ParallelGeometry
 
     if nuclide not in NUCLIDES:

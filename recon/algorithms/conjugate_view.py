@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from recon.evaluation.metrics import unit_to_bq_per_ml
 from recon.io.study import ML_PER_MM3, Study
-from recon.metrics import unit_to_bq_per_ml
 from spectproj import ParallelGeometry, SPECTProjector
 from spectproj.display import mirror_bins
 
@@ -73,7 +73,8 @@ class ConjugateViewRow:
         Label values making up the organ.
     activity_mbq : float
         Estimated activity (MBq; in ``activity_unit``·mL × 1e-6 if the unit is not an activity
-        per mL known to `recon.metrics.unit_to_bq_per_ml`, see `conjugate_view_quantification`).
+        per mL known to `recon.evaluation.metrics.unit_to_bq_per_ml`, see
+        `conjugate_view_quantification`).
     roi_pixels : int
         Pixels of the region of interest.
     mean_thickness_mm : float
@@ -183,7 +184,8 @@ def conjugate_view_quantification(
 ) -> list[ConjugateViewRow]:
     """Organ activities (MBq) from the AP/PA pair of ``study`` by the conjugate-view method.
 
-    The formulas are in the module docstring (`recon.conjugate_view`). All arithmetic is in
+    The formulas are in the module docstring (`recon.algorithms.conjugate_view`). All arithmetic is
+    in
     float64.
 
     Parameters

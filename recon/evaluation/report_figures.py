@@ -3,8 +3,9 @@
 Truth and methods side by side (`comparison_figure`), line profiles (`profiles_figure`), organ
 errors (`organ_figure`), measured and expected counts along one detector row
 (`projection_profiles_figure`) and convergence curves (`convergence_figure`). Axes are physical,
-in mm, in the orientation of `recon.figures` (``docs/conventions.md``), whose public helpers they
-share; `recon.figures.save_png` writes one.
+in mm, in the orientation of `recon.evaluation.figures` (``docs/conventions.md``), whose public
+helpers they
+share; `recon.evaluation.figures.save_png` writes one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recon.figures import (
+from recon.evaluation.figures import (
     ACTIVITY_CMAP,
     choose_views,
     mark_sides,
@@ -28,8 +29,8 @@ from recon.figures import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from recon.evaluation.scoring import Comparison, MethodResult
     from recon.io.study import Result, Study
-    from recon.report_scoring import Comparison, MethodResult
 
 __all__ = [
     "CONJUGATE_COLOUR",

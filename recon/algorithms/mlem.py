@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recon.filters import gaussian_filter
-from recon.poisson import measurement_ratio, poisson_log_likelihood
-from recon.priors import prior_value, quadratic_gradient, relative_difference_gradient
+from recon.algorithms.filters import gaussian_filter
+from recon.algorithms.poisson import measurement_ratio, poisson_log_likelihood
+from recon.algorithms.priors import prior_value, quadratic_gradient, relative_difference_gradient
 from spectproj import (
     CollimatorResponse,
     ImageGrid,

@@ -1,6 +1,6 @@
 """The files of a comparison report: figures, summaries and the HTML page (a jinja2 template).
 
-`write_report` turns a `recon.report_scoring.Comparison` into a folder::
+`write_report` turns a `recon.evaluation.scoring.Comparison` into a folder::
 
     report.html        one self-contained page (CSS inline, every image embedded as a
                        data: URI, relative links to the files below; no external assets)
@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recon.figures import save_png
-from recon.io.atomic import atomic_output
-from recon.report_figures import (
+from recon.evaluation.figures import save_png
+from recon.evaluation.report_figures import (
     comparison_figure,
     convergence_figure,
     detector_row,
@@ -43,13 +42,14 @@ from recon.report_figures import (
     projection_profiles_figure,
     report_point,
 )
-from recon.report_scoring import SETTINGS, json_safe, method_settings
+from recon.evaluation.scoring import SETTINGS, json_safe, method_settings
+from recon.io.atomic import atomic_output
 
 if TYPE_CHECKING:
     import jinja2
     from matplotlib.figure import Figure
 
-    from recon.report_scoring import Comparison
+    from recon.evaluation.scoring import Comparison
 
 __all__ = [
     "FIGURES",
@@ -294,7 +294,7 @@ def report_template() -> jinja2.Template:
     """
     import jinja2
 
-    source = resources.files("recon").joinpath(REPORT_TEMPLATE)
+    source = resources.files(__package__ or "recon.evaluation").joinpath(REPORT_TEMPLATE)
     if not source.is_file():
         raise FileNotFoundError(
             f"{source}: the report template is missing from the installed recon package "
@@ -351,7 +351,7 @@ def render_report_html(
     Parameters
     ----------
     comparison : Comparison
-        What `recon.report_scoring.compare` returned.
+        What `recon.evaluation.scoring.compare` returned.
     figures : mapping of str to path
         PNG files by role (the keys of `FIGURES`; all but ``convergence`` required), embedded
         in the page as data: URIs and linked by file name.

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from recon.poisson import poisson_deviance
+from recon.algorithms.poisson import poisson_deviance
 
 ArrayLike = np.ndarray | torch.Tensor
 

@@ -2,16 +2,16 @@
 
 See ``docs/phantoms.md``::
 
-    from recon.phantoms import TorsoPhantom, default_grid, make_torso
+    from recon.data.phantoms import TorsoPhantom, default_grid, make_torso
 
     phantom = make_torso(default_grid(64), energy_keV=140.5, config=TorsoPhantom())
 
 Variants with the flaws of clinical data (uneven uptake, necrotic and unsegmented lesions,
 segmentation errors, scatter), simulated from a finer grid: `PhantomVariant`,
-`simulate_variant`, `segmentation_from_phantom` (``recon.phantoms.variants``).
+`simulate_variant`, `segmentation_from_phantom` (``recon.data.phantoms.variants``).
 """
 
-from recon.phantoms.torso import (
+from recon.data.phantoms.torso import (
     COLLIMATORS,
     ENERGY_WINDOWS_KEV,
     FIRST_LESION_LABEL,
@@ -31,7 +31,7 @@ from recon.phantoms.torso import (
     nuclide_name,
     structure_at,
 )
-from recon.phantoms.variants import (
+from recon.data.phantoms.variants import (
     HETEROGENEOUS_ORGANS,
     PhantomVariant,
     block_mean,

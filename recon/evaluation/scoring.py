@@ -1,10 +1,13 @@
 """Scoring of several reconstructions of one study against its truth (`compare`).
 
-`compare` scores every reconstruction (`recon.metrics.evaluate_volume`, the projection-domain fit
-`recon.projection_metrics.projection_fit` of its expected counts) and, for an AP/PA study with μ
-and labels, adds the conjugate-view organ activities (`recon.conjugate_view`), which have no
-volume. The figures of a report are in `recon.report_figures`, its files in
-`recon.report_writer`; `recon.report` gathers all three.
+`compare` scores every reconstruction (`recon.evaluation.metrics.evaluate_volume`, the
+projection-domain fit
+`recon.evaluation.projection_metrics.projection_fit` of its expected counts) and, for an AP/PA
+study with μ
+and labels, adds the conjugate-view organ activities (`recon.algorithms.conjugate_view`), which
+have no
+volume. The figures of a report are in `recon.evaluation.report_figures`, its files in
+`recon.evaluation.report_writer`; `recon.evaluation.report` gathers all three.
 
 Expected counts of a volume x for the projection fit are ``count_scale · A x + b`` with the
 study's geometry, μ, collimator blur (its named preset, when the study has a radius) and
@@ -97,13 +100,14 @@ class Comparison:
     methods : list of MethodResult
         The reconstructions, in report order.
     metrics : dict
-        Method name → `recon.metrics.evaluate_volume` output.
+        Method name → `recon.evaluation.metrics.evaluate_volume` output.
     projection_fit : dict
-        Method name → `recon.projection_metrics.projection_fit` output (``None`` if it failed).
+        Method name → `recon.evaluation.projection_metrics.projection_fit` output (``None`` if it
+        failed).
     expected : dict
         Method name → ``[V, rows, bins]`` expected counts (float32).
     conjugate_view : list of dict or None
-        `recon.conjugate_view.ConjugateViewRow` dicts, when the study allows the method.
+        `recon.algorithms.conjugate_view.ConjugateViewRow` dicts, when the study allows the method.
     conjugate_background : str or None
         The background option the conjugate view used.
     notes : list of str
@@ -299,12 +303,10 @@ def heldout_mask(result: Result | None) -> np.ndarray | None:
 
 def expected_counts(study: Study, activity: np.ndarray, *, device: Any = None) -> np.ndarray:
     """Expected counts ``[V, rows, bins]`` (float32) of ``activity`` under the study's model
-    (`recon.expected_counts.expected_counts` with `study_collimator_response`)."""
-    from recon.expected_counts import expected_counts as model_counts
+    (`recon.evaluation.expected_counts.expected_counts` with `study_collimator_response`)."""
+    from recon.evaluation.expected_counts import expected_counts as model_counts
 
-    return model_counts(
-        study, activity, collimator=study_collimator_response(study), device=device
-    )
+    return model_counts(study, activity, collimator=study_collimator_response(study), device=device)
 
 
 def compare(
@@ -341,8 +343,8 @@ def compare(
     ValueError
         No truth, no method, duplicate names, or a volume not on the study's grid.
     """
-    from recon.metrics import evaluate_volume
-    from recon.projection_metrics import projection_fit
+    from recon.evaluation.metrics import evaluate_volume
+    from recon.evaluation.projection_metrics import projection_fit
 
     if study.truth_activity is None:
         raise ValueError("the study holds no truth activity; there is nothing to compare with")
@@ -412,7 +414,7 @@ def _conjugate_view(
     study: Study, background: str
 ) -> tuple[list[dict[str, Any]] | None, str | None, str | None]:
     """Conjugate-view rows (or ``None``), the background used, and a note for the reader."""
-    from recon.conjugate_view import conjugate_view_quantification
+    from recon.algorithms.conjugate_view import conjugate_view_quantification
 
     angles = [a % 360.0 for a in study.acquisition.angles_deg]
     has_pair = any(abs(a) < 1e-6 for a in angles) and any(abs(a - 180.0) < 1e-6 for a in angles)

@@ -1,10 +1,13 @@
 """One reconstruction scored against the truth of its study (``spect eval``).
 
 - `check_comparable`: the result is on the study's grid, in its unit, and the study has a truth.
-- `evaluate_result`: the JSON-ready report: image metrics (`recon.metrics.evaluate_volume`:
+- `evaluate_result`: the JSON-ready report: image metrics
+  (`recon.evaluation.metrics.evaluate_volume`:
   NRMSE, PSNR, SSIM, total activity, activity outside the body, organs, lesion recovery) and the
-  projection-domain fit of the result's expected counts (`recon.projection_metrics.projection_fit`
-  of `recon.report.expected_counts`, ``None`` where the study's model cannot be evaluated).
+  projection-domain fit of the result's expected counts
+  (`recon.evaluation.projection_metrics.projection_fit`
+  of `recon.evaluation.report.expected_counts`, ``None`` where the study's model cannot be
+  evaluated).
 - `evaluation_rows` / `evaluation_csv`: that report as ``(section, name, metric, value)`` rows and
   as CSV text.
 """
@@ -68,7 +71,8 @@ def evaluate_result(
     -------
     dict
         JSON-safe: ``result_file``, ``study_file``, ``method``, ``metrics``
-        (`recon.metrics.evaluate_volume`'s dict) and ``projection_fit`` (deviance per pixel,
+        (`recon.evaluation.metrics.evaluate_volume`'s dict) and ``projection_fit`` (deviance per
+        pixel,
         PSNR, ...; ``None`` when the forward model cannot be evaluated).
 
     Raises
@@ -76,9 +80,9 @@ def evaluate_result(
     ValueError
         `check_comparable`'s errors; the result's unit differs from the study's.
     """
-    from recon.metrics import evaluate_volume
-    from recon.projection_metrics import projection_fit
-    from recon.report import expected_counts, json_safe
+    from recon.evaluation.metrics import evaluate_volume
+    from recon.evaluation.projection_metrics import projection_fit
+    from recon.evaluation.report import expected_counts, json_safe
 
     check_comparable(study, result, result_file, study_file)
     truth = study.truth_activity
