@@ -356,7 +356,15 @@ def _train_residual(
             with torch.no_grad():
                 model.modulation.copy_(previous.modulation)
                 model.registration.copy_(previous.registration)
-        outcome = fit(model, study, train, device=device, callback=callback, init_scale=False)
+        outcome = fit(
+            model,
+            study,
+            train,
+            device=device,
+            callback=callback,
+            init_scale=False,
+            collimator=organ_fit.collimator,  # the blur the organ fit modelled (maybe none)
+        )
         losses.extend(outcome.losses)
         expected = _expected(study, model, organ_fit.collimator, device)
         concentrations = model.concentrations().detach().cpu().numpy().astype(np.float64)
