@@ -38,6 +38,8 @@ __all__ = [
     "fisher_information",
     "fit_organ_coefficients",
     "fit_organs",
+    "mbq_per_unit_ml",
+    "study_projector",
 ]
 
 
@@ -262,8 +264,7 @@ def fit_organs(
             f"is {tuple(study.grid.shape)}"
         )
     dev = torch.device(device)
-    mu = None if study.mu_per_mm is None else torch.as_tensor(study.mu_per_mm, dtype=torch.float32)
-    projector = SPECTProjector(study.geometry(), mu, collimator, device=dev)
+    projector = study_projector(study, collimator, device=dev)
     masks = torch.as_tensor(compartments.masks(), device=dev)
     scale = study.acquisition.count_scale
     basis = basis_projections(projector, masks, scale).double().cpu()
@@ -276,7 +277,7 @@ def fit_organs(
     covariance = _covariance(fisher_information(basis, expected))
     deviance = _deviance(y, expected)
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
-    to_mbq = _mbq_per_unit_ml(study.activity_unit)
+    to_mbq = mbq_per_unit_ml(study.activity_unit)
     estimates = []
     for k, name in enumerate(compartments.names):
         volume = float(compartments.voxel_counts[k]) * voxel_ml
@@ -319,7 +320,23 @@ def _deviance(y: torch.Tensor, expected: torch.Tensor) -> float:
     return float(poisson_deviance(y, expected)) / max(int(y.numel()), 1)
 
 
-def _mbq_per_unit_ml(unit: str) -> float:
+def study_projector(
+    study: Study,
+    collimator: CollimatorResponse | None,
+    *,
+    attenuation: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> SPECTProjector:
+    """The study's projector: its geometry, its μ (unless ``attenuation`` is off) and
+    ``collimator`` (the one projector the anatomy methods build)."""
+    mu = None
+    if attenuation and study.mu_per_mm is not None:
+        mu = torch.as_tensor(np.asarray(study.mu_per_mm), dtype=dtype)
+    return SPECTProjector(study.geometry(), mu, collimator, dtype=dtype, device=device)
+
+
+def mbq_per_unit_ml(unit: str) -> float:
     """MBq per (unit · mL); NaN for a unit that is not an activity concentration."""
     from recon.evaluation.metrics import unit_to_bq_per_ml
 

@@ -40,11 +40,13 @@ from recon.anatomy.organ_fit import (
     basis_projections,
     fisher_information,
     fit_organs,
+    mbq_per_unit_ml,
+    study_projector,
 )
 from recon.anatomy.residual import OrganResidualModel, ResidualSource
 from recon.anatomy.sources import find_sources
+from recon.io.hdf5 import software_version
 from recon.io.study import Anatomy, Result, Study
-from spectproj import SPECTProjector
 
 __all__ = ["OrgansConfig", "OrgansOutcome", "reconstruct_conjugate", "reconstruct_organs"]
 
@@ -175,6 +177,7 @@ def reconstruct_organs(
     ValueError
         No anatomy (neither in the study nor given), an anatomy on another grid.
     """
+    from recon.reconstruct import resolve_collimator
     from recon.support import resolve_support
 
     config = OrgansConfig() if config is None else config
@@ -192,7 +195,7 @@ def reconstruct_organs(
         )
     with_anatomy = dataclasses.replace(study, anatomy=anatomy)
     mask, support_note = resolve_support(with_anatomy, support)
-    collimator = study.collimator_response() if use_collimator else None
+    collimator, collimator_note = resolve_collimator(study, use_collimator)
     weight = None
     if study.mu_per_mm is not None:
         weight = tissue_fraction(study.mu_per_mm, study.acquisition.energy_keV)
@@ -211,7 +214,7 @@ def reconstruct_organs(
     parameters: dict[str, Any] = {
         "representation": "organs+residual" if model is not None else "organs",
         "support": support_note,
-        "collimator": _collimator_note(study, collimator),
+        "collimator": collimator_note,
         "anatomy": anatomy.source or "study anatomy",
         "compartments": list(compartments.names),
         "config": config.to_dict(),
@@ -228,8 +231,7 @@ def reconstruct_organs(
         parameters=parameters,
         history=history,
         activity_unit=study.activity_unit,
-        software_version=_version(),
-        created_utc=_now(),
+        software_version=software_version(),
         study_file=study_file,
     )
     return OrgansOutcome(result=result, organ_fit=organ_fit, model=model)
@@ -263,7 +265,7 @@ def reconstruct_conjugate(
         )
     rows = conjugate_view_quantification(study, labels, names)
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
-    to_mbq = _mbq_per_unit_ml(study.activity_unit)
+    to_mbq = mbq_per_unit_ml(study.activity_unit)
     activity = np.zeros(study.grid.shape, dtype=np.float32)
     table = []
     for row in rows:
@@ -289,8 +291,7 @@ def reconstruct_conjugate(
         method="conjugate-view",
         parameters={"anatomy": source, "organ_table": table, "sources": []},
         activity_unit=study.activity_unit,
-        software_version=_version(),
-        created_utc=_now(),
+        software_version=software_version(),
         study_file=study_file,
     )
 
@@ -373,11 +374,6 @@ def _train_residual(
     return model, {"loss": np.asarray(losses, dtype=np.float64)}
 
 
-def _projector(study: Study, collimator: Any, device: torch.device | str) -> SPECTProjector:
-    mu = None if study.mu_per_mm is None else torch.as_tensor(study.mu_per_mm, dtype=torch.float32)
-    return SPECTProjector(study.geometry(), mu, collimator, device=torch.device(device))
-
-
 def _expected(
     study: Study, model: OrganResidualModel, collimator: Any, device: torch.device | str
 ) -> np.ndarray:
@@ -407,7 +403,7 @@ def _table(
         return {"organs": organs, "sources": [], "deviance_per_pixel": organ_fit.deviance_per_pixel}
     # Fisher information of the model's linear amplitudes (compartment concentrations with their
     # fitted shifts and modulations, source activities) at the fitted model.
-    projector = _projector(study, collimator, device)
+    projector = study_projector(study, collimator, device=device)
     scale = study.acquisition.count_scale
     with torch.no_grad():
         c = model.concentrations()
@@ -430,7 +426,7 @@ def _table(
 
     deviance = float(poisson_deviance(y, expected)) / max(int(y.numel()), 1)
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
-    to_mbq = _mbq_per_unit_ml(study.activity_unit)
+    to_mbq = mbq_per_unit_ml(study.activity_unit)
     organs = []
     k = len(compartments)
     with torch.no_grad():
@@ -505,36 +501,3 @@ def _source_unit_volumes(model: OrganResidualModel) -> torch.Tensor:
     if not parts:
         return torch.zeros((0, *model.index.shape), dtype=torch.float32, device=model.index.device)
     return torch.stack(parts)
-
-
-def _collimator_note(study: Study, collimator: Any) -> str:
-    if collimator is None:
-        if study.acquisition.collimator:
-            return "off (--no-collimator or no radius)"
-        return "none (the study names no collimator)"
-    a = study.acquisition
-    return (
-        f"{str(a.collimator).upper()} at {a.energy_keV:g} keV "
-        f"(σ = {collimator.sigma0_mm:.3g} mm + {collimator.slope:.3g}·d)"
-    )
-
-
-def _mbq_per_unit_ml(unit: str) -> float:
-    from recon.anatomy.organ_fit import _mbq_per_unit_ml as per
-
-    return per(unit)
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("spect")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _now() -> str:
-    import datetime
-
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

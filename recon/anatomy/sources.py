@@ -20,9 +20,10 @@ import math
 import numpy as np
 import torch
 
+from recon.anatomy.organ_fit import study_projector
 from recon.anatomy.residual import ResidualSource
 from recon.io.study import Study
-from spectproj import CollimatorResponse, SPECTProjector
+from spectproj import CollimatorResponse
 
 __all__ = ["find_sources", "opposed_pair"]
 
@@ -88,9 +89,8 @@ def find_sources(
     model = torch.as_tensor(np.asarray(expected, dtype=np.float64))
     if tuple(model.shape) != shape:
         raise ValueError(f"expected must have the projections' shape {shape}, got {model.shape}")
-    plain = SPECTProjector(geometry, None, dtype=torch.float64)
-    mu = None if study.mu_per_mm is None else torch.as_tensor(study.mu_per_mm, dtype=torch.float64)
-    full = SPECTProjector(geometry, mu, collimator, dtype=torch.float64)
+    plain = study_projector(study, None, attenuation=False, dtype=torch.float64)
+    full = study_projector(study, collimator, dtype=torch.float64)
 
     def columns(view: int, values: torch.Tensor) -> torch.Tensor:
         """A view's pixels spread over the voxel columns that project onto them."""

@@ -44,6 +44,7 @@ from recon.evaluation.report_figures import (
 )
 from recon.evaluation.scoring import SETTINGS, json_safe, method_settings
 from recon.io.atomic import atomic_output
+from recon.io.hdf5 import software_version
 
 if TYPE_CHECKING:
     import jinja2
@@ -173,7 +174,7 @@ def write_report(
     summary = comparison.to_dict()
     summary["title"] = title
     summary["created_utc"] = _now()
-    summary["software"] = f"spect {_software_version()}"
+    summary["software"] = f"spect {software_version()}"
     summary["slice_point_voxel"] = list(point)
     summary["figures"] = {k: p.name for k, p in paths.items()}
     if extra:
@@ -468,9 +469,3 @@ def render_report_html(
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _software_version() -> str:
-    from recon.io.hdf5 import software_version
-
-    return software_version()
