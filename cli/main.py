@@ -58,6 +58,15 @@ def _fail(message: str, code: int) -> None:
 class SpectGroup(TyperGroup):
     """Top-level command group that turns user errors into one-line messages."""
 
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; Ctrl-C becomes one line on stderr and exit code 130 (outputs are
+        written atomically, so an interrupted command leaves none half-written)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            typer.echo("Error: interrupted (Ctrl-C); nothing more was written", err=True)
+            raise typer.Exit(130) from None
+
     def main(
         self,
         args: Sequence[str] | None = None,

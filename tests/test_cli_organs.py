@@ -113,3 +113,20 @@ def test_organ_commands_refuse_bad_input_in_one_line(folder: Path, study_file: P
     )
     assert_one_line_error(invoke("quantify", study_file, folder / "missing.h5"), "missing.h5")
     assert np.isfinite(study.projections).all()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(
+    folder: Path, study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recon.io
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recon.io, "read_study", interrupted)
+    run = invoke("recon", "organs", study_file, "-o", folder / "never.h5")
+    assert run.exit_code == 130
+    assert run.stderr.strip().splitlines() == [
+        "Error: interrupted (Ctrl-C); nothing more was written"
+    ]
+    assert not (folder / "never.h5").exists()
