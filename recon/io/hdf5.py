@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +35,9 @@ from typing import Any, NoReturn, TypeVar
 import h5py
 import numpy as np
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import check_target, write_bytes
 from recon.io.errors import FieldError, StudyFileError
+from recon.io.signals import deferred_signals
 from recon.io.study import (
     Acquisition,
     Anatomy,
@@ -380,7 +382,7 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
         except (TypeError, ValueError) as error:
             chk.fail("/anatomy/labels", _short(error))
 
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f: h5py.File) -> None:
         _write_root(f, STUDY_FORMAT, software_version(), _now_utc())
         f.attrs["activity_unit"] = activity_unit
         _write_fixed(f, "/projections/counts", _float32(study.projections), activity_unit)
@@ -427,6 +429,8 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
         p = f.create_group("provenance")
         for key, value in study.provenance.items():
             p.attrs[key] = value
+
+    write_hdf5(path, fill, overwrite=overwrite)
 
 
 def _write_anatomy(f: h5py.File, anatomy: Anatomy, activity_unit: str) -> None:
@@ -479,7 +483,7 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
     history = {_check_name(chk, "/history", k): v for k, v in result.history.items()}
     extras = {_check_name(chk, "/extras", k): v for k, v in result.extras.items()}
 
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f: h5py.File) -> None:
         _write_root(
             f,
             RESULT_FORMAT,
@@ -507,6 +511,39 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
                 axes="",
                 compress=values.size >= 1024,
             )
+
+    write_hdf5(path, fill, overwrite=overwrite)
+
+
+def write_hdf5(
+    path: PathLike, fill: Callable[[h5py.File], None], *, overwrite: bool = False
+) -> None:
+    """Write an HDF5 file atomically: ``fill(f)`` builds it in memory, then its bytes go to disk.
+
+    The file is built by HDF5's in-memory (``core``) driver with SIGINT/SIGTERM/SIGHUP deferred
+    (an interrupt inside the HDF5 library would be swallowed by it, or leave it in a state that
+    crashes the interpreter at exit), and its image is written by `recon.io.atomic.write_bytes`
+    with plain Python I/O: a full disk or a read-only folder is an ``OSError`` naming ``path``,
+    the previous file is untouched and no temporary is left. Studies and results are megabytes
+    to a few hundred megabytes, so the image fits in memory beside the arrays.
+
+    Raises
+    ------
+    FileExistsError, FileNotFoundError, IsADirectoryError
+        Checked before anything is built (`recon.io.atomic.atomic_output`'s rules).
+    OSError
+        The disk write failed (full disk, quota, permissions, read-only file system).
+    """
+    check_target(path, overwrite)
+    with deferred_signals():
+        f = h5py.File(f"spect-{secrets.token_hex(8)}.h5", "w", driver="core", backing_store=False)
+        try:
+            fill(f)
+            f.flush()
+            image = f.id.get_file_image()
+        finally:
+            f.close()
+    write_bytes(path, image, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
