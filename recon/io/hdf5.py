@@ -37,6 +37,7 @@ import numpy as np
 
 from recon.io.atomic import check_target, write_bytes
 from recon.io.errors import FieldError, StudyFileError
+from recon.io.limits import MAX_DEFLATE_RATIO, array_size_problem
 from recon.io.signals import deferred_signals
 from recon.io.study import (
     Acquisition,
@@ -656,6 +657,9 @@ class _Reader:
             got_axes = self.string(obj, where, "axes")
             if got_axes != axes:
                 self.fail(where, f"axes are '{got_axes}', expected '{axes}'")
+        problem = dataset_size_problem(self.chk.file, obj)
+        if problem is not None:
+            self.fail(where, problem)
         try:
             if h5py.check_string_dtype(obj.dtype) is not None:
                 data = np.asarray(obj.asstr()[()], dtype=str)  # refused by the dtype checks
@@ -692,6 +696,9 @@ class _Reader:
         g = self.group(where)
         assert g is not None
         shape = self.integers(g, where, "shape", 3)
+        problem = array_size_problem(shape, 4)  # every method allocates float32 volumes of it
+        if problem is not None:
+            self.fail(where, problem)
         spacing = self.numbers(g, where, "spacing_mm", 3)
         offset = self.numbers(g, where, "offset_mm", 3, required=False) or (0.0, 0.0, 0.0)
         for name, expected in (("axes", VOLUME_AXES), ("frame", FRAME), ("units", "mm")):
@@ -730,6 +737,34 @@ class _Reader:
             self.chk.field(error)
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
+
+
+#: HDF5 filters whose compression is bounded by deflate's (shuffle and checksums add nothing).
+_DEFLATE_LIKE = {
+    h5py.h5z.FILTER_DEFLATE,
+    h5py.h5z.FILTER_SHUFFLE,
+    h5py.h5z.FILTER_FLETCHER32,
+    32000,
+}
+
+
+def dataset_size_problem(file: PathLike, ds: h5py.Dataset) -> str | None:
+    """Why the dataset ``ds`` of ``file`` must not be read into memory (`recon.io.limits`:
+    larger than the memory budget, or than the file could hold), or ``None``."""
+    try:
+        shape = tuple(int(n) for n in (ds.shape or ()))
+        itemsize = int(ds.dtype.itemsize)
+        plist = ds.id.get_create_plist()
+        filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        return f"cannot be read; the file is damaged ({_short(error)})"
+    if not filters:
+        ratio: float | None = 1.0
+    elif filters <= _DEFLATE_LIKE:  # 32000: LZF
+        ratio = float(MAX_DEFLATE_RATIO)
+    else:
+        ratio = None
+    return array_size_problem(shape, itemsize, file_bytes=os.path.getsize(file), compression=ratio)
 
 
 def _open(path: PathLike) -> h5py.File:
