@@ -385,6 +385,7 @@ def interfile_study(
     orientation: str = "LAI",
     isotope: str | None = None,
     radius_mm: float | None = None,
+    allow_outside_data: bool = False,
 ) -> Study:
     """A study from Interfile projections and, optionally, an attenuation volume.
 
@@ -410,6 +411,8 @@ def interfile_study(
         Recorded in the acquisition (`canonical_isotope`).
     radius_mm
         Rotation radius (mm); default the projections' ``Radius``, if any.
+    allow_outside_data
+        Let the headers name data files outside their folders (`read_interfile`).
 
     Returns
     -------
@@ -429,7 +432,9 @@ def interfile_study(
         raise ValueError("give either a μ volume (--mu) or a CT (--ct), not both")
     if mu_unit not in ("1/mm", "1/cm"):
         raise ValueError(f"mu_unit must be '1/mm' or '1/cm', got {mu_unit!r}")
-    projections = read_interfile(projections_header, orientation=orientation)
+    projections = read_interfile(
+        projections_header, orientation=orientation, allow_outside_data=allow_outside_data
+    )
     if projections.kind != "projections" or projections.angles_deg is None:
         raise ValueError(
             f"{projections_header}: holds a volume, not projections (process status, number of "
@@ -455,7 +460,9 @@ def interfile_study(
         grid = detector_grid(acquisition.detector_shape, acquisition.pixel_size_mm)
         provenance["grid"] = "covers the detector (no attenuation volume given)"
     else:
-        volume = read_interfile(volume_header, orientation=orientation)
+        volume = read_interfile(
+            volume_header, orientation=orientation, allow_outside_data=allow_outside_data
+        )
         if volume.kind != "volume":
             raise ValueError(f"{volume_header}: holds projections, not a volume")
         grid = volume.grid()
