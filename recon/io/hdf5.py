@@ -364,7 +364,7 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
     StudyFileError
         The study breaks one of its own rules (`Study` checks them when made; checked again
         here because arrays can be changed in place: shapes, dtypes, NaN/Inf, negative or
-        above-1e30 counts, ...); the message says ``cannot write``. Nothing is written.
+        above-MAX_COUNTS (1e15) counts, ...); the message says ``cannot write``. Nothing is written.
     TypeError
         ``study`` is not a `Study`.
     FileExistsError
@@ -990,7 +990,7 @@ def read_study(path: PathLike) -> Study:
         One line, ``"<file>: <dataset>: <problem>"``: not an HDF5 file or a truncated one, not a
         study file, a newer format version, a missing dataset or attribute, a wrong shape, dtype
         or unit, NaN/Inf or negative counts, background, μ or activity, counts or background
-        above `recon.io.study.MAX_COUNTS` (1e30), an inconsistent grid.
+        above `recon.io.study.MAX_COUNTS` (1e15), an inconsistent grid.
     FileNotFoundError
         ``path`` does not exist.
     """
