@@ -17,7 +17,7 @@ Fault injection (tests): `set_fault_hook` installs a callback run at named point
 (``"open"``, ``"write"``, ``"written"``, ``"commit"``); the ``SPECT_FAULT_INJECT`` environment
 variable does the same for a separate process (``POINT:ACTION[:NAME]``, e.g.
 ``commit:SIGTERM`` or ``write:ENOSPC:out.h5``; actions: a signal name, which the process sends to
-itself, or an errno name, raised as ``OSError``). See ``docs/faults.md``.
+itself (``SIGINT*2``: twice), or an errno name, raised as ``OSError``). See ``docs/faults.md``.
 """
 
 from __future__ import annotations
@@ -82,10 +82,11 @@ def _env_hook(point: str, path: Path) -> None:
         return
     if len(parts) > 2 and parts[2] and not fnmatch.fnmatch(path.name, parts[2]):
         return
-    action = parts[1].upper()
+    action, _, times = parts[1].upper().partition("*")
     if action.startswith("SIG") and hasattr(signal, action):
-        os.kill(os.getpid(), getattr(signal, action))
-        time.sleep(0.05)  # let the handler run here, at this point
+        for _ in range(int(times or 1)):  # SIGINT*2: a second Ctrl-C right after the first
+            os.kill(os.getpid(), getattr(signal, action))
+            time.sleep(0.05)  # let the handler run here, at this point
     elif hasattr(errno, action):
         code = getattr(errno, action)
         raise OSError(code, os.strerror(code), os.fspath(path))
