@@ -26,6 +26,7 @@ file_kind, nifti_volume, tidy_nifti_grid, snap_grid, nifti_result
 from __future__ import annotations
 
 import csv
+import io
 import dataclasses
 import json
 import math
@@ -192,7 +193,9 @@ def read_pienerf_entries(csv_path: PathLike) -> list[ManifestEntry]:
         The CSV cannot be read.
     """
     path = Path(csv_path)
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    from recon.io.text import read_text
+
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in PIENERF_COLUMNS if c not in columns]

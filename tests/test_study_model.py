@@ -7,7 +7,6 @@ field, the expectation and the actual value; good ones are normalised without co
 from __future__ import annotations
 
 import math
-
 import pickle
 from collections.abc import Callable
 from dataclasses import replace

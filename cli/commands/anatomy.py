@@ -133,7 +133,8 @@ def quantify(
 
     from recon.anatomy.quantify import quantify as table_of
     from recon.anatomy.quantify import rows_to_csv
-    from recon.io import atomic_output, read_result, read_study
+    from recon.io import read_result, read_study
+    from recon.io.atomic import write_text
 
     for path in (csv, json_file):
         if path is not None:
@@ -144,14 +145,10 @@ def quantify(
     rows = table_of(study, results, names)
     _print_rows(rows)
     if csv is not None:
-        with atomic_output(csv, overwrite=force) as tmp:
-            Path(tmp).write_text(rows_to_csv(rows), encoding="utf-8")
+        write_text(csv, rows_to_csv(rows), overwrite=force)
         typer.echo(f"wrote {csv}")
     if json_file is not None:
-        with atomic_output(json_file, overwrite=force) as tmp:
-            Path(tmp).write_text(
-                json.dumps([r.to_dict() for r in rows], indent=1), encoding="utf-8"
-            )
+        write_text(json_file, json.dumps([r.to_dict() for r in rows], indent=1), overwrite=force)
         typer.echo(f"wrote {json_file}")
 
 

@@ -132,8 +132,8 @@ def train_cohort(
     from recon.cohort.distributed import resolve_device
     from recon.cohort.training import CohortConfig
     from recon.cohort.training import train_cohort as run_training
-    from recon.nerf.config import TrainConfig
     from recon.io import signals
+    from recon.nerf.config import TrainConfig
     from recon.nerf.training import TrainingDiverged, TrainingInterrupted
 
     main = _rank() == 0

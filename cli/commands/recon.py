@@ -300,10 +300,9 @@ def nerf(
     """
     import torch
 
-    from recon.io import read_study, write_result
+    from recon.io import read_study, signals, write_result
     from recon.nerf.checkpoint import LAST_CHECKPOINT
     from recon.nerf.config import TrainConfig
-    from recon.io import signals
     from recon.nerf.training import TrainingDiverged, TrainingInterrupted
     from recon.reconstruct import check_nerf_folder, reconstruct_nerf
 

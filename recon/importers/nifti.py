@@ -25,7 +25,7 @@ import numpy as np
 from nibabel import orientations
 from nibabel.spatialimages import SpatialImage
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import write_bytes
 from recon.io.limits import MAX_DEFLATE_RATIO, check_array_size
 from spectproj import ImageGrid
 
@@ -160,8 +160,7 @@ def write_nifti(
     payload = image.to_bytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_bytes(payload)
+    write_bytes(path, payload, overwrite=overwrite)
     return path
 
 

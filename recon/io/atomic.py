@@ -93,10 +93,14 @@ def _env_hook(point: str, path: Path) -> None:
 
 
 def fault_point(point: str, path: Path) -> None:
-    """Run the fault hook (and ``SPECT_FAULT_INJECT``) for ``point`` of writing ``path``."""
-    if _fault_hook is not None:
-        _fault_hook(point, path)
-    _env_hook(point, path)
+    """Run the fault hook (and ``SPECT_FAULT_INJECT``) for ``point`` of writing ``path``; an
+    ``OSError`` it raises stands for that step failing, and is reported as such."""
+    try:
+        if _fault_hook is not None:
+            _fault_hook(point, path)
+        _env_hook(point, path)
+    except OSError as error:
+        raise _named(error, path) from None
 
 
 @contextlib.contextmanager
@@ -345,6 +349,8 @@ def sweep_stale(target: str | os.PathLike[str], *, max_age_s: float = STALE_AGE_
 
 def _named(error: OSError, target: Path) -> OSError:
     """``error`` (same class and errno) reworded to name ``target``, not a hidden temporary."""
+    if str(error).startswith(f"{target}: cannot write"):
+        return error  # already reworded
     code = error.errno
     reason = {
         errno.ENOSPC: "no space left on device",

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import write_bytes
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -76,8 +76,7 @@ def save_checkpoint(payload: Mapping[str, Any], *paths: str | os.PathLike[str]) 
     torch.save(dict(payload), buffer)
     data = buffer.getvalue()
     for path in paths:
-        with atomic_output(path, overwrite=True) as tmp:
-            Path(tmp).write_bytes(data)
+        write_bytes(path, data, overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
