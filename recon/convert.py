@@ -26,8 +26,8 @@ file_kind, nifti_volume, tidy_nifti_grid, snap_grid, nifti_result
 from __future__ import annotations
 
 import csv
-import io
 import dataclasses
+import io
 import json
 import math
 import os

@@ -247,7 +247,14 @@ def staged_folder(
     stage = _create_temporary(out, folder=True)
     try:
         fault_point("open", out)
-        yield stage
+        try:
+            yield stage
+        except OSError as error:  # name the output folder, not the hidden staging folder
+            if os.fspath(stage) not in str(error):
+                raise
+            renamed = type(error)(str(error).replace(os.fspath(stage), os.fspath(out)))
+            renamed.errno = error.errno
+            raise renamed from None
         fault_point("written", out)
         for item in stage.iterdir():
             if item.is_file():
