@@ -670,10 +670,6 @@ class _CohortObjective:
         return payload
 
     def restore(self, payload: Mapping[str, Any]) -> None:
-        for row in reversed(payload["history"]):
-            if not math.isnan(row.get("heldout_psnr", math.nan)):
-                self.latest["heldout_psnr"] = row["heldout_psnr"]
-                break
         self.heldout = [dict(h) for h in payload.get("heldout", [])]
 
     def rng_state(self) -> None:

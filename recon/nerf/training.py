@@ -410,10 +410,6 @@ class _StudyObjective:
         restore_rng(payload["rng"], self.sampler)
         self.level = float(payload["data"]["activity_level"])
         self.count_level = float(payload["data"]["count_level"])
-        for row in reversed(payload["history"]):
-            if not math.isnan(row.get("val_psnr", math.nan)):
-                self.latest = {"val_deviance": row["val_deviance"], "val_psnr": row["val_psnr"]}
-                break
 
     def rng_state(self) -> dict[str, Any]:
         return capture_rng(self.sampler)
