@@ -47,11 +47,7 @@ import torch
 from torch import nn
 
 from recon.io.study import Study
-from recon.nerf.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-)
+from recon.nerf.checkpoint import capture_rng, grid_to_dict, load_checkpoint, restore_rng
 from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.previews import write_previews
 from recon.nerf.rays import RayData, study_digest
@@ -196,11 +192,7 @@ def representation_info(representation: Any) -> dict[str, Any]:
         "field_config": None,
     }
     if grid is not None and hasattr(grid, "shape"):
-        info["grid"] = {
-            "shape": [int(n) for n in grid.shape],
-            "spacing_mm": [float(d) for d in grid.spacing_mm],
-            "offset_mm": [float(o) for o in grid.offset_mm],
-        }
+        info["grid"] = grid_to_dict(grid)
     if config is not None and hasattr(config, "to_dict"):
         info["field_config"] = dict(config.to_dict())
     return info
