@@ -46,8 +46,7 @@ def render(outcomes: list) -> str:
         flag = "" if not o.problems else " **FAILS: " + _cell("; ".join(o.problems)) + "**"
         message = re.sub(r"/\S*/work/", "", o.message)  # the case's temporary folder
         lines.append(
-            f"| `{o.case.id}` | {_cell(o.case.tried)} | {o.exit_code} | "
-            f"`{_cell(message)}`{flag} |"
+            f"| `{o.case.id}` | {_cell(o.case.tried)} | {o.exit_code} | `{_cell(message)}`{flag} |"
         )
     return "\n".join(lines)
 

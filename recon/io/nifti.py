@@ -11,6 +11,9 @@ affine maps voxel indices to RAS mm with the grid's offset included::
               [  0,   0,  0,  1]]
 
 nibabel's ``aff2axcodes`` reads it as ``("L", "P", "S")``: index i increases toward the left.
+
+`volume_to_nifti` writes a volume of a study or result file (``spect convert to-nifti``);
+`nifti_result` wraps another tool's NIfTI volume as a `Result` (``spect convert nifti-to-result``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -27,9 +31,22 @@ from nibabel.spatialimages import SpatialImage
 
 from recon.io.atomic import write_bytes
 from recon.io.limits import MAX_DEFLATE_RATIO, check_array_size
+from recon.io.study import Result
 from spectproj import ImageGrid
 
-__all__ = ["checked_affine", "grid_affine_ras", "load_nifti", "read_nifti", "write_nifti"]
+__all__ = [
+    "NIFTI_DATASETS",
+    "checked_affine",
+    "grid_affine_ras",
+    "load_nifti",
+    "nifti_result",
+    "nifti_volume",
+    "read_nifti",
+    "snap_grid",
+    "tidy_nifti_grid",
+    "volume_to_nifti",
+    "write_nifti",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -212,3 +229,207 @@ def read_nifti(path: PathLike) -> tuple[np.ndarray, ImageGrid]:
         tuple(float(o) for o in offset_zyx),  # type: ignore[arg-type]  # ImageGrid checks the length
     )
     return np.ascontiguousarray(data.transpose(2, 1, 0)), grid
+
+
+# -- study and result files ↔ NIfTI (spect convert to-nifti / nifti-to-result) ------------------
+#: Volumes ``spect convert to-nifti`` can write, and where they live in a study or result file.
+NIFTI_DATASETS: Mapping[str, str] = {
+    "activity": "result /activity, or a study's /truth/activity",
+    "truth": "/truth/activity (study)",
+    "mu": "/attenuation/mu (study)",
+    "ct": "/attenuation/ct_hu (study)",
+    "labels": "/truth/labels (study)",
+}
+
+
+def nifti_volume(path: PathLike, dataset: str = "activity") -> tuple[np.ndarray, ImageGrid, str]:
+    """A volume of a study or result file, for `write_nifti`.
+
+    Parameters
+    ----------
+    path
+        Study or result file.
+    dataset
+        One of `NIFTI_DATASETS`: ``activity`` (a result's activity, a study's truth activity),
+        ``truth``, ``mu``, ``ct`` or ``labels`` (study files only).
+
+    Returns
+    -------
+    volume, grid, description
+        ``[Z, Y, X]`` array, its grid, and a few words saying what it is (with its unit).
+
+    Raises
+    ------
+    ValueError
+        Unknown dataset, a dataset the file does not hold, or an invalid file.
+    """
+    from recon.io.hdf5 import file_kind, read_result, read_study
+
+    if dataset not in NIFTI_DATASETS:
+        raise ValueError(
+            f"unknown dataset {dataset!r}; expected one of {', '.join(NIFTI_DATASETS)}"
+        )
+    if file_kind(path) == "result":
+        if dataset != "activity":
+            raise ValueError(
+                f"{path}: a result file holds only the activity; --dataset {dataset} needs a "
+                "study file"
+            )
+        result = read_result(path)
+        return result.activity, result.grid, f"{result.method} activity ({result.activity_unit})"
+    study = read_study(path)  # also reports files that are neither kind
+    choices: dict[str, tuple[np.ndarray | None, str, str]] = {
+        "activity": (study.truth_activity, "/truth/activity", f"truth ({study.activity_unit})"),
+        "truth": (study.truth_activity, "/truth/activity", f"truth ({study.activity_unit})"),
+        "mu": (
+            study.mu_per_mm,
+            "/attenuation/mu",
+            f"μ at {study.acquisition.energy_keV:g} keV (1/mm)",
+        ),
+        "ct": (study.ct_hu, "/attenuation/ct_hu", "CT (HU)"),
+        "labels": (study.labels, "/truth/labels", "labels"),
+    }
+    volume, where, what = choices[dataset]
+    if volume is None:
+        raise ValueError(f"{path}: the study has no {where} (--dataset {dataset})")
+    return volume, study.grid, what
+
+
+def volume_to_nifti(
+    path: PathLike, output: PathLike, dataset: str = "activity", *, overwrite: bool = False
+) -> tuple[np.ndarray, ImageGrid, str]:
+    """Write a volume of a study or result file as NIfTI (``spect convert to-nifti``).
+
+    Parameters
+    ----------
+    path
+        Study or result file.
+    output
+        ``.nii`` or ``.nii.gz`` file, written atomically (`write_nifti`).
+    dataset
+        Which volume (`nifti_volume`).
+    overwrite
+        Replace an existing ``output``.
+
+    Returns
+    -------
+    volume, grid, description
+        What was written, as `nifti_volume` returns it.
+
+    Raises
+    ------
+    ValueError
+        ``output`` does not end with ``.nii`` or ``.nii.gz``; the errors of `nifti_volume`.
+    FileExistsError
+        ``output`` exists and ``overwrite`` is false.
+    """
+    if not Path(output).name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{output}: a NIfTI file name ends with .nii or .nii.gz")
+    volume, grid, what = nifti_volume(path, dataset)
+    write_nifti(output, volume, grid, overwrite=overwrite)
+    return volume, grid, what
+
+
+def tidy_nifti_grid(grid: ImageGrid) -> ImageGrid:
+    """Undo the float32 rounding of a NIfTI affine: each spacing becomes the shortest decimal of
+    its float32 value (3.9063000679 → 3.9063) and each offset is rounded to 0.001 mm."""
+    spacing = tuple(float(str(np.float32(s))) for s in grid.spacing_mm)
+    offset = tuple(round(float(o), 3) + 0.0 for o in grid.offset_mm)
+    return ImageGrid(grid.shape, spacing, offset)  # type: ignore[arg-type]  # three axes in, three out
+
+
+def snap_grid(grid: ImageGrid, reference: ImageGrid, *, atol_mm: float = 0.01) -> ImageGrid:
+    """``reference`` when ``grid`` is the same grid up to ``atol_mm`` (NIfTI stores float32).
+
+    Raises
+    ------
+    ValueError
+        The shapes differ, or a spacing or offset differs by more than ``atol_mm``.
+    """
+
+    def text(g: ImageGrid) -> str:
+        shape = "×".join(str(n) for n in g.shape)
+        spacing = "×".join(f"{d:.6g}" for d in g.spacing_mm)
+        offset = ", ".join(f"{o:.6g}" for o in g.offset_mm)
+        return f"{shape} voxels of {spacing} mm, offset ({offset}) mm"
+
+    same = tuple(grid.shape) == tuple(reference.shape) and all(
+        abs(a - b) <= atol_mm
+        for a, b in zip(
+            (*grid.spacing_mm, *grid.offset_mm),
+            (*reference.spacing_mm, *reference.offset_mm),
+            strict=True,
+        )
+    )
+    if not same:
+        raise ValueError(f"the volume's grid ({text(grid)}) is not the study's ({text(reference)})")
+    return reference
+
+
+def nifti_result(
+    path: PathLike,
+    *,
+    method: str = "external",
+    activity_unit: str | None = None,
+    study_file: PathLike | None = None,
+    clip_negative: bool = False,
+) -> Result:
+    """A NIfTI volume (another tool's reconstruction) as a `Result`.
+
+    Parameters
+    ----------
+    path
+        ``.nii`` or ``.nii.gz`` (`read_nifti`: any axis-aligned affine).
+    method
+        Name recorded as the result's method.
+    activity_unit
+        Unit of the values; default the study's (with ``study_file``), else ``"Bq/mL"``.
+    study_file
+        A study on whose grid the volume should be: the grid is checked (`snap_grid`) and
+        replaced by the study's exact grid, and the study is recorded.
+    clip_negative
+        Set negative values (e.g. from FBP) to 0 instead of refusing them.
+
+    Raises
+    ------
+    ValueError
+        Not 3D, oblique, NaN/Inf or negative values (without ``clip_negative``), a grid that is
+        not the study's.
+    """
+    from recon.io.hdf5 import read_study
+
+    volume, grid = read_nifti(path)
+    if not np.issubdtype(volume.dtype, np.number) or np.issubdtype(
+        volume.dtype, np.complexfloating
+    ):
+        raise ValueError(f"{path}: values of type {volume.dtype} are not real numbers")
+    activity = np.ascontiguousarray(volume, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(activity)))
+    if bad:
+        raise ValueError(f"{path}: {bad} NaN/Inf value(s)")
+    negative = int(np.count_nonzero(activity < 0))
+    if negative and not clip_negative:
+        raise ValueError(
+            f"{path}: {negative} negative value(s) (min {float(activity.min()):.6g}); an activity "
+            "is >= 0: use --clip-negative to set them to 0"
+        )
+    activity = np.maximum(activity, np.float32(0.0))
+    grid = tidy_nifti_grid(grid)
+    unit = activity_unit
+    if study_file is not None:
+        study = read_study(study_file)
+        grid = snap_grid(grid, study.grid)
+        unit = unit or study.activity_unit
+    parameters: dict[str, object] = {
+        "source_file": os.fspath(path),
+        "converted_by": "spect convert nifti-to-result",
+        "negative_values_clipped": negative if clip_negative else 0,
+    }
+    return Result(
+        activity=activity,
+        grid=grid,
+        method=method,
+        parameters=parameters,
+        activity_unit=unit or "Bq/mL",
+        study_file=None if study_file is None else os.fspath(study_file),
+    )

@@ -14,29 +14,45 @@ arrays in the prototype's own axis order. The mapping to our frame (``docs/impor
   order, so a point at CT index ``(a0, a1, a2)`` appears in pixel ``(a1, a2)`` of ``ap.npy``.
 - ``pa.npy`` is mirror-corrected (``pa_mirrored=True``): stored in the same orientation as
   ``ap.npy``. The importer un-mirrors it into our PA bin order (r = −x).
+
+`read_pienerf_entries` reads a manifest line by line (a bad row is an entry with its error),
+`read_pienerf_manifest` refuses any bad row, `pienerf_row_to_study` builds one row's `Study`, and
+`convert_pienerf_manifest` writes every row as ``OUT/<patient_id>.h5`` (``spect convert pienerf``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from recon.importers.interfile import reorient_spacing, reorient_to_zyx
+from recon.io._common import canonical_isotope
+from recon.io.interfile import reorient_spacing, reorient_to_zyx, spacing_to_array_order
 from recon.io.limits import check_array_size
 from recon.io.study import Acquisition, Study
 from recon.io.text import read_text
 from spectproj import ImageGrid, ParallelGeometry, hu_to_mu_per_mm
 
-__all__ = ["PIENERF_COLUMNS", "PieNeRFRow", "pienerf_row_to_study", "read_pienerf_manifest"]
+__all__ = [
+    "PIENERF_COLUMNS",
+    "PieNeRFEntry",
+    "PieNeRFRow",
+    "PienerfOutcome",
+    "convert_pienerf_manifest",
+    "pienerf_row_to_study",
+    "pienerf_study_file_name",
+    "read_pienerf_entries",
+    "read_pienerf_manifest",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -70,14 +86,105 @@ class PieNeRFRow:
     manifest: Path
 
 
-def read_pienerf_manifest(csv_path: PathLike) -> list[PieNeRFRow]:
-    """Read a pieNeRF CSV manifest.
+@dataclass(frozen=True)
+class PieNeRFEntry:
+    """One data line of a pieNeRF manifest: its row, or why it cannot be read.
+
+    Attributes
+    ----------
+    line
+        Line number in the CSV (the header is line 1).
+    patient_id
+        The id as written (may be empty when the row is broken).
+    row
+        The row with its paths resolved, or ``None`` when ``error`` says why not.
+    error
+        Why the row cannot be converted (a `ValueError`, or a `FileNotFoundError` for a listed
+        file that does not exist; one line naming the CSV and the line), or ``None``.
+    """
+
+    line: int
+    patient_id: str
+    row: PieNeRFRow | None
+    error: ValueError | FileNotFoundError | None = None
+
+    @property
+    def label(self) -> str:
+        """The patient id, or ``"line N"`` for a row without one."""
+        return self.patient_id or f"line {self.line}"
+
+
+def read_pienerf_entries(csv_path: PathLike) -> list[PieNeRFEntry]:
+    """Read a pieNeRF manifest, keeping going past bad rows.
 
     Parameters
     ----------
     csv_path
         CSV with a header line holding at least ``patient_id, ap_path, pa_path, ct_path``
-        (``act_path`` optional; an empty cell means none).
+        (``act_path`` optional; an empty cell means none). Paths are relative to the CSV's
+        folder unless absolute; blank lines are skipped.
+
+    Returns
+    -------
+    list of PieNeRFEntry
+        One per data line, in file order. A row with an empty required cell, a repeated patient
+        id or a missing file is an entry with an ``error`` instead of a ``row``.
+
+    Raises
+    ------
+    ValueError
+        A required column is absent.
+    OSError
+        The CSV cannot be read.
+    """
+    path = Path(csv_path)
+    with io.StringIO(read_text(path), newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in PIENERF_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected "
+                f"{', '.join(PIENERF_COLUMNS)}[, act_path], got {columns}"
+            )
+        entries: list[PieNeRFEntry] = []
+        seen: set[str] = set()
+        for line, record in enumerate(reader, start=2):
+            cells = {(k or "").strip(): (v or "").strip() for k, v in record.items() if k}
+            if not any(cells.values()):
+                continue
+            pid = cells.get("patient_id", "")
+            entries.append(_entry(path, line, cells, seen))
+            seen.add(pid)
+    return entries
+
+
+def _entry(path: Path, line: int, cells: Mapping[str, str], seen: set[str]) -> PieNeRFEntry:
+    pid = cells.get("patient_id", "")
+    for column in PIENERF_COLUMNS:
+        if not cells.get(column):
+            return PieNeRFEntry(line, pid, None, ValueError(f"{path}: line {line}: empty {column}"))
+    if pid in seen:
+        error = ValueError(f"{path}: line {line}: patient_id {pid!r} repeats")
+        return PieNeRFEntry(line, pid, None, error)
+    files: dict[str, Path] = {}
+    for column in (*PIENERF_COLUMNS[1:], "act_path"):
+        if not cells.get(column):
+            continue
+        file = Path(cells[column])
+        file = file if file.is_absolute() else path.parent / file
+        if not file.is_file():
+            missing = FileNotFoundError(f"{path}: line {line}: {column} {file} not found")
+            return PieNeRFEntry(line, pid, None, missing)
+        files[column] = file
+    row = PieNeRFRow(
+        pid, files["ap_path"], files["pa_path"], files["ct_path"], files.get("act_path"), path
+    )
+    return PieNeRFEntry(line, pid, row)
+
+
+def read_pienerf_manifest(csv_path: PathLike) -> list[PieNeRFRow]:
+    """Read a pieNeRF CSV manifest, refusing any bad row (`read_pienerf_entries`' rules).
 
     Returns
     -------
@@ -91,54 +198,13 @@ def read_pienerf_manifest(csv_path: PathLike) -> list[PieNeRFRow]:
     FileNotFoundError
         A listed file does not exist.
     """
-    path = Path(csv_path)
-    with io.StringIO(read_text(path), newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in PIENERF_COLUMNS if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {', '.join(missing)}; expected "
-                f"{', '.join(PIENERF_COLUMNS)}[, act_path], got {columns}"
-            )
-        rows: list[PieNeRFRow] = []
-        seen: set[str] = set()
-        for line, record in enumerate(reader, start=2):
-            cells = {(k or "").strip(): (v or "").strip() for k, v in record.items()}
-            if not any(cells.values()):
-                continue
-            for column in PIENERF_COLUMNS:
-                if not cells.get(column):
-                    raise ValueError(f"{path}: line {line}: empty {column}")
-            pid = cells["patient_id"]
-            if pid in seen:
-                raise ValueError(f"{path}: line {line}: patient_id {pid!r} repeats")
-            seen.add(pid)
-            files = {
-                column: _resolve(path, line, column, cells[column])
-                for column in (*PIENERF_COLUMNS[1:], "act_path")
-                if cells.get(column)
-            }
-            rows.append(
-                PieNeRFRow(
-                    pid,
-                    files["ap_path"],
-                    files["pa_path"],
-                    files["ct_path"],
-                    files.get("act_path"),
-                    path,
-                )
-            )
+    rows: list[PieNeRFRow] = []
+    for entry in read_pienerf_entries(csv_path):
+        if entry.error is not None:
+            raise entry.error
+        assert entry.row is not None  # a row or an error, never neither
+        rows.append(entry.row)
     return rows
-
-
-def _resolve(csv_path: Path, line: int, column: str, value: str) -> Path:
-    file = Path(value)
-    if not file.is_absolute():
-        file = csv_path.parent / file
-    if not file.is_file():
-        raise FileNotFoundError(f"{csv_path}: line {line}: {column} {file} not found")
-    return file
 
 
 def _load(path: Path, ndim: int, what: str) -> np.ndarray:
@@ -300,3 +366,156 @@ def pienerf_row_to_study(
         activity_unit=activity_unit,
         provenance=provenance,
     )
+
+
+# -- whole manifests into study files -----------------------------------------------------------
+
+
+def pienerf_study_file_name(patient_id: str) -> str:
+    """``<patient_id>.h5``, refusing ids that are not a plain file name.
+
+    Raises
+    ------
+    ValueError
+        The id is empty, starts with a dot, or holds a path separator or a control character.
+    """
+    pid = str(patient_id).strip()
+    bad = not pid or pid.startswith(".") or any(c in pid for c in "/\\") or not pid.isprintable()
+    if bad:
+        raise ValueError(f"patient_id {patient_id!r} cannot be used as a file name")
+    return f"{pid}.h5"
+
+
+#: Errors of one pieNeRF row that make it a failed outcome while the other rows go on.
+_ROW_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, EOFError)
+
+
+@dataclass(frozen=True)
+class PienerfOutcome:
+    """What became of one row of a pieNeRF manifest (`convert_pienerf_manifest`).
+
+    Attributes
+    ----------
+    label
+        The patient id, or ``"line N"``.
+    output
+        The study file written, or ``None`` on failure.
+    grid_shape
+        ``(Z, Y, X)`` of the study's grid (``None`` on failure).
+    total_counts
+        Sum of the study's projections (``None`` on failure).
+    error
+        One line on why the row failed, or ``None``.
+    """
+
+    label: str
+    output: Path | None = None
+    grid_shape: tuple[int, int, int] | None = None
+    total_counts: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def convert_pienerf_manifest(
+    manifest: PathLike,
+    out_dir: PathLike,
+    *,
+    spacing_mm: Sequence[float],
+    energy_keV: float,
+    ct_orientation: str = "PIL",
+    pa_mirrored: bool = True,
+    ct_is_mu: bool = False,
+    ct_mu_unit: Literal["1/mm", "1/cm"] = "1/mm",
+    isotope: str | None = None,
+    overwrite: bool = False,
+    provenance: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[PienerfOutcome]:
+    """Convert every row of a pieNeRF manifest into ``out_dir/<patient_id>.h5``.
+
+    Each row's ap.npy and pa.npy (counts), ct.npy (HU, or μ with ``ct_is_mu``) and optional
+    act.npy (truth) become a study (`pienerf_row_to_study`) written atomically.
+    A row that fails (a bad cell, a missing file, bad data, an existing output without
+    ``overwrite``) is an outcome with its error; the others go on.
+
+    Parameters
+    ----------
+    manifest, out_dir:
+        The CSV, and the folder of the studies (created if missing).
+    spacing_mm:
+        Voxel size (mm) along the CT array's axes in ``ct_orientation`` order (z, y, x of ours
+        after `spacing_to_array_order`).
+    energy_keV, ct_orientation, pa_mirrored, ct_is_mu, ct_mu_unit:
+        As `pienerf_row_to_study` (docs/importers.md).
+    isotope:
+        Isotope to record (any spelling `canonical_isotope` knows).
+    overwrite:
+        Replace existing study files.
+    provenance:
+        Entries added to each study's provenance (e.g. the command line).
+    progress:
+        Called with ``"Converting <label>..."`` before each row.
+
+    Returns
+    -------
+    list of PienerfOutcome
+        One per data row, in the manifest's order.
+
+    Raises
+    ------
+    ValueError
+        A bad orientation or spacing, a manifest without the required columns or rows.
+    NotADirectoryError
+        ``out_dir`` is a file.
+    """
+    from recon.io.hdf5 import write_study
+
+    array_spacing = spacing_to_array_order(spacing_mm, ct_orientation)  # checks the orientation
+    entries = read_pienerf_entries(manifest)
+    if not entries:
+        raise ValueError(f"{manifest}: the manifest has no data rows")
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = canonical_isotope(isotope)
+    outcomes: list[PienerfOutcome] = []
+    for entry in entries:
+        try:
+            if entry.error is not None:
+                raise entry.error
+            assert entry.row is not None  # a row or an error, never neither
+            target = folder / pienerf_study_file_name(entry.patient_id)
+            if not overwrite and os.path.lexists(target):
+                raise FileExistsError(f"{target}: already exists; use --force to overwrite it")
+            if progress is not None:
+                progress(f"Converting {entry.label}...")
+            study = pienerf_row_to_study(
+                entry.row,
+                spacing_mm=array_spacing,
+                energy_keV=energy_keV,
+                ct_orientation=ct_orientation,
+                pa_mirrored=pa_mirrored,
+                ct_is_mu=ct_is_mu,
+                ct_mu_unit=ct_mu_unit,
+                isotope=name,
+            )
+            if provenance:
+                study = dataclasses.replace(study, provenance={**study.provenance, **provenance})
+            write_study(target, study, overwrite=overwrite)
+        except _ROW_ERRORS as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            outcomes.append(PienerfOutcome(entry.label, error=message))
+            continue
+        outcomes.append(
+            PienerfOutcome(
+                entry.label,
+                target,
+                study.grid.shape,
+                float(study.projections.sum(dtype=np.float64)),
+            )
+        )
+    return outcomes
