@@ -149,13 +149,14 @@ def help_text(function: Any) -> str:
     return "\n\n".join(p for p in paragraphs if p).replace("``", "'")
 
 
-def check_output(path: Path, force: bool) -> None:
+def check_output(path: Path, force: bool, outputs: tuple[str, ...] = ("output",)) -> None:
     """Refuse an output path early, before any work: it exists (without ``--force``), it is a
     folder, or its folder does not exist.
 
     The write itself (`recon.io.atomic_output`) checks again, atomically. An output that is
     one of the command's input files (the same file by path, link or inode) is refused even
-    with ``--force``: the measured study must never be replaced by a result.
+    with ``--force``: the measured study must never be replaced by a result. ``outputs`` names
+    the command's output options (not inputs).
 
     Raises
     ------
@@ -165,7 +166,7 @@ def check_output(path: Path, force: bool) -> None:
         The output is also an input.
     """
     for name, value in bound_options().items():
-        if name == "output":
+        if name in outputs:
             continue
         for item in value if isinstance(value, (list, tuple)) else (value,):
             if isinstance(item, os.PathLike) and _same_file(item, path):

@@ -138,7 +138,7 @@ def quantify(
 
     for path in (csv, json_file):
         if path is not None:
-            check_output(path, force)
+            check_output(path, force, outputs=("csv", "json_file"))
     study = read_study(study_file)
     results = [read_result(p) for p in result_files]
     names = _labels(results, result_files)

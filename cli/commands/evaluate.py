@@ -129,7 +129,7 @@ def evaluate(
 
     for path in (output, csv_file):
         if path is not None:
-            check_output(path, force)
+            check_output(path, force, outputs=("output", "csv_file"))
     if output is not None and csv_file is not None and output.resolve() == csv_file.resolve():
         raise ValueError("--output and --csv name the same file")
     with status(f"Reading {truth} and {result_file}..."):
