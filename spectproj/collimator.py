@@ -104,6 +104,16 @@ class CollimatorResponse:
         ``HE``, or any other row of the table)."""
         return cls.from_table(name, energy_keV)
 
+    def summary(self) -> str:
+        """One line: ``"σ = 0.471 mm + 0.0202·d"``, with ``"⊕ 1.32 mm"`` (intrinsic σ, in
+        quadrature) and ``", penetration tail 0.106 %"`` when present."""
+        text = f"σ = {self.sigma0_mm:.3g} mm + {self.slope:.3g}·d"
+        if self.intrinsic_sigma_mm > 0:
+            text += f" ⊕ {self.intrinsic_sigma_mm:.3g} mm"
+        if self.tail_fraction > 0:
+            text += f", penetration tail {100 * self.tail_fraction:.3g} %"
+        return text
+
     def sigma_mm(self, distance_mm: torch.Tensor) -> torch.Tensor:
         """σ (mm) of the main Gaussian at distances (mm) from the collimator face; negative
         distances count as 0."""

@@ -631,7 +631,7 @@ def _blur_note(
     what = f"{name.upper()} at {energy_keV:g} keV" if name else "a given response"
     return (
         f"{what}, radius {radius_mm:g} mm "
-        f"(σ = {response.sigma0_mm:.3g} mm + {response.slope:.3g}·d), whole views"
+        f"({response.summary()}), whole views"
     )
 
 
