@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ import numpy as np
 
 from recon.importers.pienerf import PIENERF_COLUMNS, PieNeRFRow
 from recon.io.study import Acquisition, Result, Study
-from spectproj import ImageGrid, hu_to_mu_per_mm
+from spectproj import CollimatorSpec, ImageGrid, hu_to_mu_per_mm
+from spectproj.collimator_table import collimator_spec, match_dicom_collimator
 
 __all__ = [
     "NIFTI_DATASETS",
@@ -50,6 +52,7 @@ __all__ = [
     "convert_pienerf_manifest",
     "ct_on_grid",
     "detector_grid",
+    "dicom_collimator",
     "dicom_planar_study",
     "dicom_tomo_study",
     "file_kind",
@@ -603,6 +606,36 @@ def ct_on_grid(
     return mu, hu_grid, facts
 
 
+def dicom_collimator(
+    grid_name: str | None,
+    collimator_type: str | None,
+    override: str | os.PathLike[str] | CollimatorSpec | None,
+    source: str,
+) -> tuple[CollimatorSpec | None, str]:
+    """The collimator of an imported NM study and a one-line note on where it came from.
+
+    ``override`` (``--collimator NAME|FILE.toml``) wins; else the DICOM CollimatorGridName
+    (0018,1180) and CollimatorType (0018,1181) are matched to the table
+    (`spectproj.collimator_table.match_dicom_collimator`: case, spaces and punctuation ignored).
+    A name the table does not know (or none, or a non-parallel-hole type) is a `UserWarning`
+    naming the file, and the study gets no collimator (never a silent default).
+    """
+    if override is not None:
+        chosen = collimator_spec(override)
+        given = f" (the file names {grid_name!r})" if grid_name else ""
+        return chosen, f"{chosen.name} from --collimator{given}"
+    spec, note = match_dicom_collimator(grid_name, collimator_type)
+    if spec is None:
+        warnings.warn(
+            f"{source}: {note}; the study names no collimator, so no collimator blur is "
+            "modelled: give --collimator NAME|FILE.toml (docs/collimators.md)",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None, f"none ({note})"
+    return spec, note
+
+
 def dicom_planar_study(
     sources: PathLike | Sequence[PathLike],
     *,
@@ -613,6 +646,7 @@ def dicom_planar_study(
     duration_s: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
     axis_position_mm: Sequence[float] | None = None,
+    collimator: str | os.PathLike[str] | CollimatorSpec | None = None,
 ) -> Study:
     """An AP/PA study from DICOM NM planar images (+ a CT series for μ).
 
@@ -631,11 +665,21 @@ def dicom_planar_study(
         (cps/MBq); with both, `Acquisition.count_scale` is physical.
     axis_position_mm
         Where the grid sits in the CT (`ct_on_grid`).
+    collimator
+        A collimator of the table (name or alias), a TOML file of one, or a
+        `spectproj.CollimatorSpec`; default: the files' CollimatorGridName matched to the table
+        (`dicom_collimator`).
 
     Returns
     -------
     Study
         β = 0 (anterior), 180 (posterior), μ and HU if a CT is given.
+
+    Warns
+    -----
+    UserWarning
+        The files name a collimator the table does not know (or none, or not a parallel-hole
+        one) and ``collimator`` is not given: the study then names no collimator.
     """
     from recon.importers.dicom import nm_planar_study, read_nm_planar
 
@@ -660,6 +704,10 @@ def dicom_planar_study(
             )
         mu, hu, more = ct_on_grid(ct, grid, energy, axis_position_mm=axis_position_mm)
         facts.update(more)
+    spec, note = dicom_collimator(
+        images.collimator_name, images.collimator_type, collimator, images.sources[0]
+    )
+    facts["collimator"] = note
     return nm_planar_study(
         images,
         grid,
@@ -668,6 +716,7 @@ def dicom_planar_study(
         energy_keV=energy_keV,
         duration_s=duration_s,
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
+        collimator=spec,
         provenance=facts,
     )
 
@@ -682,11 +731,13 @@ def dicom_tomo_study(
     duration_s: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
     axis_position_mm: Sequence[float] | None = None,
+    collimator: str | os.PathLike[str] | CollimatorSpec | None = None,
 ) -> Study:
     """A tomographic study from a DICOM NM TOMO file (+ a CT series for μ).
 
-    Parameters are those of `dicom_planar_study`; the projections, angles, radius, energy and
-    frame duration come from `recon.importers.read_nm_tomo_details`.
+    Parameters (and the warning) are those of `dicom_planar_study`; the projections, angles,
+    radius, energy, frame duration and collimator name come from
+    `recon.importers.read_nm_tomo_details`.
     """
     from recon.importers.dicom import read_nm_tomo_details
 
@@ -697,6 +748,11 @@ def dicom_tomo_study(
         changes["duration_s"] = duration_s
     if sensitivity_cps_per_mbq is not None:
         changes["sensitivity_cps_per_mbq"] = sensitivity_cps_per_mbq
+    spec, collimator_note = dicom_collimator(
+        tomo.collimator_name, tomo.collimator_type, collimator, tomo.source
+    )
+    changes["collimator"] = None if spec is None else spec.name
+    changes["collimator_spec"] = spec
     acquisition = dataclasses.replace(acquisition, **changes)
     grid = detector_grid(
         acquisition.detector_shape,
@@ -709,6 +765,7 @@ def dicom_tomo_study(
         "file": tomo.source,
         "detectors": json.dumps(sorted({int(d) for d in tomo.detectors})),
         "grid": "covers the detector, centred on the rotation axis",
+        "collimator": collimator_note,
     }
     mu = hu = None
     if ct is not None:

@@ -140,9 +140,7 @@ class CollimatorResponse:
         main = gaussian_blur_matrices(self.sigma_mm(distance_mm), positions_count, spacing_mm)
         if self.tail_fraction == 0:
             return main
-        tail = gaussian_blur_matrices(
-            self.tail_sigma_mm(distance_mm), positions_count, spacing_mm
-        )
+        tail = gaussian_blur_matrices(self.tail_sigma_mm(distance_mm), positions_count, spacing_mm)
         return (1.0 - self.tail_fraction) * main + self.tail_fraction * tail
 
 

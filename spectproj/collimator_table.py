@@ -310,7 +310,9 @@ def parse_table(text: str, where: str = "collimators.toml") -> CollimatorTable:
             raise ValueError(f"{label}: {error}") from None
         source = item.get("source", "")
         if source not in sources:
-            raise ValueError(f"{label}: key 'source': expected one of {list(sources)}, got {source!r}")
+            raise ValueError(
+                f"{label}: key 'source': expected one of {list(sources)}, got {source!r}"
+            )
         intrinsic_source = item.get("intrinsic_source", "")
         if spec.intrinsic_fwhm_mm > 0 and intrinsic_source not in sources:
             raise ValueError(

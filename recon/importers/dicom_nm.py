@@ -31,7 +31,7 @@ from recon.importers._dicom_common import (
     tag_text,
 )
 from recon.io.study import Acquisition, Study
-from spectproj import ImageGrid
+from spectproj import CollimatorSpec, ImageGrid
 
 __all__ = [
     "PHOTOPEAKS_KEV",
@@ -191,6 +191,21 @@ def _detector_item(ds: Dataset, detector: int) -> Dataset | None:
     return None
 
 
+def _collimator(
+    datasets: Sequence[Dataset], items: Sequence[Dataset | None]
+) -> tuple[str | None, str | None]:
+    """``(CollimatorGridName, CollimatorType)`` (0018,1180)/(0018,1181): the first recorded in
+    the detectors' DetectorInformationSequence items, else at the top level of the files."""
+    found: dict[str, str | None] = {"CollimatorGridName": None, "CollimatorType": None}
+    for keyword in found:
+        for holder in (*items, *datasets):
+            value = None if holder is None else holder.get(keyword)
+            if value is not None and str(value).strip():
+                found[keyword] = str(value).strip()
+                break
+    return found["CollimatorGridName"], found["CollimatorType"]
+
+
 def _optional_float(item: Dataset | None, keyword: str) -> float | None:
     if item is None or item.get(keyword) is None:
         return None
@@ -232,6 +247,9 @@ class PlanarImages:
         (``"ImageOrientationPatient"`` or the standard-display assumption).
     sources:
         ``(anterior, posterior)`` file names.
+    collimator_name, collimator_type:
+        CollimatorGridName (0018,1180) and CollimatorType (0018,1181), if recorded
+        (`spectproj.collimator_table.match_dicom_collimator` maps them to the table).
     """
 
     images: np.ndarray
@@ -246,6 +264,8 @@ class PlanarImages:
     scan_length_mm: float | None = None
     orientation: tuple[str, str] = (_STANDARD_DISPLAY, _STANDARD_DISPLAY)
     sources: tuple[str, str] = ("", "")
+    collimator_name: str | None = None
+    collimator_type: str | None = None
 
     @property
     def anterior(self) -> np.ndarray:
@@ -469,6 +489,7 @@ def read_nm_planar(
     whole_body = any("WHOLE BODY" in str(v).upper() for v in ant.ds.get("ImageType") or [])
     velocity = ant.ds.get("ScanVelocity")
     length = ant.ds.get("ScanLength")
+    collimator_name, collimator_type = _collimator([ant.ds, post.ds], [ant.item, post.item])
     return PlanarImages(
         images=np.stack(images),
         pixel_size_mm=(float(spacings[0][0]), float(spacings[0][1])),
@@ -485,6 +506,8 @@ def read_nm_planar(
         scan_length_mm=float(length) if length is not None else None,
         orientation=(hows[0], hows[1]),
         sources=(source_name(ant.ds), source_name(post.ds)),
+        collimator_name=collimator_name,
+        collimator_type=collimator_type,
     )
 
 
@@ -498,7 +521,7 @@ def nm_planar_study(
     duration_s: float | None = None,
     radius_mm: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
-    collimator: str | None = None,
+    collimator: str | CollimatorSpec | None = None,
     provenance: Mapping[str, str] | None = None,
 ) -> Study:
     """A two-view study (β = 0 anterior, β = 180 posterior) from planar images.
@@ -522,8 +545,10 @@ def nm_planar_study(
         per point is not the frame duration.
     radius_mm:
         Default: the mean recorded RadialPosition of the two detectors, if any.
-    sensitivity_cps_per_mbq, collimator, provenance:
+    sensitivity_cps_per_mbq, provenance:
         Passed to the :class:`~recon.io.study.Acquisition` / :class:`~recon.io.study.Study`.
+    collimator:
+        A collimator name (of the table) or its parameters (`spectproj.CollimatorSpec`).
     """
     energy = energy_keV if energy_keV is not None else images.energy_keV
     if energy is None:
@@ -557,7 +582,8 @@ def nm_planar_study(
         energy_window_keV=images.energy_window_keV,
         duration_s=duration_s,
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
-        collimator=collimator,
+        collimator=collimator if isinstance(collimator, str) else None,
+        collimator_spec=collimator if isinstance(collimator, CollimatorSpec) else None,
     )
     facts = {
         "source": "DICOM NM planar",
@@ -598,6 +624,8 @@ class NmTomo:
         ``acquisition.radius_mm`` is their mean).
     source:
         The file name.
+    collimator_name, collimator_type:
+        CollimatorGridName (0018,1180) and CollimatorType (0018,1181), if recorded.
     """
 
     projections: np.ndarray
@@ -606,6 +634,8 @@ class NmTomo:
     detectors: np.ndarray
     radii_mm: np.ndarray | None
     source: str
+    collimator_name: str | None = None
+    collimator_type: str | None = None
 
 
 def _radii(
@@ -774,6 +804,9 @@ def read_nm_tomo_details(
             f"{tag_text('RadiopharmaceuticalInformationSequence')} are missing; pass energy_keV"
         )
     frame_ms = rotation.get("ActualFrameDuration") or ds.get("ActualFrameDuration")
+    collimator_name, collimator_type = _collimator(
+        [ds], [_detector_item(ds, d) for d in unique_detectors]
+    )
     acquisition = Acquisition(
         angles_deg=tuple(float(b) for b in betas[order]),
         detector_shape=(projections.shape[1], projections.shape[2]),
@@ -791,6 +824,8 @@ def read_nm_tomo_details(
         detectors=np.asarray(view_detectors, dtype=np.int64)[order],
         radii_mm=radii_arr,
         source=source_name(ds),
+        collimator_name=collimator_name,
+        collimator_type=collimator_type,
     )
 
 

@@ -46,7 +46,7 @@ __all__ = [
     "describe",
     "read_result",
     "read_study",
-    "write_result",
     "with_collimator",
+    "write_result",
     "write_study",
 ]

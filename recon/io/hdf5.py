@@ -713,7 +713,6 @@ class _Reader:
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
 
-
     def collimator(self) -> CollimatorSpec | None:
         """``/collimator`` (format version 3) as a `CollimatorSpec`, or ``None`` when absent."""
         where = "/collimator"

@@ -12,12 +12,12 @@ in "counts per (mm · pixel area)", still one common scale for all views.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
 from collections.abc import Mapping
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -553,7 +553,9 @@ def with_collimator(study: Study, spec: CollimatorSpec | None) -> Study:
     Name and parameters are replaced together; everything else is kept.
     """
     if spec is not None and not isinstance(spec, CollimatorSpec):
-        raise TypeError(f"spec must be a spectproj.CollimatorSpec or None, got {type(spec).__name__}")
+        raise TypeError(
+            f"spec must be a spectproj.CollimatorSpec or None, got {type(spec).__name__}"
+        )
     acquisition = dataclasses.replace(
         study.acquisition,
         collimator=None if spec is None else spec.name,

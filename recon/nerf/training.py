@@ -629,10 +629,7 @@ def _blur_note(
     name: str, response: CollimatorResponse, energy_keV: float, radius_mm: float | None
 ) -> str:
     what = f"{name.upper()} at {energy_keV:g} keV" if name else "a given response"
-    return (
-        f"{what}, radius {radius_mm:g} mm "
-        f"({response.summary()}), whole views"
-    )
+    return f"{what}, radius {radius_mm:g} mm ({response.summary()}), whole views"
 
 
 def rendered_counts(fit_result: FitResult, study: Study) -> torch.Tensor:
