@@ -85,7 +85,7 @@ def resolve_collimator(study: Study, enabled: bool = True) -> tuple[CollimatorRe
         raise ValueError(f"{error}; use --no-collimator to go without collimator blur") from None
     assert response is not None  # a name and a radius: a response or the error above
     note = (
-        f"{acq.collimator.upper()} at {acq.energy_keV:g} keV, radius {acq.radius_mm:g} mm "
+        f"{acq.collimator} at {acq.energy_keV:g} keV, radius {acq.radius_mm:g} mm "
         f"({response.summary()})"
     )
     return response, note

@@ -190,7 +190,8 @@ class CollimatorSpec:
         """The depth-dependent blur of this collimator and camera at ``energy_keV``."""
         effective = self.effective_length_mm(energy_keV)
         d = self.hole_diameter_mm
-        sigma0 = d * (effective + self.back_distance_mm) / effective / FWHM_PER_SIGMA
+        base = d / FWHM_PER_SIGMA  # σ at the face when b = 0 (as `from_holes`, bit for bit)
+        sigma0 = base * (1.0 + self.back_distance_mm / effective)
         fraction = self.penetration_fraction(energy_keV)
         tail0 = tail_slope = 0.0
         if fraction > 0:
@@ -200,7 +201,7 @@ class CollimatorSpec:
             tail_slope = wide / length / FWHM_PER_SIGMA
         return CollimatorResponse(
             sigma0_mm=sigma0,
-            slope=d / effective / FWHM_PER_SIGMA,
+            slope=base / effective,
             intrinsic_sigma_mm=self.intrinsic_fwhm_at(energy_keV) / FWHM_PER_SIGMA,
             tail_fraction=fraction,
             tail_sigma0_mm=tail0,

@@ -628,7 +628,7 @@ def study_physics(
 def _blur_note(
     name: str, response: CollimatorResponse, energy_keV: float, radius_mm: float | None
 ) -> str:
-    what = f"{name.upper()} at {energy_keV:g} keV" if name else "a given response"
+    what = f"{name} at {energy_keV:g} keV" if name else "a given response"
     return f"{what}, radius {radius_mm:g} mm ({response.summary()}), whole views"
 
 
