@@ -134,7 +134,7 @@ def test_response_of_a_row_is_the_analytic_fwhm():
     shifted = dataclasses.replace(spec, back_distance_mm=10.0, intrinsic_fwhm_mm=0.0)
     sigma = shifted.response(208.0).sigma_mm(torch.tensor(d, dtype=torch.float64))
     assert float(sigma) * FWHM_PER_SIGMA == pytest.approx(2.94 * (l_eff + d + 10) / l_eff)
-    with pytest.raises(ValueError, match="thin: a 5 mm hole is transparent at 364.5 keV"):
+    with pytest.raises(ValueError, match=r"thin: a 5 mm hole is transparent at 364\.5 keV"):
         CollimatorSpec("thin", 1.0, 5.0, 0.1).response(364.5)
 
 
