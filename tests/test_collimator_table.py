@@ -290,7 +290,7 @@ def _set_collimator(files: list[Path], name: str) -> None:
 
 
 def test_convert_reads_the_dicom_collimator(tmp_path: Path):
-    from tests.test_importers_dicom import ANT, POST, write_planar
+    from tests.test_io_dicom import ANT, POST, write_planar
 
     files = write_planar(tmp_path, (ANT, POST), True, multiframe=False)
     _set_collimator(files, "megp")
