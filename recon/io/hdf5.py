@@ -48,7 +48,8 @@ from recon.io.study import (
     dtype_text,
     json_default,
 )
-from spectproj import ImageGrid
+from spectproj import CollimatorSpec, ImageGrid
+from spectproj.collimator_table import SPEC_KEYS
 
 __all__ = [
     "FORMAT_VERSION",
@@ -63,11 +64,12 @@ __all__ = [
     "write_study",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Layout version written by this ``spect``; files with a higher version are refused.
 
-Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 1
-files have none and still read.
+Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 3 the
+optional ``/collimator`` group (the collimator's parameters, not only its name). Older files still
+read: their collimator name is looked up in the collimator table (docs/collimators.md).
 """
 
 STUDY_FORMAT = "spect-study"
@@ -112,6 +114,18 @@ _ATTRIBUTES: dict[tuple[str, str], str] = {
     ("/acquisition", "duration_s"): "s — acquisition time per view",
     ("/acquisition", "sensitivity_cps_per_mbq"): "cps/MBq — planar system sensitivity",
     ("/acquisition", "collimator"): "collimator name",
+    ("/collimator", "name"): "collimator name (the table's row, or the user's file)",
+    ("/collimator", "hole_diameter_mm"): "mm — hole diameter D",
+    ("/collimator", "hole_length_mm"): "mm — hole (bore) length L",
+    ("/collimator", "septal_thickness_mm"): "mm — septal thickness t",
+    ("/collimator", "hole_shape"): "hex, round or square",
+    ("/collimator", "intrinsic_fwhm_mm"): "mm — intrinsic resolution (FWHM), 0: none",
+    ("/collimator", "intrinsic_energy_keV"): "keV — energy of intrinsic_fwhm_mm",
+    ("/collimator", "back_distance_mm"): "mm — collimator back face to the image plane",
+    ("/collimator", "penetration"): "septal penetration model: none or geometric",
+    ("/collimator", "vendor"): "vendor",
+    ("/collimator", "camera"): "camera",
+    ("/collimator", "source"): "where the parameters come from",
     ("/grid", "shape"): "voxels (Z, Y, X)",
     ("/grid", "spacing_mm"): "mm — voxel size (dz, dy, dx)",
     ("/grid", "offset_mm"): "mm — volume centre (oz, oy, ox) from the rotation axis",
@@ -405,6 +419,10 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
             value = getattr(acq, name)
             if value is not None:
                 a.attrs[name] = value
+        if acq.collimator_spec is not None:
+            c = f.create_group("collimator")
+            for key, value in acq.collimator_spec.to_dict().items():
+                c.attrs[key] = value
 
         _write_grid(f, study.grid)
         if study.mu_per_mm is not None:
@@ -732,10 +750,32 @@ class _Reader:
             values[name] = self.number(a, where, name, required=False)
         for name in ("isotope", "collimator"):
             values[name] = self.string(a, where, name, required=False)
+        values["collimator_spec"] = self.collimator()
         try:
             return Acquisition(**values)
         except FieldError as error:
             self.chk.field(error)
+        except (TypeError, ValueError) as error:
+            self.fail(where, _short(error))
+
+    def collimator(self) -> CollimatorSpec | None:
+        """``/collimator`` (format version 3) as a `CollimatorSpec`, or ``None`` when absent."""
+        where = "/collimator"
+        c = self.group(where, required=False)
+        if c is None:
+            return None
+        values: dict[str, Any] = {}
+        for key in c.attrs:
+            if key not in SPEC_KEYS:
+                self.fail(where, f"unknown attribute '{key}'; expected one of {list(SPEC_KEYS)}")
+            value = self.attr(c, where, key)
+            if isinstance(value, (bytes, np.bytes_, str)):
+                value = self.string(c, where, key)
+            elif isinstance(value, np.generic):
+                value = value.item()
+            values[str(key)] = value
+        try:
+            return CollimatorSpec.from_mapping(values)
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
 
