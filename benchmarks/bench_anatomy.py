@@ -37,7 +37,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +52,15 @@ from recon.data.phantoms import FIRST_LESION_LABEL, TorsoPhantom  # noqa: E402
 from recon.data.phantoms.variants import PhantomVariant, simulate_variant, vary_lesions  # noqa: E402
 from recon.io import Result, Study  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _report import write_record  # noqa: E402
+
 BEGIN, END = "<!-- bench-anatomy:begin -->", "<!-- bench-anatomy:end -->"
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 MIN_LESION_ML = 5.0
+NERF = "anatomy-conditioned NeRF"
+METHODS = ("MLEM in the body", "conjugate view", "organ fit", "organs + residual", NERF)
+RESULTS = ROOT / "benchmarks" / "results" / "anatomy.json"
 
 #: The cases: a name and the segmentation error (all share the other flaws).
 CASES: tuple[tuple[str, dict[str, object]], ...] = (
@@ -218,33 +224,35 @@ def run_nerf(study: Study, steps: int) -> Result:
 
 
 def run_case(
-    size: int, name: str, overrides: dict[str, object], nerf_steps: int
+    size: int, name: str, overrides: dict[str, object], nerf_steps: int, skip: set[str]
 ) -> dict[str, Score]:
+    """Every method (but those in ``skip``) on one case."""
     study, variant = case_study(size, overrides)
     lesions = large_lesions(variant)
-    scores: dict[str, Score] = {}
-    t0 = time.perf_counter()
-    scores["MLEM in the body"] = score_voxels(study, run_mlem(study), lesions)
-    scores["MLEM in the body"].seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores["conjugate view"] = score_table(study, reconstruct_conjugate(study), {})
-    scores["conjugate view"].lesion_errors = {n: -100.0 for n in lesions}
-    scores["conjugate view"].lesions_found = {n: None for n in lesions}
-    scores["conjugate view"].seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    organ_fit = reconstruct_organs(study, config=OrgansConfig(residual=False)).result
-    scores["organ fit"] = score_table(study, organ_fit, lesions)
-    scores["organ fit"].seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    both = reconstruct_organs(study).result
-    scores["organs + residual"] = score_table(study, both, lesions)
-    scores["organs + residual"].seconds = time.perf_counter() - t0
+
+    def conjugate() -> Score:
+        score = score_table(study, reconstruct_conjugate(study), {})
+        score.lesion_errors = {n: -100.0 for n in lesions}
+        score.lesions_found = {n: None for n in lesions}
+        return score
+
+    methods = {
+        "MLEM in the body": lambda: score_voxels(study, run_mlem(study), lesions),
+        "conjugate view": conjugate,
+        "organ fit": lambda: score_table(
+            study, reconstruct_organs(study, config=OrgansConfig(residual=False)).result, lesions
+        ),
+        "organs + residual": lambda: score_table(study, reconstruct_organs(study).result, lesions),
+    }
     if nerf_steps > 0:
+        methods[NERF] = lambda: score_voxels(study, run_nerf(study, nerf_steps), lesions)
+    scores: dict[str, Score] = {}
+    for method, run in methods.items():
+        if method in skip:
+            continue
         t0 = time.perf_counter()
-        scores["anatomy-conditioned NeRF"] = score_voxels(
-            study, run_nerf(study, nerf_steps), lesions
-        )
-        scores["anatomy-conditioned NeRF"].seconds = time.perf_counter() - t0
+        scores[method] = run()
+        scores[method].seconds = time.perf_counter() - t0
     print(
         f"  {name}: "
         + "; ".join(
@@ -253,6 +261,27 @@ def run_case(
         flush=True,
     )
     return scores
+
+
+def reused_scores(
+    path: Path, methods: list[str], size: int, nerf_steps: int
+) -> tuple[dict[str, dict[str, Score]], dict[str, str]]:
+    """Scores of ``methods`` per case from an earlier run's results file, and when each method
+    was measured."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if (record["size"], record["nerf_steps"]) != (size, nerf_steps):
+        raise SystemExit(
+            f"{path}: measured at size {record['size']} with {record['nerf_steps']} NeRF steps, "
+            f"not {size} / {nerf_steps}: run those methods again"
+        )
+    out: dict[str, dict[str, Score]] = {}
+    for case, _ in CASES:
+        stored = record["cases"].get(case, {})
+        missing = [m for m in methods if m not in stored]
+        if missing:
+            raise SystemExit(f"{path}: case {case!r} has no scores of {missing}")
+        out[case] = {m: Score(**stored[m]) for m in methods}
+    return out, {m: str(record["measured"].get(m, record["date"])) for m in methods}
 
 
 def summary_table(all_scores: list[dict[str, Score]]) -> str:
@@ -327,14 +356,38 @@ def main() -> None:
     parser.add_argument("--nerf-steps", type=int, default=1500, help="anatomy NeRF steps")
     parser.add_argument("--quick", action="store_true", help="two cases, no NeRF, no timing")
     parser.add_argument("--write-docs", action="store_true", help="update docs/anatomy.md")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="per-case scores of every method (JSON)"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="take this method's scores from --results instead of running it (a method that "
+        "did not change since; the tables say so)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     cases = CASES[:2] if args.quick else CASES
     nerf_steps = 0 if args.quick else args.nerf_steps
+    reused: dict[str, dict[str, Score]] = {}
+    measured: dict[str, str] = {}
+    reused_note = ""
+    if args.reuse:
+        reused, measured = reused_scores(args.results, args.reuse, args.size, nerf_steps)
+        reused_note = (
+            " Rows taken from earlier runs of this script (`--reuse`): "
+            + "; ".join(f"{m}, measured {measured[m]}" for m in args.reuse)
+            + "."
+        )
     t_start = time.perf_counter()
     all_scores = []
     for name, overrides in cases:
-        all_scores.append(run_case(args.size, name, overrides, nerf_steps))
+        scores = run_case(args.size, name, overrides, nerf_steps, set(args.reuse))
+        order = [m for m in METHODS if m in scores or m in reused.get(name, {})]
+        merged = {**scores, **reused.get(name, {})}
+        all_scores.append({m: merged[m] for m in order})
     summary = summary_table(all_scores)
     detail = detail_table([c[0] for c in cases], all_scores)
     timing_table = "" if args.quick else timing(args.timing_size)
@@ -342,12 +395,25 @@ def main() -> None:
     block = (
         f"Measured by `benchmarks/bench_anatomy.py` on {stamp} ({len(cases)} cases at "
         f"{args.size}³, {time.perf_counter() - t_start:.0f} s in all on this machine's 2 CPU "
-        f"cores).\n\n{summary}\n\nPer case (signed errors; lesions: the ≥ 5 mL ones):\n\n"
-        f"{detail}\n"
+        f"cores).{reused_note}\n\n{summary}\n\nPer case (signed errors; lesions: the ≥ 5 mL "
+        f"ones):\n\n{detail}\n"
     )
     if timing_table:
         block += f"\nTiming at {args.timing_size}³:\n\n{timing_table}\n"
     print("\n" + block)
+    if not args.quick:
+        record = {
+            "size": args.size,
+            "nerf_steps": nerf_steps,
+            "date": stamp,
+            "measured": {m: measured.get(m, stamp) for m in METHODS},
+            "cases": {
+                case: {m: asdict(score) for m, score in scores.items()}
+                for (case, _), scores in zip(cases, all_scores, strict=True)
+            },
+        }
+        write_record(args.results, record, overwrite=True)
+        print(f"wrote {args.results}")
     if args.write_docs:
         page = ROOT / "docs" / "anatomy.md"
         text = page.read_text(encoding="utf-8")
