@@ -13,11 +13,11 @@ FieldError, FieldValueError, FieldTypeError
     (``"Study.projections: ..."``).
 MAX_COUNTS
     The largest count (or background) a study may hold (the likelihood stays finite in float32).
-atomic_output
-    Write any file atomically (temporary file in the same folder, then rename).
+atomic_output, atomic_folder
+    Write any file (or fill a folder) atomically: a temporary sibling, then one rename.
 """
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import atomic_folder, atomic_output
 from recon.io.errors import FieldError, FieldTypeError, FieldValueError, StudyFileError
 from recon.io.hdf5 import (
     FORMAT_VERSION,
@@ -40,6 +40,7 @@ __all__ = [
     "Result",
     "Study",
     "StudyFileError",
+    "atomic_folder",
     "atomic_output",
     "describe",
     "read_result",

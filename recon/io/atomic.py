@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +126,70 @@ def _move_no_clobber(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
     else:
         tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Fill a folder through a temporary sibling folder, then move it into place in one rename.
+
+    The body writes into the yielded temporary folder; on success it is renamed onto ``path``
+    (an existing ``path`` is replaced only with ``overwrite``: it is moved aside first and
+    deleted after the new folder is in place). If the body raises anything
+    (``KeyboardInterrupt`` included; a SIGTERM in the main thread is turned into
+    ``KeyboardInterrupt`` for the duration), the temporary folder is deleted and ``path`` is
+    left as it was.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false (checked before and after the body).
+    NotADirectoryError
+        ``path`` exists and is not a folder.
+    FileNotFoundError
+        The parent folder of ``path`` does not exist.
+    """
+    target = Path(path)
+    parent = target.parent
+    if os.path.lexists(target) and not target.is_dir():
+        raise NotADirectoryError(f"{target}: exists and is not a folder")
+    if not overwrite and os.path.lexists(target):
+        raise FileExistsError(_exists_message(target))
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{target}: folder {parent} does not exist")
+    while True:
+        tmp = parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+        try:
+            tmp.mkdir()
+            break
+        except FileExistsError:
+            continue
+    with contextlib.ExitStack() as stack:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_term(signum: int, frame: object) -> None:
+                raise KeyboardInterrupt("SIGTERM")
+
+            signal.signal(signal.SIGTERM, on_term)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
+        try:
+            yield tmp
+            _fsync_folder(tmp)
+            old = None
+            if os.path.lexists(target):
+                if not overwrite:
+                    raise FileExistsError(_exists_message(target))
+                old = parent / f".{target.name}.old-{secrets.token_hex(6)}"
+                os.rename(target, old)
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                if old is not None:
+                    os.rename(old, target)
+                raise
+            _fsync_folder(parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
