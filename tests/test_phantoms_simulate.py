@@ -174,8 +174,9 @@ def test_resolution_independence() -> None:
     cfg = TorsoPhantom()
     for k, lesion in enumerate(cfg.lesions):
         if lesion.diameter_mm >= 20:
-            assert coarse.volumes_ml[FIRST_LESION_LABEL + k] == pytest.approx(lesion.volume_ml, rel=0.1)
-            assert fine.volumes_ml[FIRST_LESION_LABEL + k] == pytest.approx(lesion.volume_ml, rel=0.05)
+            label = FIRST_LESION_LABEL + k
+            assert coarse.volumes_ml[label] == pytest.approx(lesion.volume_ml, rel=0.1)
+            assert fine.volumes_ml[label] == pytest.approx(lesion.volume_ml, rel=0.05)
     assert coarse.total_activity_mbq == pytest.approx(fine.total_activity_mbq, rel=0.01)
     # Labelled-voxel volumes of the large organs agree too.
     for name in ("liver", "lungs", "heart"):
@@ -192,7 +193,8 @@ def test_body_size_and_lesions_configurable() -> None:
     one = TorsoPhantom(lesions=(Lesion((0.0, 0.0, 0.0), 40.0, 7000.0, "centre"),))
     ph1 = make_torso(default_grid(32), config=one)
     assert ph1.label_names[FIRST_LESION_LABEL] == "centre"
-    assert ph1.volumes_ml[FIRST_LESION_LABEL] == pytest.approx(math.pi / 6 * 40.0**3 * 1e-3, rel=0.05)
+    sphere_ml = math.pi / 6 * 40.0**3 * 1e-3
+    assert ph1.volumes_ml[FIRST_LESION_LABEL] == pytest.approx(sphere_ml, rel=0.05)
     with pytest.raises(ValueError):
         Lesion((0.0, 0.0, 0.0), -1.0, 1.0)
 

@@ -303,8 +303,7 @@ class PopulationConfig:
         if self.tracer not in TRACERS:
             raise ValueError(f"tracer must be one of {list(TRACERS)}, got {self.tracer!r}")
         for name in _RANGES:
-            positive = name in ("body_width_mm", "body_depth_mm", "body_length_mm",
-                                "lesion_diameter_mm", "heterogeneity_mm", "counts_per_view")  # fmt: skip
+            positive = name not in ("heterogeneity_rms", "scatter_fraction")
             _check_range(name, getattr(self, name), positive=positive, lo=0.0)
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.heterogeneity_rms[1] >= 1.0:
@@ -464,7 +463,10 @@ def _shares(config: TorsoPhantom) -> dict[str, tuple[float, float]]:
             continue
         points = torch.from_numpy(_organ_points(config, name))
         labels = structure_at(config, points)
-        out[name] = (float((labels > 0).double().mean()), float((labels == LABELS[name]).double().mean()))
+        out[name] = (
+            float((labels > 0).double().mean()),
+            float((labels == LABELS[name]).double().mean()),
+        )
     return out
 
 
@@ -566,7 +568,13 @@ def _draw_lesions(
         anatomy.body_length_mm / 380.0, anatomy.body_depth_mm / 220.0, anatomy.body_width_mm / 340.0
     ])  # fmt: skip  # REFERENCE_BODY_MM: lesion centres are stored in the reference frame
     dirs = np.array(
-        [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)],
+        [
+            (a, b, c)
+            for a in (-1, 0, 1)
+            for b in (-1, 0, 1)
+            for c in (-1, 0, 1)
+            if (a, b, c) != (0, 0, 0)
+        ],
         dtype=float,
     )
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
@@ -662,4 +670,3 @@ def simulate_sample(
     provenance["population_sample"] = json.dumps(sample.to_dict(), sort_keys=True)
     provenance["tracer"] = sample.tracer
     return replace(study, provenance=provenance)
-

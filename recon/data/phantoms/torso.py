@@ -250,7 +250,9 @@ def _rotation_zyx(az: float, ay: float, ax: float) -> tuple[tuple[float, float, 
     rx = ((math.cos(c), -math.sin(c), 0.0), (math.sin(c), math.cos(c), 0.0), (0.0, 0.0, 1.0))
 
     def mul(p: tuple[tuple[float, ...], ...], q: tuple[tuple[float, ...], ...]) -> tuple:
-        return tuple(tuple(sum(p[i][k] * q[k][j] for k in range(3)) for j in range(3)) for i in range(3))
+        return tuple(
+            tuple(sum(p[i][k] * q[k][j] for k in range(3)) for j in range(3)) for i in range(3)
+        )
 
     return mul(mul(rz, ry), rx)
 
@@ -698,9 +700,7 @@ def _posed_ellipsoids(
     pose = config.pose(name)
     out = []
     for e in ORGANS[name]:
-        centre = tuple(
-            c * f + d for c, f, d in zip(e.centre_mm, scale, pose.shift_mm, strict=True)
-        )
+        centre = tuple(c * f + d for c, f, d in zip(e.centre_mm, scale, pose.shift_mm, strict=True))
         semi = tuple(a * f * g for a, f, g in zip(e.semi_axes_mm, scale, pose.scale, strict=True))
         out.append((centre, semi, pose.rotation()))
     return out
