@@ -174,6 +174,27 @@ def train_cohort(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed.")] = None,
+    cache_studies: Annotated[
+        int,
+        typer.Option(
+            "--cache-studies",
+            min=0,
+            help="Hold at most this many studies in memory per process, reading the others "
+            "from their files when needed (0: hold all).",
+        ),
+    ] = 0,
+    studies_per_step: Annotated[
+        int,
+        typer.Option(
+            "--studies-per-step",
+            min=0,
+            help="Draw each step's lines from this many studies (0: from all).",
+        ),
+    ] = 0,
+    group_steps: Annotated[
+        int,
+        typer.Option("--group-steps", min=1, help="Steps that share those studies."),
+    ] = 1,
     force: ForceOption = False,
 ) -> None:
     """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
@@ -211,7 +232,8 @@ def train_cohort(
     train = dataclasses.replace(train, preview_every=0, **changes)
     config = CohortConfig(
         train=train, val_fraction=val_fraction, val_steps=val_steps,
-        backend=backend.value, device=device.value,
+        backend=backend.value, device=device.value, cache_studies=cache_studies,
+        studies_per_step=studies_per_step, group_steps=group_steps,
     )  # fmt: skip
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_cohort")
 

@@ -264,6 +264,9 @@ class CohortResult:
         Where this copy ran.
     amp:
         The mixed precision used (`recon.training.runtime.amp_mode`).
+    max_studies_held, study_reads:
+        On this rank: the most training studies whose data were in memory at once, and the
+        study files read again after the first pass (`recon.cohort.store.StudyStore`).
     """
 
     model: CohortModel
@@ -283,6 +286,8 @@ class CohortResult:
     world_size: int
     device: str
     amp: str = "off"
+    max_studies_held: int = 0
+    study_reads: int = 0
 
 
 def train_cohort(
@@ -379,6 +384,8 @@ def train_cohort(
             world_size=info.world_size,
             device=str(info.device),
             amp=trainer.amp,
+            max_studies_held=objective.store.max_held,
+            study_reads=objective.store.loads,
         )
 
 
@@ -706,9 +713,9 @@ class _CohortObjective:
         keys = torch.empty_like(positions)
         for s in torch.unique(studies).tolist():
             sel = studies == s
-            info = self.store.infos[s]
-            lines[sel] = info.train_lines[positions[sel]]
-            keys[sel] = info.line_keys[positions[sel]]
+            study = self.store.infos[s]
+            lines[sel] = study.train_lines[positions[sel]]
+            keys[sel] = study.line_keys[positions[sel]]
         offsets = _rank_within(studies * 2**21 + keys)
         b = t.rays_per_step // info.world_size
         mine = slice(info.rank * b, (info.rank + 1) * b)
