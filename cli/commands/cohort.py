@@ -195,6 +195,14 @@ def train_cohort(
         int,
         typer.Option("--group-steps", min=1, help="Steps that share those studies."),
     ] = 1,
+    anatomy: Annotated[
+        bool,
+        typer.Option(
+            "--anatomy",
+            help="Anatomy-conditioned network: it also takes each study's μ and segmentation "
+            "at every point (every study needs μ or a CT, and an anatomy).",
+        ),
+    ] = False,
     force: ForceOption = False,
 ) -> None:
     """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
@@ -233,7 +241,7 @@ def train_cohort(
     config = CohortConfig(
         train=train, val_fraction=val_fraction, val_steps=val_steps,
         backend=backend.value, device=device.value, cache_studies=cache_studies,
-        studies_per_step=studies_per_step, group_steps=group_steps,
+        studies_per_step=studies_per_step, group_steps=group_steps, anatomy=anatomy,
     )  # fmt: skip
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_cohort")
 
@@ -260,7 +268,11 @@ def train_cohort(
     processes = "one process" if result.world_size == 1 else f"{result.world_size} processes"
     rows = [
         ("studies", f"{len(result.train_ids)} training, {len(result.val_ids)} held out"),
-        ("field", f"{fc.encoding}, latent {fc.latent_dim} per study"),
+        (
+            "field",
+            f"{fc.encoding}, latent {fc.latent_dim} per study"
+            + (", anatomy-conditioned" if anatomy else ""),
+        ),
         ("processes", f"{processes} on {result.device}"),
         ("steps", f"{result.steps_done} × {train.rays_per_step} lines (global batch)"),
         ("time", f"{time.perf_counter() - start:.1f} s"),

@@ -22,6 +22,7 @@ let each step draw from a few studies (`recon.cohort.training.CohortConfig.studi
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ import torch
 from recon.cohort.manifest import ManifestEntry
 from recon.io import read_study
 from recon.io.study import Study
+from recon.nerf.anatomy_field import (
+    AnatomyFeatureConfig,
+    AnatomyFeatures,
+    anatomy_features_for_study,
+)
 from recon.nerf.config import TrainConfig
 from recon.nerf.rays import RayData, study_digest
 from recon.nerf.training import study_physics
@@ -69,6 +75,8 @@ class StudyInfo:
         ``[Lt]`` training lines and their ray-group keys (paired · 2²⁰ + samples per line).
     n_voxels:
         Voxels of its truth (0 without ``l1_activity``).
+    segment_names:
+        Names of its anatomy's segments, in label order (empty without an anatomy).
     """
 
     level: float
@@ -80,14 +88,17 @@ class StudyInfo:
     train_lines: torch.Tensor
     line_keys: torch.Tensor
     n_voxels: int
+    segment_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class LoadedStudy:
-    """The data of a training study: its `RayData` and flat truth ``[Z·Y·X]`` (or ``None``)."""
+    """The data of a training study: its `RayData`, flat truth ``[Z·Y·X]`` (or ``None``) and,
+    for an anatomy-conditioned cohort, its anatomy features (cohort vocabulary)."""
 
     data: RayData
     truth: torch.Tensor | None
+    features: AnatomyFeatures | None = None
 
 
 class StudyStore:
@@ -103,6 +114,10 @@ class StudyStore:
         Where the data go.
     cache_studies:
         0: hold every study; ``k >= 1``: hold at most ``k`` (least recently used dropped).
+    anatomy:
+        Build each study's anatomy features with this configuration, its vocabulary
+        (``segment_names``) completed by the union of the studies' segment names in the order
+        met; ``None``: none.
 
     Attributes
     ----------
@@ -112,6 +127,8 @@ class StudyStore:
         Study files read for data since the first pass.
     max_held:
         The most studies held at once (the first pass included).
+    anatomy:
+        The completed anatomy feature configuration (``None`` without anatomy).
     """
 
     def __init__(
@@ -120,6 +137,7 @@ class StudyStore:
         config: TrainConfig,
         device: torch.device,
         cache_studies: int = 0,
+        anatomy: AnatomyFeatureConfig | None = None,
     ) -> None:
         if (
             isinstance(cache_studies, bool)
@@ -135,10 +153,18 @@ class StudyStore:
         self.loads = 0
         self.max_held = 0
         self.infos: list[StudyInfo] = []
+        self.anatomy: AnatomyFeatureConfig | None = None
         for s in range(len(self.entries)):
             loaded, info = self._load(s)
             self.infos.append(info)
             self._keep(s, loaded)
+        if anatomy is not None:
+            names = list(anatomy.segment_names)
+            for info in self.infos:
+                names += [n for n in info.segment_names if n not in names]
+            self.anatomy = dataclasses.replace(anatomy, segment_names=tuple(names))
+            for s, loaded in list(self._held.items()):
+                self._held[s] = self._with_features(s, loaded)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -155,8 +181,19 @@ class StudyStore:
             return self._held[s]
         loaded, _ = self._load(s)
         self.loads += 1
+        loaded = self._with_features(s, loaded)
         self._keep(s, loaded)
         return loaded
+
+    def _with_features(self, s: int, loaded: LoadedStudy) -> LoadedStudy:
+        if self.anatomy is None:
+            return loaded
+        try:
+            features = anatomy_features_for_study(loaded.data.study, self.anatomy)
+        except ValueError as error:
+            raise ValueError(f"{self.entries[s].path}: {error}") from None
+        features = features.to(self.device)
+        return dataclasses.replace(loaded, features=features)
 
     def _keep(self, s: int, loaded: LoadedStudy) -> None:
         self._held[s] = loaded
@@ -203,5 +240,8 @@ class StudyStore:
             views=physics.render == "views", note=physics.note, grid=data.geometry.grid,
             train_lines=lines.clone(), line_keys=paired * 2**20 + per_line,
             n_voxels=0 if truth is None else int(truth.numel()),
+            segment_names=()
+            if study.anatomy is None
+            else tuple(study.anatomy.names[k] for k in sorted(study.anatomy.names)),
         )  # fmt: skip
         return LoadedStudy(data, truth), info

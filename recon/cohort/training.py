@@ -87,6 +87,7 @@ from recon.cohort.model import (
 )
 from recon.cohort.prior import organ_activity_error
 from recon.cohort.store import StudyStore, read_entry
+from recon.nerf.anatomy_field import AnatomyFeatureConfig
 from recon.nerf.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.export import sample_on_grid
@@ -168,6 +169,13 @@ class CohortConfig:
         ``k`` files per group, not per step). Changes the batches, hence the model.
     group_steps:
         Steps that share the same ``studies_per_step`` studies.
+    anatomy:
+        Anatomy-conditioned cohort: the shared network also takes each study's anatomy
+        features (μ/μ_water, a shared segment embedding, the body indicator;
+        `recon.cohort.model`); every training study needs a μ map or CT, and an anatomy. The
+        vocabulary is the union of the training studies' segment names.
+    anatomy_embedding_dim:
+        Size of the shared segment embedding.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
@@ -181,6 +189,8 @@ class CohortConfig:
     cache_studies: int = 0
     studies_per_step: int = 0
     group_steps: int = 1
+    anatomy: bool = False
+    anatomy_embedding_dim: int = 8
 
     def __post_init__(self) -> None:
         t = self.train
@@ -203,9 +213,12 @@ class CohortConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        g = self.group_steps
-        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
-            raise ValueError(f"group_steps must be an integer >= 1, got {g!r}")
+        for name in ("group_steps", "anatomy_embedding_dim"):
+            g = getattr(self, name)
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {g!r}")
+        if not isinstance(self.anatomy, bool):
+            raise TypeError(f"anatomy must be a bool, got {self.anatomy!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
@@ -498,15 +511,20 @@ class _StepModule(nn.Module):
             in_s = batch.studies == s
             n_s, level = int(in_s.sum()), obj.levels[s]
             code = self.model.code(s)
+            loaded = obj.store[s]
 
-            def field(points: torch.Tensor, code: torch.Tensor = code, level: float = level):
-                return self.model.conditioned(points, code) * level
+            def field(
+                points: torch.Tensor,
+                code: torch.Tensor = code,
+                level: float = level,
+                features: Any = loaded.features,
+            ) -> torch.Tensor:
+                return self.model.conditioned(points, code, features) * level
 
             render = self._views if obj.views[s] else self._lines
             data_sum, samples = render(obj, batch, s, in_s, field)
             sums["data"] = sums["data"] + data_sum
             pairs = supervision = None
-            loaded = obj.store[s]
             grid = loaded.data.geometry.grid
             if len(batch.pair_u):
                 offset = c.reg_offset_mm or float(min(grid.spacing_mm))
@@ -612,8 +630,10 @@ class _CohortObjective:
         """Read the studies (`recon.cohort.store.StudyStore`): each training study's lines,
         levels and digest stay in memory, its data too unless ``cache_studies`` is set; the
         held-out studies are read for their grids only (and again when validated)."""
+        c = self.config
+        anatomy = AnatomyFeatureConfig(embedding_dim=c.anatomy_embedding_dim) if c.anatomy else None
         self.store = StudyStore(
-            self.train_entries, self.train_cfg, self.dev, self.config.cache_studies
+            self.train_entries, self.train_cfg, self.dev, c.cache_studies, anatomy=anatomy
         )
         infos = self.store.infos
         self.levels = [i.level for i in infos]
@@ -630,7 +650,7 @@ class _CohortObjective:
         codes_rng = torch.Generator().manual_seed(t.seed + CODE_SEED_OFFSET)
         self.model = CohortModel(
             cohort_frame(self.grids), t.field, len(self.store),
-            code_init_std=config.code_init_std, generator=codes_rng,
+            code_init_std=config.code_init_std, generator=codes_rng, anatomy=self.store.anatomy,
         ).to(self.dev)  # fmt: skip
         self.representation = self.model
         step_module = _StepModule(self)
@@ -677,7 +697,8 @@ class _CohortObjective:
             )
         saved = payload["representation"]
         mine = self._representation()
-        if saved["field_config"] != mine["field_config"] or saved["grid"] != mine["grid"]:
+        same = all(saved.get(k) == mine[k] for k in ("field_config", "grid", "anatomy"))
+        if not same:
             raise ValueError(
                 f"{path}: the checkpoint's architecture {saved['field_config']} differs from "
                 f"this run's {mine['field_config']}"
@@ -749,8 +770,9 @@ class _CohortObjective:
         n_train = min(c.val_train_studies, len(self.store))
         for s in range(info.rank, n_train, info.world_size):
             with torch.no_grad():
-                deviance, psnr = self.store[s].data.validate(
-                    self.model.study_field(s, self.levels[s]), t.n_samples,
+                loaded = self.store[s]
+                deviance, psnr = loaded.data.validate(
+                    self.model.study_field(s, self.levels[s], loaded.features), t.n_samples,
                     render="views" if self.views[s] else "lines",
                 )  # fmt: skip
             mine.append(("train", s, {"deviance": deviance, "psnr": psnr}))
@@ -786,7 +808,7 @@ class _CohortObjective:
             self.train_cfg, steps=self.config.val_steps, val_every=0, log_every=0,
             checkpoint_every=0, preview_every=0, deterministic=False, l1_activity=0.0,
         )  # fmt: skip  # a held-out study is fitted to its projections only
-        field_ = self.model.prior_field()
+        field_ = self.model.prior_field(study=study)
         try:
             with _keep_rng():
                 result = fit(field_, study, cfg, device=self.dev)
@@ -806,6 +828,7 @@ class _CohortObjective:
             "kind": "CohortModel",
             "grid": grid_to_dict(self.model.frame),
             "field_config": self.model.field_config.to_dict(),
+            "anatomy": None if self.model.anatomy is None else self.model.anatomy.to_dict(),
         }
 
     def checkpoint_extras(self) -> dict[str, Any]:

@@ -361,7 +361,10 @@ class PopulationConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown population settings {unknown}; valid: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -539,7 +542,9 @@ def sample_torso(config: PopulationConfig, seed: int, index: int) -> PopulationS
     anatomy = replace(body, organ_poses=poses)
 
     unit = uniform(tracer.unit_bq_per_ml)
-    concentrations = {name: log_uniform((lo, hi)) * unit for name, lo, hi in tracer.uptake}
+    concentrations: dict[str, Any] = {
+        name: log_uniform((lo, hi)) * unit for name, lo, hi in tracer.uptake
+    }
     lesions = _draw_lesions(rng, config, anatomy, unit)
     phantom = replace(anatomy, lesions=lesions, **concentrations)
     variant = PhantomVariant(

@@ -686,9 +686,10 @@ def _spine_geometry(config: TorsoPhantom) -> tuple[float, float, float]:
     return sy, sx, r
 
 
-def _posed_ellipsoids(
-    config: TorsoPhantom, name: str
-) -> list[tuple[tuple[float, ...], tuple[float, ...], tuple[tuple[float, ...], ...]]]:
+_Posed = tuple[tuple[float, ...], tuple[float, ...], tuple[tuple[float, float, float], ...]]
+
+
+def _posed_ellipsoids(config: TorsoPhantom, name: str) -> list[_Posed]:
     """``(centre (z, y, x) mm, semi-axes mm, rotation)`` of each ellipsoid of organ ``name``, as
     `make_torso` paints it (body scaling and the organ's pose applied)."""
     ref_len, ref_depth, ref_width = REFERENCE_BODY_MM
@@ -698,7 +699,7 @@ def _posed_ellipsoids(
         config.body_width_mm / ref_width,
     )
     pose = config.pose(name)
-    out = []
+    out: list[_Posed] = []
     for e in ORGANS[name]:
         centre = tuple(c * f + d for c, f, d in zip(e.centre_mm, scale, pose.shift_mm, strict=True))
         semi = tuple(a * f * g for a, f, g in zip(e.semi_axes_mm, scale, pose.scale, strict=True))
