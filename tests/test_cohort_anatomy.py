@@ -15,6 +15,7 @@ from recon.nerf.anatomy_field import AnatomyField, anatomy_features_for_study
 from recon.nerf.checkpoint import load_checkpoint
 from recon.nerf.config import TrainConfig
 from recon.nerf.field import FieldConfig
+from tests.test_cohort import _one_thread  # noqa: F401  # the autouse fixture: one torch thread
 
 FIELD = FieldConfig(
     encoding="hashgrid", latent_dim=4, hash_levels=4, hash_log2_size=10, hash_base_resolution=4,
@@ -24,14 +25,6 @@ TRAIN = dataclasses.replace(
     TrainConfig.cpu_default(), steps=4, rays_per_step=64, n_samples=16, field=FIELD,
     val_every=0, log_every=0, checkpoint_every=0, preview_every=0, l1_activity=0.05,
 )  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

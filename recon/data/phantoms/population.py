@@ -75,7 +75,11 @@ from recon.data.phantoms.torso import (
     nuclide_name,
     structure_at,
 )
-from recon.data.phantoms.variants import PhantomVariant, simulate_variant
+from recon.data.phantoms.variants import (
+    PhantomVariant,
+    simulate_variant,
+    sphere_probe_directions,
+)
 from recon.io.study import Study
 
 __all__ = [
@@ -572,17 +576,7 @@ def _draw_lesions(
     scale = np.array([
         anatomy.body_length_mm / 380.0, anatomy.body_depth_mm / 220.0, anatomy.body_width_mm / 340.0
     ])  # fmt: skip  # REFERENCE_BODY_MM: lesion centres are stored in the reference frame
-    dirs = np.array(
-        [
-            (a, b, c)
-            for a in (-1, 0, 1)
-            for b in (-1, 0, 1)
-            for c in (-1, 0, 1)
-            if (a, b, c) != (0, 0, 0)
-        ],
-        dtype=float,
-    )
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = sphere_probe_directions()
     placed: list[tuple[np.ndarray, float]] = []
     lesions: list[Lesion] = []
     half = anatomy.body_length_mm / 2.0

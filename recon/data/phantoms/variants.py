@@ -269,17 +269,7 @@ def vary_lesions(config: TorsoPhantom, variant: PhantomVariant) -> TorsoPhantom:
             config.body_width_mm / REFERENCE_BODY_MM[2],
         ]
     )
-    dirs = np.array(
-        [
-            (a, b, c)
-            for a in (-1, 0, 1)
-            for b in (-1, 0, 1)
-            for c in (-1, 0, 1)
-            if (a, b, c) != (0, 0, 0)
-        ],
-        dtype=float,
-    )
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = sphere_probe_directions()
     placed: list[tuple[np.ndarray, float]] = []  # (patient-frame centre, radius)
     lesions: list[Lesion] = []
     for k, lesion in enumerate(config.lesions):
@@ -313,6 +303,16 @@ def vary_lesions(config: TorsoPhantom, variant: PhantomVariant) -> TorsoPhantom:
             )
         )
     return replace(config, lesions=tuple(lesions))
+
+
+def sphere_probe_directions() -> np.ndarray:
+    """The 26 unit vectors ``[26, 3]`` towards the neighbours of a cube's centre: the surface
+    points at which a sphere is checked to lie inside a structure."""
+    dirs = np.array(
+        [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if a or b or c],
+        dtype=float,
+    )
+    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
 
 
 def _jittered_centre(
