@@ -11,7 +11,7 @@ heterogeneity, segmentation errors, synthetic CT), simulated AP/PA from a grid t
 (MEGP blur, 1–4e6 counts per view). The split is **by anatomy**: members ``0 … n_test − 1`` are
 the test set, the next ``n_val`` validate the cohort training, the rest train; a training set of
 size N is the first N training members (so the 8 are inside the 32). The imported patient-15
-phantom (`recon.importers.patient15_study`, never in training; skipped without
+phantom (`recon.io.patient15.patient15_study`, never in training; skipped without
 ``/work/shared/data``) is a second test: Poisson counts at 2e6 per view, its organs (liver,
 spleen, kidneys) as the segmentation, its three tumours unsegmented.
 
@@ -156,7 +156,7 @@ def patient15(args: argparse.Namespace) -> Study | None:
     """Patient 15 with Poisson counts (2e6 per view), its organs as the segmentation."""
     if not PATIENT15.is_dir():
         return None
-    from recon.importers import patient15_study
+    from recon.io.patient15 import patient15_study
 
     study = patient15_study(PATIENT15)
     scale = 2e6 / float(study.projections.sum(axis=(1, 2)).mean())

@@ -160,8 +160,8 @@ def quantify(
 
 def load_study_anatomy(study: Study, path: Path) -> Anatomy:
     """An ``--anatomy FILE`` segmentation on the study's grid
-    (`recon.importers.segmentation.load_anatomy`)."""
-    from recon.importers.segmentation import load_anatomy
+    (`recon.io.segmentation.load_anatomy`)."""
+    from recon.io.segmentation import load_anatomy
 
     return load_anatomy(study, path)
 

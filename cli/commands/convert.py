@@ -5,8 +5,9 @@ CT/μ threshold), ``pienerf`` (a CSV manifest of ``.npy`` files, one study per r
 (projections + a μ or CT volume), ``patient15`` (the shared Lu-177 patient phantom),
 ``dicom-planar`` and ``dicom-tomo`` (NM projections + a CT series), ``to-nifti`` (a volume of a
 study or result file, for 3D Slicer) and ``nifti-to-result`` (another tool's volume as a result
-file). The work is done by `recon.importers` and assembled by `recon.convert`; this module parses
-options and prints.
+file). Each command calls one function of the format's module in `recon.io` (`recon.io.pienerf`,
+`interfile`, `patient15`, `dicom_nm`, `nifti`, `segmentation`); this module parses options and
+prints.
 """
 
 from __future__ import annotations
@@ -223,13 +224,12 @@ def pienerf(
     from rich.markup import escape
     from rich.table import Table
 
-    from recon.convert import canonical_isotope, convert_pienerf_manifest
+    from recon.io.pienerf import convert_pienerf_manifest
 
     record = provenance(
         "convert pienerf",
         spacing_mm_zyx=list(spacing_mm),
         ct_orientation=ct_orientation.strip().upper(),
-        isotope=canonical_isotope(isotope),
     )
     with status(f"Converting {manifest}...") as spinner:
         outcomes = convert_pienerf_manifest(
@@ -314,7 +314,7 @@ def interfile(
     --energy-kev, and the CT is kept). Without a volume the grid covers the detector and the study
     has no μ.
     """
-    from recon.convert import interfile_study
+    from recon.io.interfile import interfile_study
 
     check_output(output, force)
     if mu is not None and ct is not None:
@@ -364,24 +364,22 @@ def patient15(
 
     Reads the two Interfile volumes (CT as HU + 1000, organ labels), fills illustrative
     concentrations (Bq/mL), computes μ, and projects AP and PA with attenuation, no collimator
-    blur (recon.importers.patient15_study). With --duration-s and --sensitivity the projections
+    blur (recon.io.patient15.patient15_study). With --duration-s and --sensitivity the projections
     are expected counts; otherwise the count scale is 1. For demos and benchmarks.
     """
-    from recon.convert import find_patient15_folder
-    from recon.importers import patient15_study
+    from recon.io.patient15 import patient15_study
 
     check_output(output, force)
     if (duration_s is None) != (sensitivity is None):
         raise ValueError("give both --duration-s and --sensitivity (or neither)")
-    source = find_patient15_folder(folder)
     with status("Building and projecting the patient-15 phantom..."):
         study = patient15_study(
-            source,
+            folder,
             energy_keV=energy_kev,
             sensitivity_cps_per_mbq=sensitivity,
             duration_s=duration_s,
         )
-    study = add_provenance(study, "convert patient15", folder=source)
+    study = add_provenance(study, "convert patient15")
     _write(study, output, force)
     _print_study(study, "Patient-15 Lu-177 DOTATATE phantom, noise-free AP/PA", output)
 
@@ -415,7 +413,7 @@ def dicom_planar(
     energy and the CT in HU are averaged onto that grid, the CT centred in it unless
     --axis-position-mm says where. Duration: the files' static frame time unless --duration-s.
     """
-    from recon.convert import dicom_planar_study
+    from recon.io.dicom_nm import dicom_planar_study
 
     check_output(output, force)
     with status("Reading the NM images" + (" and the CT..." if ct else "...")):
@@ -451,7 +449,7 @@ def dicom_tomo(
     Views, angles (β from the DICOM angles, sorted), radius, energy and frame time come from the
     file (docs/dicom.md). The grid and the CT are handled as by 'spect convert dicom-planar'.
     """
-    from recon.convert import dicom_tomo_study
+    from recon.io.dicom_nm import dicom_tomo_study
 
     check_output(output, force)
     with status("Reading the NM projections" + (" and the CT..." if ct else "...")):
@@ -494,16 +492,12 @@ def to_nifti(
     The affine places the volume in RAS+ world coordinates (docs/importers.md), so viewers show
     the patient the right way round. Default: a result's activity, a study's truth activity.
     """
-    from recon.convert import nifti_volume
-    from recon.importers import write_nifti
+    from recon.io.nifti import volume_to_nifti
     from recon.io.summary import grid_text, range_text
 
     check_output(output, force)
-    if not output.name.endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{output}: a NIfTI file name ends with .nii or .nii.gz")
-    volume, grid, what = nifti_volume(file, dataset.value)
     with status(f"Writing {output}..."):
-        write_nifti(output, volume, grid, overwrite=force)
+        volume, grid, what = volume_to_nifti(file, output, dataset.value, overwrite=force)
     print_rows(
         f"NIfTI of {file}",
         [("volume", what), ("grid", grid_text(grid)), ("values", range_text(volume, ""))],
@@ -543,8 +537,8 @@ def nifti_to_result(
     float32 rounding is undone (spacings to their shortest decimals, offsets to 0.001 mm). With
     --study the grid must be the study's and the study's exact grid and unit are used.
     """
-    from recon.convert import nifti_result
     from recon.io import write_result
+    from recon.io.nifti import nifti_result
     from recon.io.summary import result_rows
 
     check_output(output, force)
@@ -624,8 +618,8 @@ def anatomy(
     """
     import warnings
 
-    from recon.importers.segmentation import import_anatomy
     from recon.io import read_study
+    from recon.io.segmentation import import_anatomy
 
     check_output(output, force)
     if segmentation is None and not threshold:

@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import h5py
 import numpy as np
@@ -52,6 +52,7 @@ __all__ = [
     "RESULT_FORMAT",
     "STUDY_FORMAT",
     "describe",
+    "file_kind",
     "read_result",
     "read_study",
     "software_version",
@@ -992,6 +993,20 @@ def _dataset_info(where: str, ds: h5py.Dataset) -> str:
         description = ""
     parts = [str(units), description, f"axes {axes}" if axes else ""]
     return "; ".join(p for p in parts if p)
+
+
+def file_kind(path: PathLike) -> Literal["study", "result"] | None:
+    """``"study"`` or ``"result"`` from an HDF5 file's root ``format`` attribute, else ``None``
+    (not HDF5, unreadable, or neither kind)."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("format")
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    kinds: dict[str, Literal["study", "result"]] = {STUDY_FORMAT: "study", RESULT_FORMAT: "result"}
+    return kinds.get(str(value))
 
 
 def describe(path: PathLike) -> list[tuple[str, str, str, str]]:

@@ -4,20 +4,26 @@ Everything returned follows ``docs/conventions.md``: projections ``[V, rows, bin
 increasing toward the head and bins along r = x·cos β − y·sin β (x toward the patient's left,
 y toward posterior), β the detector position (0 anterior, 90 patient right, 180 posterior,
 270 patient left). ``docs/dicom.md`` explains every orientation and angle decision.
+`dicom_planar_study` and `dicom_tomo_study` make a `Study` of the files and, optionally, a CT
+series (`recon.io.dicom_ct.ct_on_grid`): ``spect convert dicom-planar`` and ``dicom-tomo``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from recon.importers._dicom_common import (
+from recon.io._common import detector_grid
+from recon.io._dicom_common import (
     PathLike,
     as_floats,
     as_ints,
@@ -30,6 +36,7 @@ from recon.importers._dicom_common import (
     source_name,
     tag_text,
 )
+from recon.io.dicom_ct import ct_on_grid
 from recon.io.study import Acquisition, Study
 from spectproj import ImageGrid
 
@@ -38,6 +45,8 @@ __all__ = [
     "NmTomo",
     "PlanarImages",
     "dicom_angle_to_beta",
+    "dicom_planar_study",
+    "dicom_tomo_study",
     "nm_planar_study",
     "parse_isotope",
     "read_nm_planar",
@@ -804,3 +813,123 @@ def read_nm_tomo(
     """
     tomo = read_nm_tomo_details(path, energy_window=energy_window, energy_keV=energy_keV)
     return tomo.projections, tomo.acquisition
+
+
+# -- files → study (spect convert dicom-planar / dicom-tomo) -------------------------------------
+def dicom_planar_study(
+    sources: PathLike | Sequence[PathLike],
+    *,
+    ct: PathLike | None = None,
+    grid_size: int | None = None,
+    spacing_mm: float | None = None,
+    energy_keV: float | None = None,
+    duration_s: float | None = None,
+    sensitivity_cps_per_mbq: float | None = None,
+    axis_position_mm: Sequence[float] | None = None,
+) -> Study:
+    """An AP/PA study from DICOM NM planar images (+ a CT series for μ).
+
+    Parameters
+    ----------
+    sources
+        One multi-frame file, two files, or a folder (`read_nm_planar`).
+    ct
+        CT series folder; μ and HU on the grid come from it (`ct_on_grid`).
+    grid_size, spacing_mm
+        `detector_grid`'s ``transverse_size`` and ``spacing_mm``.
+    energy_keV
+        Overrides the photon energy found in the files (isotope photopeak / window centre).
+    duration_s, sensitivity_cps_per_mbq
+        Time per view (s; default the files' static frame duration) and planar sensitivity
+        (cps/MBq); with both, `Acquisition.count_scale` is physical.
+    axis_position_mm
+        Where the grid sits in the CT (`ct_on_grid`).
+
+    Returns
+    -------
+    Study
+        β = 0 (anterior), 180 (posterior), μ and HU if a CT is given.
+    """
+    source: PathLike | Sequence[PathLike] = sources
+    if not isinstance(sources, (str, os.PathLike)) and len(sources) == 1:
+        source = sources[0]  # one file or one folder
+    images = read_nm_planar(source, energy_keV=energy_keV)
+    grid = detector_grid(
+        images.images.shape[1:],
+        images.pixel_size_mm,
+        spacing_mm=spacing_mm,
+        transverse_size=grid_size,
+    )
+    energy = energy_keV if energy_keV is not None else images.energy_keV
+    mu = hu = None
+    facts: dict[str, str] = {"grid": "covers the detector, centred on the rotation axis"}
+    if ct is not None:
+        if energy is None:
+            raise ValueError(
+                f"{images.sources[0]}: the photon energy is unknown (no isotope or energy window "
+                "in the file); give --energy-kev"
+            )
+        mu, hu, more = ct_on_grid(ct, grid, energy, axis_position_mm=axis_position_mm)
+        facts.update(more)
+    return nm_planar_study(
+        images,
+        grid,
+        mu,
+        ct_hu=hu,
+        energy_keV=energy_keV,
+        duration_s=duration_s,
+        sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
+        provenance=facts,
+    )
+
+
+def dicom_tomo_study(
+    path: PathLike,
+    *,
+    ct: PathLike | None = None,
+    grid_size: int | None = None,
+    spacing_mm: float | None = None,
+    energy_keV: float | None = None,
+    duration_s: float | None = None,
+    sensitivity_cps_per_mbq: float | None = None,
+    axis_position_mm: Sequence[float] | None = None,
+) -> Study:
+    """A tomographic study from a DICOM NM TOMO file (+ a CT series for μ).
+
+    Parameters are those of `dicom_planar_study`; the projections, angles, radius, energy and
+    frame duration come from `read_nm_tomo_details`.
+    """
+    tomo = read_nm_tomo_details(path, energy_keV=energy_keV)
+    acquisition = tomo.acquisition
+    changes: dict[str, Any] = {}
+    if duration_s is not None:
+        changes["duration_s"] = duration_s
+    if sensitivity_cps_per_mbq is not None:
+        changes["sensitivity_cps_per_mbq"] = sensitivity_cps_per_mbq
+    acquisition = dataclasses.replace(acquisition, **changes)
+    grid = detector_grid(
+        acquisition.detector_shape,
+        acquisition.pixel_size_mm,
+        spacing_mm=spacing_mm,
+        transverse_size=grid_size,
+    )
+    facts = {
+        "source": "DICOM NM tomographic",
+        "file": tomo.source,
+        "detectors": json.dumps(sorted({int(d) for d in tomo.detectors})),
+        "grid": "covers the detector, centred on the rotation axis",
+    }
+    mu = hu = None
+    if ct is not None:
+        mu, hu, more = ct_on_grid(
+            ct, grid, acquisition.energy_keV, axis_position_mm=axis_position_mm
+        )
+        facts.update(more)
+    return Study(
+        projections=np.ascontiguousarray(tomo.projections, dtype=np.float32),
+        acquisition=acquisition,
+        grid=grid,
+        mu_per_mm=mu,
+        ct_hu=hu,
+        provenance=facts,
+    )
