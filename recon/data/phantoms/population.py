@@ -261,10 +261,12 @@ class PopulationConfig:
     organ_rotation_deg : float
         Standard deviation (degrees) of each organ's rotation about each axis (truncated at 2 sd).
     lesion_count : tuple of 2 int
-        Inclusive range of the number of lesions (uniform). A lesion that finds no place in its
-        host after 200 tries (a large lesion in the spine) is left out.
+        Inclusive range of the number of lesions (uniform). Each lesion takes the first of 200
+        candidate (place, diameter) pairs that lies entirely in its host and apart from the
+        others; a lesion with none is left out.
     lesion_diameter_mm : tuple of 2 float
-        Uniform range of lesion diameters (mm).
+        Uniform range of lesion diameters (mm) of the candidates (small hosts such as the spine
+        keep the smaller ones).
     necrotic_probability : float
         Probability that a lesion has a cold core (half its diameter, a tenth of its uptake).
     heterogeneity_rms, heterogeneity_mm : tuple of 2 float
@@ -464,15 +466,14 @@ def _organ_points(config: TorsoPhantom, name: str) -> np.ndarray:
 
 def _shares(config: TorsoPhantom) -> dict[str, tuple[float, float]]:
     """Per posed organ: (share of its points inside the body, share that keeps its label)."""
+    names = [n for n in POSED_ORGANS if n != "bowel" or config.include_bowel]
+    points = [_organ_points(config, name) for name in names]
+    labels = structure_at(config, torch.from_numpy(np.concatenate(points)))
     out = {}
-    for name in POSED_ORGANS:
-        if name == "bowel" and not config.include_bowel:
-            continue
-        points = torch.from_numpy(_organ_points(config, name))
-        labels = structure_at(config, points)
+    for name, part in zip(names, torch.split(labels, [len(p) for p in points]), strict=True):
         out[name] = (
-            float((labels > 0).double().mean()),
-            float((labels == LABELS[name]).double().mean()),
+            float((part > 0).double().mean()),
+            float((part == LABELS[name]).double().mean()),
         )
     return out
 
@@ -580,33 +581,39 @@ def _draw_lesions(
     placed: list[tuple[np.ndarray, float]] = []
     lesions: list[Lesion] = []
     half = anatomy.body_length_mm / 2.0
+    tries = 200
     for k in range(n):
         host = str(rng.choice(list(tracer.lesion_sites)))
-        diameter = float(rng.uniform(*config.lesion_diameter_mm))
         uptake = math.exp(float(rng.uniform(*np.log(tracer.lesion_uptake))))
         necrotic = bool(rng.uniform() < config.necrotic_probability)
-        for _ in range(200):
-            if host == "body":  # soft tissue of the abdomen, away from the body's ends
-                centre = np.array([
-                    rng.uniform(-0.6 * half, 0.4 * half),
-                    rng.uniform(-0.45, 0.45) * anatomy.body_depth_mm,
-                    rng.uniform(-0.45, 0.45) * anatomy.body_width_mm,
-                ])  # fmt: skip
-            else:
-                points = _organ_points(anatomy, host)
-                centre = points[int(rng.integers(len(points)))] + rng.normal(0.0, 3.0, 3)
-            radius = diameter / 2.0
-            probe = np.concatenate([centre[None], centre[None] + radius * dirs])
-            labels = structure_at(anatomy, torch.from_numpy(probe))
-            if not bool((labels == LABELS[host]).all()):
-                continue
+        # Candidate (place, diameter) pairs, all checked at once; the first that fits is taken.
+        diameters = rng.uniform(*config.lesion_diameter_mm, size=tries)
+        if host == "body":  # soft tissue of the abdomen, away from the body's ends
+            centres = np.stack([
+                rng.uniform(-0.6 * half, 0.4 * half, tries),
+                rng.uniform(-0.45, 0.45, tries) * anatomy.body_depth_mm,
+                rng.uniform(-0.45, 0.45, tries) * anatomy.body_width_mm,
+            ], axis=1)  # fmt: skip
+        else:
+            points = _organ_points(anatomy, host)
+            centres = points[rng.integers(len(points), size=tries)] + rng.normal(
+                0.0, 3.0, (tries, 3)
+            )
+        probe = (
+            centres[:, None, :]
+            + (diameters[:, None, None] / 2.0) * np.concatenate([np.zeros((1, 3)), dirs])[None]
+        )
+        labels = structure_at(anatomy, torch.from_numpy(probe.reshape(-1, 3))).reshape(tries, -1)
+        fits = (labels == LABELS[host]).all(dim=1).numpy()
+        for centre, diameter in zip(centres[fits], diameters[fits], strict=True):
+            radius = float(diameter) / 2.0
             if any(np.linalg.norm(centre - c) < radius + r + 2.0 for c, r in placed):
                 continue
             placed.append((centre, radius))
             lesions.append(
                 Lesion(
                     tuple(float(v) for v in centre / scale),  # type: ignore[arg-type]  # 3 values
-                    diameter,
+                    float(diameter),
                     uptake * unit,
                     f"lesion_{k + 1}_{host}",
                     core_diameter_mm=0.5 * diameter if necrotic else 0.0,

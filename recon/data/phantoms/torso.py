@@ -14,6 +14,7 @@ Units: lengths mm, μ 1/mm at the photon energy, activity concentration Bq/mL. S
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -236,9 +237,13 @@ class OrganPose:
                 raise ValueError(f"OrganPose.scale ({self.organ}) must be > {lo}, got {values}")
             object.__setattr__(self, name, values)
 
+    @functools.cached_property
+    def _matrix(self) -> tuple[tuple[float, float, float], ...]:
+        return _rotation_zyx(*self.rotation_deg)
+
     def rotation(self) -> tuple[tuple[float, float, float], ...]:
         """The 3 × 3 rotation matrix ``R_z · R_y · R_x`` in (z, y, x) coordinates (rows)."""
-        return _rotation_zyx(*self.rotation_deg)
+        return self._matrix
 
 
 def _rotation_zyx(az: float, ay: float, ax: float) -> tuple[tuple[float, float, float], ...]:
