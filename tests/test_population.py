@@ -64,7 +64,7 @@ def test_organs_inside_the_body_and_not_hidden(samples) -> None:
             reference = _shares(replace(s.phantom, organ_poses=(), lesions=()))
             shares = _shares(replace(s.phantom, lesions=()))
             for organ, (inside, own) in shares.items():
-                assert inside >= 0.97, (tracer, s.index, organ, inside)
+                assert inside >= min(0.97, reference[organ][0]), (tracer, s.index, organ, inside)
                 assert own >= 0.85 * reference[organ][1], (tracer, s.index, organ, own)
 
 

@@ -10,7 +10,8 @@ subset can be drawn in parallel):
   shapes, `recon.data.phantoms.torso.ORGANS`): each gets an `OrganPose`: a size factor
   (log-normal, common to its three axes, times a smaller per-axis one), a shift (normal, mm) and
   small rotations (normal, degrees), the last two truncated at two standard deviations. A draw is
-  kept only if every organ lies inside the body (≥ 97 % of its volume) and keeps ≥ 85 % of the
+  kept only if every organ lies inside the body (≥ 97 % of its volume, or as much as in the
+  reference anatomy of that body if that is less) and keeps ≥ 85 % of the
   share of its volume that is not covered by later-painted organs in the reference anatomy (the
   torso's painting order resolves overlaps; the heart always covers part of the lungs, the
   organs part of the bowel); otherwise the whole set is redrawn (up to ``max_tries``, then the
@@ -539,7 +540,7 @@ def sample_torso(config: PopulationConfig, seed: int, index: int) -> PopulationS
         candidate = _draw_poses(rng, config)
         shares = _shares(replace(body, organ_poses=candidate))
         if all(
-            inside >= 0.97 and own >= 0.85 * reference[name][1]
+            inside >= min(0.97, reference[name][0]) and own >= 0.85 * reference[name][1]
             for name, (inside, own) in shares.items()
         ):
             poses, tries = candidate, attempt
