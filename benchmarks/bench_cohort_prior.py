@@ -162,7 +162,12 @@ def patient15(args: argparse.Namespace) -> Study | None:
     scale = 2e6 / float(study.projections.sum(axis=(1, 2)).mean())
     rng = np.random.default_rng(args.seed)
     counts = rng.poisson(study.projections * scale).astype(np.float32)
-    acq = dataclasses.replace(study.acquisition, duration_s=1.0, sensitivity_cps_per_mbq=scale)
+    per_unit = dataclasses.replace(
+        study.acquisition, duration_s=1.0, sensitivity_cps_per_mbq=1.0
+    ).count_scale  # counts per line integral at 1 cps/MBq for 1 s
+    acq = dataclasses.replace(
+        study.acquisition, duration_s=1.0, sensitivity_cps_per_mbq=scale / per_unit
+    )  # so that count_scale = scale: the counts and the model agree
     labels = np.asarray(study.labels)
     organs = {v: n for v, n in study.label_names.items() if n in ORGANS}
     seg = np.where(np.isin(labels, list(organs)), labels, 0).astype(np.uint8)
