@@ -199,7 +199,7 @@ def test_make_cohort_writes_studies_manifest_and_population(tmp_path: Path) -> N
     expected = simulate_sample(sample_torso(PopulationConfig(tracer="tc99m-mdp"), 2, 1), size=12)
     assert np.array_equal(study.projections, expected.projections.astype(np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]  # no temporary left
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(FileExistsError, match="already exist"):
         make_cohort(folder, 1, size=12)
     assert len(list(folder.glob("*.h5"))) == 3  # untouched
 
@@ -224,7 +224,7 @@ def test_cli_cohort_make(tmp_path: Path) -> None:
     folder = tmp_path / "c"
     assert_ok(invoke("cohort", "make", 2, "-o", folder, "--size", 12, "--tracer", "lu177-psma"))
     assert (folder / MANIFEST_NAME).is_file() and len(list(folder.glob("*.h5"))) == 2
-    assert_one_line_error(invoke("cohort", "make", 2, "-o", folder, "--size", 12), "already exists")
+    assert_one_line_error(invoke("cohort", "make", 2, "-o", folder, "--size", 12), "already exist")
     assert_one_line_error(
         invoke("cohort", "make", 2, "-o", tmp_path / "no" / "c", "--size", 12), "does not exist"
     )

@@ -7,8 +7,9 @@ commands, so ``spect --help`` and ``spect --version`` stay fast.
 
 Shared here: the ``--force`` option (`ForceOption`), the ``-o/--output`` options
 (`StudyOutput`, `ResultOutput`, `output_option`), the one early output check (`check_output`),
-the provenance of a command's bound options (`add_provenance`) and the two-column table of
-summary rows (`print_rows`).
+the provenance of a command's bound options (`add_provenance`), the two-column table of
+summary rows (`print_rows`) and the collimator options (`CollimatorOption`,
+`NoCollimatorOption`, `study_with_collimator`).
 
 Modules
 -------
@@ -45,10 +46,12 @@ if TYPE_CHECKING:
     from recon.io import Study
 
 __all__ = [
+    "COLLIMATOR_HELP",
     "FORCE_HELP",
     "SUPPORT_HELP",
     "CollimatorOption",
     "ForceOption",
+    "NoCollimatorOption",
     "ResultOutput",
     "StudyOutput",
     "SupportChoice",
@@ -64,6 +67,7 @@ __all__ = [
     "provenance",
     "register",
     "resolve_device",
+    "study_with_collimator",
 ]
 
 #: Help text of the ``--force`` option.
@@ -87,14 +91,42 @@ StudyOutput = Annotated[Path, output_option("Study file to write (.h5).")]
 #: ``-o/--output`` of the commands that write a result file.
 ResultOutput = Annotated[Path, output_option("Result file to write (.h5).")]
 
-#: ``--collimator/--no-collimator`` of the reconstructions.
+#: Help text of every ``--collimator NAME|FILE.toml`` option.
+COLLIMATOR_HELP = (
+    "Collimator to model instead of the one the study (or file) names: a name of the collimator "
+    "table (e.g. SY-ME, GI-MEGP, LEHR; docs/collimators.md) or a TOML file describing your own."
+)
+
+#: ``--collimator NAME|FILE.toml`` of the reconstructions and the DICOM conversions.
 CollimatorOption = Annotated[
+    str | None,
+    typer.Option("--collimator", metavar="NAME|FILE.toml", help=COLLIMATOR_HELP),
+]
+
+#: ``--no-collimator`` of the reconstructions.
+NoCollimatorOption = Annotated[
     bool,
     typer.Option(
-        "--collimator/--no-collimator",
-        help="Model the collimator blur the study names (when it has a radius).",
+        "--no-collimator",
+        help="Model no collimator blur (default: the blur of the study's collimator, when it "
+        "names one and has a radius).",
     ),
 ]
+
+
+def study_with_collimator(study: Study, collimator: str | None, no_collimator: bool) -> Study:
+    """``study`` with the collimator of ``--collimator NAME|FILE.toml`` (unchanged without one).
+
+    ``--collimator`` together with ``--no-collimator`` is an error.
+    """
+    if collimator is None:
+        return study
+    if no_collimator:
+        raise ValueError("--collimator and --no-collimator contradict each other; give one")
+    from recon.io import with_collimator
+    from spectproj.collimator_table import collimator_spec
+
+    return with_collimator(study, collimator_spec(collimator))
 
 
 class SupportChoice(str, Enum):
@@ -151,23 +183,47 @@ def help_text(function: Any) -> str:
     return "\n\n".join(p for p in paragraphs if p).replace("``", "'")
 
 
-def check_output(path: Path, force: bool) -> None:
+def check_output(path: Path, force: bool, outputs: tuple[str, ...] = ("output",)) -> None:
     """Refuse an output path early, before any work: it exists (without ``--force``), it is a
     folder, or its folder does not exist.
 
-    The write itself (`recon.io.atomic_output`) checks again, atomically.
+    The write itself (`recon.io.atomic_output`) checks again, atomically. An output that is
+    one of the command's input files (the same file by path, link or inode) is refused even
+    with ``--force``: the measured study must never be replaced by a result. ``outputs`` names
+    the command's output options (not inputs).
 
     Raises
     ------
-    FileExistsError, IsADirectoryError, FileNotFoundError
+    FileExistsError, IsADirectoryError, FileNotFoundError, NotADirectoryError
         Reported by the CLI as a one-line ``Error: ...``.
+    ValueError
+        The output is also an input.
     """
+    for name, value in bound_options().items():
+        if name in outputs:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, os.PathLike) and _same_file(item, path):
+                raise ValueError(
+                    f"{path}: is also the input {name.replace('_', '-')} ({item}); write the "
+                    "output to another file"
+                )
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"{path}: {path.parent} is a file, not a folder")
     if not force and os.path.lexists(path):
         raise FileExistsError(f"{path}: already exists; use --force to overwrite it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
+
+
+def _same_file(a: os.PathLike[str], b: os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one existing file (same device and inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def resolve_device(choice: str) -> Any:

@@ -14,9 +14,11 @@ import typer
 from cli.commands import (
     CollimatorOption,
     ForceOption,
+    NoCollimatorOption,
     ResultOutput,
     SupportOption,
     check_output,
+    study_with_collimator,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +58,8 @@ def organs(
         int, typer.Option("--steps", min=1, help="Training steps of each residual round.")
     ] = 20,
     support: SupportOption = None,
-    collimator: CollimatorOption = True,
+    collimator: CollimatorOption = None,
+    no_collimator: NoCollimatorOption = False,
     force: ForceOption = False,
 ) -> None:
     """Organ activities from the study's anatomy: one concentration per segment (Poisson ML
@@ -69,7 +72,7 @@ def organs(
     from recon.io import read_study, write_result
 
     check_output(output, force)
-    study = read_study(study_file)
+    study = study_with_collimator(read_study(study_file), collimator, no_collimator)
     anatomy = _anatomy(study, anatomy_file)
     config = OrgansConfig(
         residual=residual,
@@ -82,7 +85,7 @@ def organs(
         anatomy=anatomy,
         support=None if support is None else support.value,
         config=config,
-        use_collimator=collimator,
+        use_collimator=not no_collimator,
         study_file=str(study_file),
     )
     write_result(output, outcome.result, overwrite=force)
@@ -133,25 +136,22 @@ def quantify(
 
     from recon.anatomy.quantify import quantify as table_of
     from recon.anatomy.quantify import rows_to_csv
-    from recon.io import atomic_output, read_result, read_study
+    from recon.io import read_result, read_study
+    from recon.io.atomic import write_text
 
     for path in (csv, json_file):
         if path is not None:
-            check_output(path, force)
+            check_output(path, force, outputs=("csv", "json_file"))
     study = read_study(study_file)
     results = [read_result(p) for p in result_files]
     names = _labels(results, result_files)
     rows = table_of(study, results, names)
     _print_rows(rows)
     if csv is not None:
-        with atomic_output(csv, overwrite=force) as tmp:
-            Path(tmp).write_text(rows_to_csv(rows), encoding="utf-8")
+        write_text(csv, rows_to_csv(rows), overwrite=force)
         typer.echo(f"wrote {csv}")
     if json_file is not None:
-        with atomic_output(json_file, overwrite=force) as tmp:
-            Path(tmp).write_text(
-                json.dumps([r.to_dict() for r in rows], indent=1), encoding="utf-8"
-            )
+        write_text(json_file, json.dumps([r.to_dict() for r in rows], indent=1), overwrite=force)
         typer.echo(f"wrote {json_file}")
 
 

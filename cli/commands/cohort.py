@@ -80,7 +80,7 @@ def make(
     organ from the tracer's published ranges, lesions, uneven uptake, a synthetic CT (μ from
     its HU) and a segmentation with errors (docs/cohorts.md). The folder holds p0000.h5, ...,
     cohort.csv (the manifest for 'spect train-cohort') and population.json. It is written
-    through a temporary folder and appears complete or not at all.
+    through a staging folder and appears complete or not at all.
     """
     from recon.cohort.make import make_cohort
     from recon.data.phantoms.population import PopulationConfig
@@ -222,6 +222,7 @@ def train_cohort(
     from recon.cohort.distributed import resolve_device
     from recon.cohort.training import CohortConfig
     from recon.cohort.training import train_cohort as run_training
+    from recon.io import signals
     from recon.nerf.config import TrainConfig
     from recon.nerf.training import TrainingDiverged, TrainingInterrupted
 
@@ -258,7 +259,7 @@ def train_cohort(
         except TrainingInterrupted as stop:
             if main:
                 typer.echo(f"Interrupted: {stop}", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(signals.exit_code(stop)) from None
         except TrainingDiverged as error:
             raise ValueError(str(error)) from None
     if not main:

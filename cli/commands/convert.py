@@ -13,6 +13,7 @@ prints.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.commands import (
+    CollimatorOption,
     ForceOption,
     ResultOutput,
     StudyOutput,
@@ -144,12 +146,16 @@ AxisOption = Annotated[
 ]
 
 
-def _print_study(study: Study, title: str, output: Path) -> None:
-    """The summary rows of a converted study (`recon.io.summary.study_rows`), its warnings,
-    then ``wrote OUTPUT``."""
+def _print_study(
+    study: Study, title: str, output: Path, warnings_: list[str] | tuple[str, ...] = ()
+) -> None:
+    """The summary rows of a converted study (`recon.io.summary.study_rows`), its warnings
+    (``warnings_``: the importer's, then the checks below), then ``wrote OUTPUT``."""
     from recon.io.summary import study_rows
 
     print_rows(title, study_rows(study))
+    for text in warnings_:
+        typer.echo(f"warning: {text}")
     if study.mu_per_mm is not None and float(study.mu_per_mm.max()) > 0.1:
         typer.echo("warning: μ above 0.1 /mm (bone is about 0.03 /mm): is the μ volume in 1/cm?")
     if study.mu_per_mm is not None and not float(study.mu_per_mm.max()) > 0:
@@ -305,6 +311,13 @@ def interfile(
             help="Rotation radius (mm); default the projections' Radius.",
         ),
     ] = None,
+    allow_outside_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-data",
+            help="Let a header name a data file outside its own folder (refused by default).",
+        ),
+    ] = False,
     force: ForceOption = False,
 ) -> None:
     """Convert Interfile projections and an attenuation volume (GATE, SIMIND, STIR) to a study.
@@ -312,7 +325,8 @@ def interfile(
     The acquisition (views, angles, pixel size, radius) comes from the projections; the image
     grid, centred on the rotation axis, from the --mu or --ct volume (CT: μ = hu_to_mu_per_mm at
     --energy-kev, and the CT is kept). Without a volume the grid covers the detector and the study
-    has no μ.
+    has no μ. A header's data file must sit in or under the header's folder unless
+    --allow-outside-data is given.
     """
     from recon.io.interfile import interfile_study
 
@@ -330,6 +344,7 @@ def interfile(
             orientation=orientation,
             isotope=isotope,
             radius_mm=radius_mm,
+            allow_outside_data=allow_outside_data,
         )
     study = add_provenance(
         study,
@@ -403,6 +418,7 @@ def dicom_planar(
     duration_s: DurationOption = None,
     sensitivity: SensitivityOption = None,
     axis_position_mm: AxisOption = None,
+    collimator: CollimatorOption = None,
     force: ForceOption = False,
 ) -> None:
     """Convert DICOM NM planar anterior/posterior images (+ a CT) to an AP/PA study.
@@ -412,11 +428,17 @@ def dicom_planar(
     voxels of the detector's row height and bin width (or --spacing-mm). With --ct, μ at the photon
     energy and the CT in HU are averaged onto that grid, the CT centred in it unless
     --axis-position-mm says where. Duration: the files' static frame time unless --duration-s.
+    The collimator: the files' CollimatorGridName matched to the collimator table (a name it
+    does not know is a warning, and no blur is modelled), unless --collimator NAME|FILE.toml.
     """
     from recon.io.dicom_nm import dicom_planar_study
 
     check_output(output, force)
-    with status("Reading the NM images" + (" and the CT..." if ct else "...")):
+    with (
+        status("Reading the NM images" + (" and the CT..." if ct else "...")),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
         study = dicom_planar_study(
             sources,
             ct=ct,
@@ -426,10 +448,12 @@ def dicom_planar(
             duration_s=duration_s,
             sensitivity_cps_per_mbq=sensitivity,
             axis_position_mm=axis_position_mm,
+            collimator=collimator,
         )
     study = add_provenance(study, "convert dicom-planar")
     _write(study, output, force)
-    _print_study(study, "DICOM NM planar " + ", ".join(str(s) for s in sources), output)
+    title = "DICOM NM planar " + ", ".join(str(s) for s in sources)
+    _print_study(study, title, output, [str(w.message) for w in caught])
 
 
 def dicom_tomo(
@@ -442,17 +466,23 @@ def dicom_tomo(
     duration_s: DurationOption = None,
     sensitivity: SensitivityOption = None,
     axis_position_mm: AxisOption = None,
+    collimator: CollimatorOption = None,
     force: ForceOption = False,
 ) -> None:
     """Convert DICOM NM tomographic projections (+ a CT) to a study.
 
-    Views, angles (β from the DICOM angles, sorted), radius, energy and frame time come from the
-    file (docs/dicom.md). The grid and the CT are handled as by 'spect convert dicom-planar'.
+    Views, angles (β from the DICOM angles, sorted), radius, energy, frame time and collimator
+    come from the file (docs/dicom.md). The grid, the CT and the collimator are handled as by
+    'spect convert dicom-planar'.
     """
     from recon.io.dicom_nm import dicom_tomo_study
 
     check_output(output, force)
-    with status("Reading the NM projections" + (" and the CT..." if ct else "...")):
+    with (
+        status("Reading the NM projections" + (" and the CT..." if ct else "...")),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
         study = dicom_tomo_study(
             file,
             ct=ct,
@@ -462,10 +492,11 @@ def dicom_tomo(
             duration_s=duration_s,
             sensitivity_cps_per_mbq=sensitivity,
             axis_position_mm=axis_position_mm,
+            collimator=collimator,
         )
     study = add_provenance(study, "convert dicom-tomo")
     _write(study, output, force)
-    _print_study(study, f"DICOM NM tomographic {file}", output)
+    _print_study(study, f"DICOM NM tomographic {file}", output, [str(w.message) for w in caught])
 
 
 # -- spect convert to-nifti / nifti-to-result ----------------------------------------------------
@@ -616,7 +647,6 @@ def anatomy(
     segments, voxels outside the body, overlaps, partial coverage) are reported as warnings.
     See docs/importers.md, "Segmentations".
     """
-    import warnings
 
     from recon.io import read_study
     from recon.io.segmentation import import_anatomy

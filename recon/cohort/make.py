@@ -7,9 +7,9 @@ the grid and each member's description, `PopulationSample.to_dict`). Each member
 of its own, so a split of the studies is a split by anatomy.
 
 The members are simulated in ``workers`` spawned processes (one torch thread each when they share
-the cores); the whole folder is written through a temporary sibling folder and renamed into place
-at the end (`recon.io.atomic.atomic_folder`), so it appears complete or not at all, also after
-an error, Ctrl-C or SIGTERM.
+the cores); the files are written into a hidden staging folder beside the cohort folder and moved
+into place together at the end (`recon.io.atomic.staged_folder`), so they appear complete or not
+at all, also after an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def make_cohort(
     workers : int
         Processes (>= 1; 1: in this process).
     overwrite : bool
-        Replace an existing ``folder``.
+        Replace the files of the same names in an existing ``folder`` (others are left alone).
     callback : callable, optional
         ``callback(done, total)`` after each study.
 
@@ -114,11 +114,12 @@ def make_cohort(
     ------
     ValueError
         Bad ``n``, ``size``, ``workers`` or ``val_fraction``.
-    FileExistsError, NotADirectoryError, FileNotFoundError
-        ``folder`` exists (without ``overwrite``), is a file, or its parent does not exist.
+    FileExistsError, FileNotFoundError
+        ``folder`` holds files of the same names (without ``overwrite``) or is a file, or its
+        parent does not exist.
     """
     from recon.batch import _usable_cores  # the one count of this process's cores
-    from recon.io.atomic import atomic_folder
+    from recon.io.atomic import staged_folder
 
     config = PopulationConfig() if config is None else config
     if not isinstance(config, PopulationConfig):
@@ -132,7 +133,8 @@ def make_cohort(
     target = Path(folder)
     t0 = time.perf_counter()
     workers = min(workers, n)
-    with atomic_folder(target, overwrite=overwrite) as tmp:
+    names = [f"{study_name(k)}.h5" for k in range(n)] + [MANIFEST_NAME, POPULATION_NAME]
+    with staged_folder(target, names, overwrite=overwrite) as tmp:
         tasks = [_Task(k, seed, config, size, oversample, str(tmp)) for k in range(n)]
         threads = max(1, _usable_cores() // workers)
         described: dict[int, dict[str, object]] = {}

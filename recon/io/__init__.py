@@ -4,6 +4,8 @@ Public names
 ------------
 Acquisition, Anatomy, Study, Result
     The in-memory data model (`recon.io.study`).
+with_collimator
+    A study with another collimator (name and parameters together).
 write_study, read_study, write_result, read_result, describe, FORMAT_VERSION
     The HDF5 study and result files (`recon.io.hdf5`, layout in ``docs/file-format.md``).
 StudyFileError
@@ -13,11 +15,17 @@ FieldError, FieldValueError, FieldTypeError
     (``"Study.projections: ..."``).
 MAX_COUNTS
     The largest count (or background) a study may hold (the likelihood stays finite in float32).
-atomic_output, atomic_folder
-    Write any file (or fill a folder) atomically: a temporary sibling, then one rename.
+atomic_output
+    Write any file atomically (temporary file in the same folder, then rename);
+    `recon.io.atomic` also has `write_bytes`, `write_text` and `staged_folder` (a folder of files
+    moved into place as a whole).
+
+Modules for failing cleanly (``docs/faults.md``): `recon.io.signals` (SIGINT/SIGTERM/SIGHUP as one
+exception, critical sections), `recon.io.limits` (declared sizes checked before allocation,
+``SPECT_MAX_MEMORY_GB``), `recon.io.text` (user text files with one-line errors).
 """
 
-from recon.io.atomic import atomic_folder, atomic_output
+from recon.io.atomic import atomic_output
 from recon.io.errors import FieldError, FieldTypeError, FieldValueError, StudyFileError
 from recon.io.hdf5 import (
     FORMAT_VERSION,
@@ -27,7 +35,7 @@ from recon.io.hdf5 import (
     write_result,
     write_study,
 )
-from recon.io.study import MAX_COUNTS, Acquisition, Anatomy, Result, Study
+from recon.io.study import MAX_COUNTS, Acquisition, Anatomy, Result, Study, with_collimator
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,11 +48,11 @@ __all__ = [
     "Result",
     "Study",
     "StudyFileError",
-    "atomic_folder",
     "atomic_output",
     "describe",
     "read_result",
     "read_study",
+    "with_collimator",
     "write_result",
     "write_study",
 ]

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -38,13 +39,15 @@ from recon.io._dicom_common import (
 )
 from recon.io.dicom_ct import ct_on_grid
 from recon.io.study import Acquisition, Study
-from spectproj import ImageGrid
+from spectproj import CollimatorSpec, ImageGrid
+from spectproj.collimator_table import collimator_spec, match_dicom_collimator
 
 __all__ = [
     "PHOTOPEAKS_KEV",
     "NmTomo",
     "PlanarImages",
     "dicom_angle_to_beta",
+    "dicom_collimator",
     "dicom_planar_study",
     "dicom_tomo_study",
     "nm_planar_study",
@@ -200,6 +203,21 @@ def _detector_item(ds: Dataset, detector: int) -> Dataset | None:
     return None
 
 
+def _collimator(
+    datasets: Sequence[Dataset], items: Sequence[Dataset | None]
+) -> tuple[str | None, str | None]:
+    """``(CollimatorGridName, CollimatorType)`` (0018,1180)/(0018,1181): the first recorded in
+    the detectors' DetectorInformationSequence items, else at the top level of the files."""
+    found: dict[str, str | None] = {"CollimatorGridName": None, "CollimatorType": None}
+    for keyword in found:
+        for holder in (*items, *datasets):
+            value = None if holder is None else holder.get(keyword)
+            if value is not None and str(value).strip():
+                found[keyword] = str(value).strip()
+                break
+    return found["CollimatorGridName"], found["CollimatorType"]
+
+
 def _optional_float(item: Dataset | None, keyword: str) -> float | None:
     if item is None or item.get(keyword) is None:
         return None
@@ -241,6 +259,9 @@ class PlanarImages:
         (``"ImageOrientationPatient"`` or the standard-display assumption).
     sources:
         ``(anterior, posterior)`` file names.
+    collimator_name, collimator_type:
+        CollimatorGridName (0018,1180) and CollimatorType (0018,1181), if recorded
+        (`spectproj.collimator_table.match_dicom_collimator` maps them to the table).
     """
 
     images: np.ndarray
@@ -255,6 +276,8 @@ class PlanarImages:
     scan_length_mm: float | None = None
     orientation: tuple[str, str] = (_STANDARD_DISPLAY, _STANDARD_DISPLAY)
     sources: tuple[str, str] = ("", "")
+    collimator_name: str | None = None
+    collimator_type: str | None = None
 
     @property
     def anterior(self) -> np.ndarray:
@@ -478,6 +501,7 @@ def read_nm_planar(
     whole_body = any("WHOLE BODY" in str(v).upper() for v in ant.ds.get("ImageType") or [])
     velocity = ant.ds.get("ScanVelocity")
     length = ant.ds.get("ScanLength")
+    collimator_name, collimator_type = _collimator([ant.ds, post.ds], [ant.item, post.item])
     return PlanarImages(
         images=np.stack(images),
         pixel_size_mm=(float(spacings[0][0]), float(spacings[0][1])),
@@ -494,6 +518,8 @@ def read_nm_planar(
         scan_length_mm=float(length) if length is not None else None,
         orientation=(hows[0], hows[1]),
         sources=(source_name(ant.ds), source_name(post.ds)),
+        collimator_name=collimator_name,
+        collimator_type=collimator_type,
     )
 
 
@@ -507,7 +533,7 @@ def nm_planar_study(
     duration_s: float | None = None,
     radius_mm: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
-    collimator: str | None = None,
+    collimator: str | CollimatorSpec | None = None,
     provenance: Mapping[str, str] | None = None,
 ) -> Study:
     """A two-view study (β = 0 anterior, β = 180 posterior) from planar images.
@@ -531,8 +557,10 @@ def nm_planar_study(
         per point is not the frame duration.
     radius_mm:
         Default: the mean recorded RadialPosition of the two detectors, if any.
-    sensitivity_cps_per_mbq, collimator, provenance:
+    sensitivity_cps_per_mbq, provenance:
         Passed to the :class:`~recon.io.study.Acquisition` / :class:`~recon.io.study.Study`.
+    collimator:
+        A collimator name (of the table) or its parameters (`spectproj.CollimatorSpec`).
     """
     energy = energy_keV if energy_keV is not None else images.energy_keV
     if energy is None:
@@ -566,7 +594,8 @@ def nm_planar_study(
         energy_window_keV=images.energy_window_keV,
         duration_s=duration_s,
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
-        collimator=collimator,
+        collimator=collimator if isinstance(collimator, str) else None,
+        collimator_spec=collimator if isinstance(collimator, CollimatorSpec) else None,
     )
     facts = {
         "source": "DICOM NM planar",
@@ -607,6 +636,8 @@ class NmTomo:
         ``acquisition.radius_mm`` is their mean).
     source:
         The file name.
+    collimator_name, collimator_type:
+        CollimatorGridName (0018,1180) and CollimatorType (0018,1181), if recorded.
     """
 
     projections: np.ndarray
@@ -615,6 +646,8 @@ class NmTomo:
     detectors: np.ndarray
     radii_mm: np.ndarray | None
     source: str
+    collimator_name: str | None = None
+    collimator_type: str | None = None
 
 
 def _radii(
@@ -783,6 +816,9 @@ def read_nm_tomo_details(
             f"{tag_text('RadiopharmaceuticalInformationSequence')} are missing; pass energy_keV"
         )
     frame_ms = rotation.get("ActualFrameDuration") or ds.get("ActualFrameDuration")
+    collimator_name, collimator_type = _collimator(
+        [ds], [_detector_item(ds, d) for d in unique_detectors]
+    )
     acquisition = Acquisition(
         angles_deg=tuple(float(b) for b in betas[order]),
         detector_shape=(projections.shape[1], projections.shape[2]),
@@ -800,6 +836,8 @@ def read_nm_tomo_details(
         detectors=np.asarray(view_detectors, dtype=np.int64)[order],
         radii_mm=radii_arr,
         source=source_name(ds),
+        collimator_name=collimator_name,
+        collimator_type=collimator_type,
     )
 
 
@@ -816,6 +854,36 @@ def read_nm_tomo(
 
 
 # -- files → study (spect convert dicom-planar / dicom-tomo) -------------------------------------
+def dicom_collimator(
+    grid_name: str | None,
+    collimator_type: str | None,
+    override: str | os.PathLike[str] | CollimatorSpec | None,
+    source: str,
+) -> tuple[CollimatorSpec | None, str]:
+    """The collimator of an imported NM study and a one-line note on where it came from.
+
+    ``override`` (``--collimator NAME|FILE.toml``) wins; else the DICOM CollimatorGridName
+    (0018,1180) and CollimatorType (0018,1181) are matched to the table
+    (`spectproj.collimator_table.match_dicom_collimator`: case, spaces and punctuation ignored).
+    A name the table does not know (or none, or a non-parallel-hole type) is a `UserWarning`
+    naming the file, and the study gets no collimator (never a silent default).
+    """
+    if override is not None:
+        chosen = collimator_spec(override)
+        given = f" (the file names {grid_name!r})" if grid_name else ""
+        return chosen, f"{chosen.name} from --collimator{given}"
+    spec, note = match_dicom_collimator(grid_name, collimator_type)
+    if spec is None:
+        warnings.warn(
+            f"{source}: {note}; the study names no collimator, so no collimator blur is "
+            "modelled: give --collimator NAME|FILE.toml (docs/collimators.md)",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None, f"none ({note})"
+    return spec, note
+
+
 def dicom_planar_study(
     sources: PathLike | Sequence[PathLike],
     *,
@@ -826,6 +894,7 @@ def dicom_planar_study(
     duration_s: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
     axis_position_mm: Sequence[float] | None = None,
+    collimator: str | os.PathLike[str] | CollimatorSpec | None = None,
 ) -> Study:
     """An AP/PA study from DICOM NM planar images (+ a CT series for μ).
 
@@ -844,11 +913,21 @@ def dicom_planar_study(
         (cps/MBq); with both, `Acquisition.count_scale` is physical.
     axis_position_mm
         Where the grid sits in the CT (`ct_on_grid`).
+    collimator
+        A collimator of the table (name or alias), a TOML file of one, or a
+        `spectproj.CollimatorSpec`; default: the files' CollimatorGridName matched to the table
+        (`dicom_collimator`).
 
     Returns
     -------
     Study
         β = 0 (anterior), 180 (posterior), μ and HU if a CT is given.
+
+    Warns
+    -----
+    UserWarning
+        The files name a collimator the table does not know (or none, or not a parallel-hole
+        one) and ``collimator`` is not given: the study then names no collimator.
     """
     source: PathLike | Sequence[PathLike] = sources
     if not isinstance(sources, (str, os.PathLike)) and len(sources) == 1:
@@ -871,6 +950,10 @@ def dicom_planar_study(
             )
         mu, hu, more = ct_on_grid(ct, grid, energy, axis_position_mm=axis_position_mm)
         facts.update(more)
+    spec, note = dicom_collimator(
+        images.collimator_name, images.collimator_type, collimator, images.sources[0]
+    )
+    facts["collimator"] = note
     return nm_planar_study(
         images,
         grid,
@@ -879,6 +962,7 @@ def dicom_planar_study(
         energy_keV=energy_keV,
         duration_s=duration_s,
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
+        collimator=spec,
         provenance=facts,
     )
 
@@ -893,11 +977,12 @@ def dicom_tomo_study(
     duration_s: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
     axis_position_mm: Sequence[float] | None = None,
+    collimator: str | os.PathLike[str] | CollimatorSpec | None = None,
 ) -> Study:
     """A tomographic study from a DICOM NM TOMO file (+ a CT series for μ).
 
-    Parameters are those of `dicom_planar_study`; the projections, angles, radius, energy and
-    frame duration come from `read_nm_tomo_details`.
+    Parameters (and the warning) are those of `dicom_planar_study`; the projections, angles,
+    radius, energy, frame duration and collimator name come from `read_nm_tomo_details`.
     """
     tomo = read_nm_tomo_details(path, energy_keV=energy_keV)
     acquisition = tomo.acquisition
@@ -906,6 +991,11 @@ def dicom_tomo_study(
         changes["duration_s"] = duration_s
     if sensitivity_cps_per_mbq is not None:
         changes["sensitivity_cps_per_mbq"] = sensitivity_cps_per_mbq
+    spec, collimator_note = dicom_collimator(
+        tomo.collimator_name, tomo.collimator_type, collimator, tomo.source
+    )
+    changes["collimator"] = None if spec is None else spec.name
+    changes["collimator_spec"] = spec
     acquisition = dataclasses.replace(acquisition, **changes)
     grid = detector_grid(
         acquisition.detector_shape,
@@ -918,6 +1008,7 @@ def dicom_tomo_study(
         "file": tomo.source,
         "detectors": json.dumps(sorted({int(d) for d in tomo.detectors})),
         "grid": "covers the detector, centred on the rotation axis",
+        "collimator": collimator_note,
     }
     mu = hu = None
     if ct is not None:

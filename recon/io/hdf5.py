@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +35,10 @@ from typing import Any, Literal, NoReturn, TypeVar
 import h5py
 import numpy as np
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import check_target, write_bytes
 from recon.io.errors import FieldError, StudyFileError
+from recon.io.limits import MAX_DEFLATE_RATIO, array_size_problem
+from recon.io.signals import deferred_signals
 from recon.io.study import (
     Acquisition,
     Anatomy,
@@ -45,7 +48,8 @@ from recon.io.study import (
     dtype_text,
     json_default,
 )
-from spectproj import ImageGrid
+from spectproj import CollimatorSpec, ImageGrid
+from spectproj.collimator_table import SPEC_KEYS
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,11 +64,12 @@ __all__ = [
     "write_study",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Layout version written by this ``spect``; files with a higher version are refused.
 
-Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 1
-files have none and still read.
+Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 3 the
+optional ``/collimator`` group (the collimator's parameters, not only its name). Older files still
+read: their collimator name is looked up in the collimator table (docs/collimators.md).
 """
 
 STUDY_FORMAT = "spect-study"
@@ -109,6 +114,18 @@ _ATTRIBUTES: dict[tuple[str, str], str] = {
     ("/acquisition", "duration_s"): "s — acquisition time per view",
     ("/acquisition", "sensitivity_cps_per_mbq"): "cps/MBq — planar system sensitivity",
     ("/acquisition", "collimator"): "collimator name",
+    ("/collimator", "name"): "collimator name (the table's row, or the user's file)",
+    ("/collimator", "hole_diameter_mm"): "mm — hole diameter D",
+    ("/collimator", "hole_length_mm"): "mm — hole (bore) length L",
+    ("/collimator", "septal_thickness_mm"): "mm — septal thickness t",
+    ("/collimator", "hole_shape"): "hex, round or square",
+    ("/collimator", "intrinsic_fwhm_mm"): "mm — intrinsic resolution (FWHM), 0: none",
+    ("/collimator", "intrinsic_energy_keV"): "keV — energy of intrinsic_fwhm_mm",
+    ("/collimator", "back_distance_mm"): "mm — collimator back face to the image plane",
+    ("/collimator", "penetration"): "septal penetration model: none or geometric",
+    ("/collimator", "vendor"): "vendor",
+    ("/collimator", "camera"): "camera",
+    ("/collimator", "source"): "where the parameters come from",
     ("/grid", "shape"): "voxels (Z, Y, X)",
     ("/grid", "spacing_mm"): "mm — voxel size (dz, dy, dx)",
     ("/grid", "offset_mm"): "mm — volume centre (oz, oy, ox) from the rotation axis",
@@ -362,7 +379,7 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
     StudyFileError
         The study breaks one of its own rules (`Study` checks them when made; checked again
         here because arrays can be changed in place: shapes, dtypes, NaN/Inf, negative or
-        above-1e30 counts, ...); the message says ``cannot write``. Nothing is written.
+        above-MAX_COUNTS (1e15) counts, ...); the message says ``cannot write``. Nothing is written.
     TypeError
         ``study`` is not a `Study`.
     FileExistsError
@@ -381,7 +398,7 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
         except (TypeError, ValueError) as error:
             chk.fail("/anatomy/labels", _short(error))
 
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f: h5py.File) -> None:
         _write_root(f, STUDY_FORMAT, software_version(), _now_utc())
         f.attrs["activity_unit"] = activity_unit
         _write_fixed(f, "/projections/counts", _float32(study.projections), activity_unit)
@@ -402,6 +419,10 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
             value = getattr(acq, name)
             if value is not None:
                 a.attrs[name] = value
+        if acq.collimator_spec is not None:
+            c = f.create_group("collimator")
+            for key, value in acq.collimator_spec.to_dict().items():
+                c.attrs[key] = value
 
         _write_grid(f, study.grid)
         if study.mu_per_mm is not None:
@@ -428,6 +449,8 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
         p = f.create_group("provenance")
         for key, value in study.provenance.items():
             p.attrs[key] = value
+
+    write_hdf5(path, fill, overwrite=overwrite)
 
 
 def _write_anatomy(f: h5py.File, anatomy: Anatomy, activity_unit: str) -> None:
@@ -480,7 +503,7 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
     history = {_check_name(chk, "/history", k): v for k, v in result.history.items()}
     extras = {_check_name(chk, "/extras", k): v for k, v in result.extras.items()}
 
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f: h5py.File) -> None:
         _write_root(
             f,
             RESULT_FORMAT,
@@ -508,6 +531,39 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
                 axes="",
                 compress=values.size >= 1024,
             )
+
+    write_hdf5(path, fill, overwrite=overwrite)
+
+
+def write_hdf5(
+    path: PathLike, fill: Callable[[h5py.File], None], *, overwrite: bool = False
+) -> None:
+    """Write an HDF5 file atomically: ``fill(f)`` builds it in memory, then its bytes go to disk.
+
+    The file is built by HDF5's in-memory (``core``) driver with SIGINT/SIGTERM/SIGHUP deferred
+    (an interrupt inside the HDF5 library would be swallowed by it, or leave it in a state that
+    crashes the interpreter at exit), and its image is written by `recon.io.atomic.write_bytes`
+    with plain Python I/O: a full disk or a read-only folder is an ``OSError`` naming ``path``,
+    the previous file is untouched and no temporary is left. Studies and results are megabytes
+    to a few hundred megabytes, so the image fits in memory beside the arrays.
+
+    Raises
+    ------
+    FileExistsError, FileNotFoundError, IsADirectoryError
+        Checked before anything is built (`recon.io.atomic.atomic_output`'s rules).
+    OSError
+        The disk write failed (full disk, quota, permissions, read-only file system).
+    """
+    check_target(path, overwrite)
+    with deferred_signals():
+        f = h5py.File(f"spect-{secrets.token_hex(8)}.h5", "w", driver="core", backing_store=False)
+        try:
+            fill(f)
+            f.flush()
+            image = f.id.get_file_image()
+        finally:
+            f.close()
+    write_bytes(path, image, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -620,6 +676,9 @@ class _Reader:
             got_axes = self.string(obj, where, "axes")
             if got_axes != axes:
                 self.fail(where, f"axes are '{got_axes}', expected '{axes}'")
+        problem = dataset_size_problem(self.chk.file, obj)
+        if problem is not None:
+            self.fail(where, problem)
         try:
             if h5py.check_string_dtype(obj.dtype) is not None:
                 data = np.asarray(obj.asstr()[()], dtype=str)  # refused by the dtype checks
@@ -656,6 +715,9 @@ class _Reader:
         g = self.group(where)
         assert g is not None
         shape = self.integers(g, where, "shape", 3)
+        problem = array_size_problem(shape, 4)  # every method allocates float32 volumes of it
+        if problem is not None:
+            self.fail(where, problem)
         spacing = self.numbers(g, where, "spacing_mm", 3)
         offset = self.numbers(g, where, "offset_mm", 3, required=False) or (0.0, 0.0, 0.0)
         for name, expected in (("axes", VOLUME_AXES), ("frame", FRAME), ("units", "mm")):
@@ -688,12 +750,62 @@ class _Reader:
             values[name] = self.number(a, where, name, required=False)
         for name in ("isotope", "collimator"):
             values[name] = self.string(a, where, name, required=False)
+        values["collimator_spec"] = self.collimator()
         try:
             return Acquisition(**values)
         except FieldError as error:
             self.chk.field(error)
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
+
+    def collimator(self) -> CollimatorSpec | None:
+        """``/collimator`` (format version 3) as a `CollimatorSpec`, or ``None`` when absent."""
+        where = "/collimator"
+        c = self.group(where, required=False)
+        if c is None:
+            return None
+        values: dict[str, Any] = {}
+        for key in c.attrs:
+            if key not in SPEC_KEYS:
+                self.fail(where, f"unknown attribute '{key}'; expected one of {list(SPEC_KEYS)}")
+            value = self.attr(c, where, key)
+            if isinstance(value, (bytes, np.bytes_, str)):
+                value = self.string(c, where, key)
+            elif isinstance(value, np.generic):
+                value = value.item()
+            values[str(key)] = value
+        try:
+            return CollimatorSpec.from_mapping(values)
+        except (TypeError, ValueError) as error:
+            self.fail(where, _short(error))
+
+
+#: HDF5 filters whose compression is bounded by deflate's (shuffle and checksums add nothing).
+_DEFLATE_LIKE = {
+    h5py.h5z.FILTER_DEFLATE,
+    h5py.h5z.FILTER_SHUFFLE,
+    h5py.h5z.FILTER_FLETCHER32,
+    32000,
+}
+
+
+def dataset_size_problem(file: PathLike, ds: h5py.Dataset) -> str | None:
+    """Why the dataset ``ds`` of ``file`` must not be read into memory (`recon.io.limits`:
+    larger than the memory budget, or than the file could hold), or ``None``."""
+    try:
+        shape = tuple(int(n) for n in (ds.shape or ()))
+        itemsize = int(ds.dtype.itemsize)
+        plist = ds.id.get_create_plist()
+        filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        return f"cannot be read; the file is damaged ({_short(error)})"
+    if not filters:
+        ratio: float | None = 1.0
+    elif filters <= _DEFLATE_LIKE:  # 32000: LZF
+        ratio = float(MAX_DEFLATE_RATIO)
+    else:
+        ratio = None
+    return array_size_problem(shape, itemsize, file_bytes=os.path.getsize(file), compression=ratio)
 
 
 def _open(path: PathLike) -> h5py.File:
@@ -919,7 +1031,7 @@ def read_study(path: PathLike) -> Study:
         One line, ``"<file>: <dataset>: <problem>"``: not an HDF5 file or a truncated one, not a
         study file, a newer format version, a missing dataset or attribute, a wrong shape, dtype
         or unit, NaN/Inf or negative counts, background, μ or activity, counts or background
-        above `recon.io.study.MAX_COUNTS` (1e30), an inconsistent grid.
+        above `recon.io.study.MAX_COUNTS` (1e15), an inconsistent grid.
     FileNotFoundError
         ``path`` does not exist.
     """

@@ -23,10 +23,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from recon.io.hdf5 import read_result, read_study
+from recon.io.hdf5 import dataset_size_problem, read_result, read_study
 from recon.io.study import Result, Study
+from spectproj import CollimatorSpec
 
 __all__ = [
+    "collimator_text",
     "grid_text",
     "range_text",
     "result_rows",
@@ -96,7 +98,7 @@ def study_rows(study: Study) -> list[tuple[str, str]]:
     if acq.energy_window_keV is not None:
         energy += f", window {acq.energy_window_keV[0]:g}–{acq.energy_window_keV[1]:g} keV"
     rows.append(("isotope, energy", f"{acq.isotope or '?'}, {energy}"))
-    rows.append(("collimator", acq.collimator or "none"))
+    rows.append(("collimator", collimator_text(acq.collimator, acq.collimator_spec)))
     if acq.radius_mm is not None:
         rows.append(("radius", f"{acq.radius_mm:g} mm"))
     if acq.duration_s is not None:
@@ -174,6 +176,22 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def collimator_text(name: str | None, spec: CollimatorSpec | None) -> str:
+    """``"SY-ME: D 2.94, L 40.64, septa 1.14 mm, hex; intrinsic 3.8 mm at 140 keV"``, the name
+    alone when its parameters are unknown, ``"none"`` without one."""
+    if spec is None:
+        return name or "none"
+    text = (
+        f"{name or spec.name}: D {spec.hole_diameter_mm:g}, L {spec.hole_length_mm:g}, "
+        f"septa {spec.septal_thickness_mm:g} mm, {spec.hole_shape}"
+    )
+    if spec.intrinsic_fwhm_mm > 0:
+        text += f"; intrinsic {spec.intrinsic_fwhm_mm:g} mm at {spec.intrinsic_energy_keV:g} keV"
+    if spec.penetration != "none":
+        text += f"; penetration {spec.penetration}"
+    return text
+
+
 def _numbers(value: Any) -> list[float] | None:
     if value is None:
         return None
@@ -206,10 +224,36 @@ def summarize(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return rows
 
 
+def _data(ds: h5py.Dataset) -> Any:
+    """All of ``ds``, unless it is larger than the file or the memory budget (``ValueError``)."""
+    problem = dataset_size_problem(ds.file.filename, ds)
+    if problem is not None:
+        raise ValueError(problem)
+    return ds[()]
+
+
 def _get_attr(obj: Any, name: str) -> Any:
     try:
         return obj.attrs[name] if name in obj.attrs else None
     except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _collimator_spec(group: Any) -> CollimatorSpec | None:
+    """The ``/collimator`` group (format version 3) as a spec, or ``None`` if absent or bad."""
+    if not isinstance(group, h5py.Group):
+        return None
+    values: dict[str, Any] = {}
+    for key in list(group.attrs):
+        value = _get_attr(group, key)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        elif isinstance(value, np.generic):
+            value = value.item()
+        values[str(key)] = value
+    try:
+        return CollimatorSpec.from_mapping(values)
+    except (TypeError, ValueError):
         return None
 
 
@@ -250,7 +294,7 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         angles = None
         if isinstance(angles_ds, h5py.Dataset):
             try:
-                angles = _numbers(angles_ds[()])
+                angles = _numbers(_data(angles_ds))
             except (OSError, RuntimeError, ValueError, TypeError):
                 angles = None
         rows.append(("views (β)", views_text(tuple(angles)) if angles else "?"))
@@ -268,7 +312,8 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         rows.append(("energy", text))
         collimator = _text(_get_attr(a, "collimator"))
         radius = _numbers(_get_attr(a, "radius_mm"))
-        text = collimator or "none named"
+        spec = _collimator_spec(_get(f, "/collimator"))
+        text = collimator_text(collimator, spec) if collimator or spec else "none named"
         if radius:
             text += f", radius {radius[0]:g} mm"
         rows.append(("collimator", text))
@@ -284,7 +329,7 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         counts = _get(f, "/projections/counts")
         if isinstance(counts, h5py.Dataset):
             try:
-                total = float(np.asarray(counts[()], dtype=np.float64).sum())
+                total = float(np.asarray(_data(counts), dtype=np.float64).sum())
                 rows.append(("total counts", f"{total:.6g}"))
             except (OSError, RuntimeError, ValueError, TypeError):
                 rows.append(("total counts", "? (unreadable)"))
@@ -329,7 +374,7 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         act = _get(f, "/activity")
         if isinstance(act, h5py.Dataset):
             try:
-                values = np.asarray(act[()], dtype=np.float64)
+                values = np.asarray(_data(act), dtype=np.float64)
                 rows.append(("activity max", f"{values.max():.6g} {unit or ''}".rstrip()))
                 spacing = _numbers(_get_attr(g, "spacing_mm")) if g is not None else None
                 if unit == "Bq/mL" and spacing and len(spacing) == 3:
@@ -352,7 +397,7 @@ def _anatomy_rows(f: Any, spacing: list[float] | None, rows: list[tuple[str, str
     voxel_ml = math.prod(spacing) * 1e-3 if spacing and len(spacing) == 3 else None
     source = _text(_get_attr(ds, "source")) or "source not given"
     try:
-        labels = np.asarray(ds[()])
+        labels = np.asarray(_data(ds))
         values, counts = np.unique(labels, return_counts=True)
     except (OSError, RuntimeError, ValueError, TypeError):
         rows.append(("anatomy", f"{source}; labels unreadable"))
@@ -372,7 +417,7 @@ def _anatomy_rows(f: Any, spacing: list[float] | None, rows: list[tuple[str, str
     body = _get(f, "/anatomy/body")
     if isinstance(body, h5py.Dataset):
         try:
-            inside = int(np.count_nonzero(np.asarray(body[()])))
+            inside = int(np.count_nonzero(np.asarray(_data(body))))
             rows.append(("  body outline", _volume_text(inside, voxel_ml)))
         except (OSError, RuntimeError, ValueError, TypeError):
             rows.append(("  body outline", "? (unreadable)"))

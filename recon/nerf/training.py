@@ -616,11 +616,8 @@ def study_physics(
 def _blur_note(
     name: str, response: CollimatorResponse, energy_keV: float, radius_mm: float | None
 ) -> str:
-    what = f"{name.upper()} at {energy_keV:g} keV" if name else "a given response"
-    return (
-        f"{what}, radius {radius_mm:g} mm "
-        f"(σ = {response.sigma0_mm:.3g} mm + {response.slope:.3g}·d), whole views"
-    )
+    what = f"{name} at {energy_keV:g} keV" if name else "a given response"
+    return f"{what}, radius {radius_mm:g} mm ({response.summary()}), whole views"
 
 
 def rendered_counts(fit_result: FitResult, study: Study) -> torch.Tensor:

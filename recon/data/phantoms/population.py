@@ -34,16 +34,16 @@ subset can be drawn in parallel):
 Uptake ranges (`TRACERS`) are **our ranges, chosen to bracket published values**, not fits to
 them. PET SUVs of the diagnostic analogue stand in for the therapy agent's pattern:
 
-- Lu-177 DOTATATE — Kuyumcu et al., Ann Nucl Med 27:538–545 (2013),
+- Lu-177 DOTATATE — Kuyumcu et al., Ann Nucl Med (2013),
   doi:10.1007/s12149-013-0718-4 (⁶⁸Ga-DOTATATE mean SUVmax: spleen 24.7, kidneys 14.3, liver
   9.1; tumours in liver 28.7, bone 18.3, lymph nodes 12.6); Özgüven et al., Mol Imaging
   Radionucl Ther 30:39–46 (2021), doi:10.4274/mirt.galenos.2021.37268 (order spleen > kidneys >
   adrenals > liver > stomach > small intestine; lungs, muscle and bone low).
-- Lu-177 PSMA — Müller et al., EJNMMI Res 9:68 (2019), doi:10.1186/s13550-019-0538-1 (PSMA-617
+- Lu-177 PSMA — Müller et al., EJNMMI Res (2019), doi:10.1186/s13550-019-0538-1 (PSMA-617
   at 18–25 h: kidneys and bladder high, liver and spleen faint, intestinal uptake rising);
-  Eur Arch Med Res 34:235–242 (2018), doi:10.5152/eamr.2018.24865 (⁶⁸Ga-PSMA-I&T SUVmax order
+  Eur Arch Med Res 34:235–242 (2018) (⁶⁸Ga-PSMA-I&T SUVmax order
   kidneys > salivary glands > bladder > small bowel > duodenum > spleen > liver > colon).
-- Tc-99m MDP — Rohani et al., Asian Spine J 14:689–694 (2020), doi:10.31616/asj.2019.0308
+- Tc-99m MDP — Rohani et al., Asian Spine J (2020), doi:10.31616/asj.2019.0308
   (normal vertebrae SUVmean 3.9, SUVmax 6.5); Cachovan et al., EJNMMI Res 3:45 (2013),
   doi:10.1186/2191-219X-3-45 (⁹⁹ᵐTc-DPD, normal lumbar spongiosa SUV 5.9 ± 1.5 at 4 h).
 
@@ -218,7 +218,7 @@ TRACERS: Mapping[str, Tracer] = MappingProxyType(
             ),
             (8.0, 40.0), ("spine", "body", "liver"),
             ("Müller et al. 2019, doi:10.1186/s13550-019-0538-1",
-             "Eur Arch Med Res 2018, doi:10.5152/eamr.2018.24865"),
+             "Eur Arch Med Res 34:235-242 (2018)"),
         ),
         "tc99m-mdp": Tracer(
             "tc99m-mdp", "Tc-99m", (5.5e3, 9e3),
