@@ -280,6 +280,34 @@ def test_one_process_matches_two_processes(cohort, torchrun) -> None:
     assert one.world_size == 1 and two["codes.weight"].shape == (3, 4)
 
 
+def test_lazy_store_holds_few_studies_and_trains_the_same_model(cohort) -> None:
+    train = TrainConfig.from_toml(cohort["toml"])
+    train = dataclasses.replace(train, steps=6, val_every=0, log_every=0)
+    grouped = CohortConfig(
+        train=train, val_steps=0, val_train_studies=0, studies_per_step=1, group_steps=2
+    )
+    eager = train_cohort(cohort["manifest"], grouped)
+    lazy = train_cohort(cohort["manifest"], dataclasses.replace(grouped, cache_studies=1))
+    assert eager.max_studies_held == 3 and eager.study_reads == 0
+    assert lazy.max_studies_held == 1  # bounded, also during the first pass
+    assert 1 <= lazy.study_reads <= 3  # at most one read per group of 2 steps
+    for name, value in eager.model.state_dict().items():
+        assert torch.equal(value, lazy.model.state_dict()[name]), name
+    assert eager.losses == lazy.losses
+    # Grouped batches: one study per group of two steps, groups differ.
+    n_lines = torch.tensor([100, 200, 300, 400])
+    seen = [
+        set(global_batch(0, step, 64, n_lines, studies_per_step=1, group_steps=2)[0].tolist())
+        for step in range(1, 9)
+    ]
+    assert all(len(s) == 1 for s in seen) and seen[0] == seen[1] and seen[2] == seen[3]
+    assert len({min(s) for s in seen}) > 1
+    with pytest.raises(ValueError, match="group_steps"):
+        CohortConfig(group_steps=0)
+    with pytest.raises(ValueError, match="cache_studies"):
+        CohortConfig(cache_studies=-1)
+
+
 def _interrupted_worker(
     rank: int, world: int, port: int, manifest: str, config: CohortConfig, out: str
 ) -> None:
@@ -439,7 +467,7 @@ def test_cohort_of_collimated_studies_renders_whole_views_with_the_blur(cohort, 
     for s in (0, 1):
         field = obj.model.study_field(s, obj.levels[s])
         g = torch.Generator().manual_seed(_mix("cohort-views", train.seed, 1, s))
-        rendered = obj.data[s].render_views(field, train.n_samples, jitter=True, generator=g)
+        rendered = obj.store[s].data.render_views(field, train.n_samples, jitter=True, generator=g)
         term, _ = data_term(rendered.expected, rendered.counts, obj.count_levels[s])
         direct += float(n[s] / n.sum()) * float(term.detach())
     assert float(loss.detach()) == pytest.approx(direct, rel=1e-6)

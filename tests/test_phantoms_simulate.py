@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from recon.data.phantoms import (
+    FIRST_LESION_LABEL,
     LABELS,
     NUCLIDES,
     Lesion,
@@ -34,7 +35,7 @@ from spectproj import (
     water_mu_per_mm,
 )
 
-ORGANS = tuple(LABELS)  # body, lungs, liver, spleen, kidneys, spine, bladder, heart
+ORGANS = tuple(n for n in LABELS if n != "bowel")  # the default torso (no bowel)
 
 
 @cache
@@ -57,15 +58,17 @@ def test_labels_present_named_and_uint8() -> None:
     ph = torso(32)
     assert ph.labels.dtype == torch.uint8
     present = set(ph.labels.unique().tolist())
-    for name, value in LABELS.items():
+    for name in ORGANS:
+        value = LABELS[name]
         assert ph.label_names[value] == name
         assert value in present, name
+    assert LABELS["bowel"] not in ph.label_names  # drawn only with include_bowel
     assert 0 in present and 0 not in ph.label_names
-    lesions = {v: n for v, n in ph.label_names.items() if v >= 10}
+    lesions = {v: n for v, n in ph.label_names.items() if v >= FIRST_LESION_LABEL}
     assert len(lesions) == 4 and all(n.startswith("lesion") for n in lesions.values())
     assert all(ph.volumes_ml[v] > 0 for v in lesions)
     # The larger lesions survive as labels on 12.5 mm voxels.
-    for v in (10, 11, 12):
+    for v in (FIRST_LESION_LABEL, FIRST_LESION_LABEL + 1, FIRST_LESION_LABEL + 2):
         assert v in present
 
 
@@ -128,7 +131,7 @@ def test_concentrations_as_configured() -> None:
     assert cfg.concentration("liver") == 1234.0
     assert float(ph.activity[ph.labels == 0].abs().max()) == 0.0
     for value, name in ph.label_names.items():
-        if value >= 10 and ph.mask(name).any():
+        if value >= FIRST_LESION_LABEL and ph.mask(name).any():
             assert float(ph.activity[ph.mask(name)][0]) == cfg.concentration(name)
     # Tc-99m defaults: lesions 4–8× background, kidneys and bladder hot, lungs low.
     d = TorsoPhantom()
@@ -171,8 +174,9 @@ def test_resolution_independence() -> None:
     cfg = TorsoPhantom()
     for k, lesion in enumerate(cfg.lesions):
         if lesion.diameter_mm >= 20:
-            assert coarse.volumes_ml[10 + k] == pytest.approx(lesion.volume_ml, rel=0.1)
-            assert fine.volumes_ml[10 + k] == pytest.approx(lesion.volume_ml, rel=0.05)
+            label = FIRST_LESION_LABEL + k
+            assert coarse.volumes_ml[label] == pytest.approx(lesion.volume_ml, rel=0.1)
+            assert fine.volumes_ml[label] == pytest.approx(lesion.volume_ml, rel=0.05)
     assert coarse.total_activity_mbq == pytest.approx(fine.total_activity_mbq, rel=0.01)
     # Labelled-voxel volumes of the large organs agree too.
     for name in ("liver", "lungs", "heart"):
@@ -184,12 +188,13 @@ def test_resolution_independence() -> None:
 def test_body_size_and_lesions_configurable() -> None:
     small = TorsoPhantom(body_width_mm=300.0, body_depth_mm=200.0, lesions=())
     ph = make_torso(default_grid(24), config=replace(small, include_heart=False))
-    assert 9 not in ph.label_names and not any(v >= 10 for v in ph.label_names)
+    assert 9 not in ph.label_names and not any(v >= FIRST_LESION_LABEL for v in ph.label_names)
     assert ph.volumes_ml[LABELS["liver"]] < torso(24).volumes_ml[LABELS["liver"]]
     one = TorsoPhantom(lesions=(Lesion((0.0, 0.0, 0.0), 40.0, 7000.0, "centre"),))
     ph1 = make_torso(default_grid(32), config=one)
-    assert ph1.label_names[10] == "centre"
-    assert ph1.volumes_ml[10] == pytest.approx(math.pi / 6 * 40.0**3 * 1e-3, rel=0.05)
+    assert ph1.label_names[FIRST_LESION_LABEL] == "centre"
+    sphere_ml = math.pi / 6 * 40.0**3 * 1e-3
+    assert ph1.volumes_ml[FIRST_LESION_LABEL] == pytest.approx(sphere_ml, rel=0.05)
     with pytest.raises(ValueError):
         Lesion((0.0, 0.0, 0.0), -1.0, 1.0)
 

@@ -20,7 +20,7 @@ show
 recon
     ``spect recon mlem``, ``spect recon nerf`` (`recon.reconstruct`).
 cohort
-    ``spect train-cohort`` and ``spect recon batch``.
+    ``spect cohort make``, ``spect train-cohort`` and ``spect recon batch``.
 anatomy
     ``spect recon organs``, ``spect recon conjugate``, ``spect quantify``.
 convert
@@ -169,6 +169,8 @@ def register(app: typer.Typer) -> None:
     recon.app.command("conjugate", help=help_text(anatomy.conjugate))(anatomy.conjugate)
     app.add_typer(recon.app, name="recon")
     app.add_typer(convert.app, name="convert")
+    cohort.app.command("make", help=help_text(cohort.make))(cohort.make)
+    app.add_typer(cohort.app, name="cohort")
 
 
 def help_text(function: Any) -> str:

@@ -1,5 +1,6 @@
-"""``spect train-cohort`` (a shared NeRF over many studies, also under ``torchrun``) and
-``spect recon batch`` (many studies, MLEM or NeRF, over several processes)."""
+"""``spect cohort make`` (simulate a cohort of a phantom population), ``spect train-cohort`` (a
+shared NeRF over many studies, also under ``torchrun``) and ``spect recon batch`` (many studies,
+MLEM or NeRF, over several processes)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,21 @@ import typer
 from cli.commands import ForceOption, check_output, output_option, print_rows, train_overrides
 from cli.progress import iteration_progress, loss_psnr_callback
 
-__all__ = ["BackendChoice", "BatchMethod", "batch", "train_cohort"]
+__all__ = ["BackendChoice", "BatchMethod", "TracerChoice", "app", "batch", "make", "train_cohort"]
+
+app = typer.Typer(
+    name="cohort",
+    help="Cohorts of studies: simulate one from a phantom population.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class TracerChoice(StrEnum):
+    """Tracer of a phantom population (`recon.data.phantoms.population.TRACERS`)."""
+
+    LU177_DOTATATE = "lu177-dotatate"
+    LU177_PSMA = "lu177-psma"
+    TC99M_MDP = "tc99m-mdp"
 
 
 class BackendChoice(StrEnum):
@@ -38,6 +53,52 @@ class BatchMethod(StrEnum):
 
     MLEM = "mlem"
     NERF = "nerf"
+
+
+def make(
+    n: Annotated[int, typer.Argument(metavar="N", min=1, help="Number of studies.")],
+    output: Annotated[Path, output_option("Cohort folder to create (studies + cohort.csv).")],
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the population.")] = 0,
+    tracer: Annotated[
+        TracerChoice, typer.Option("--tracer", case_sensitive=False, help="Uptake pattern.")
+    ] = TracerChoice.LU177_DOTATATE,
+    size: Annotated[
+        int, typer.Option("--size", min=8, help="Voxels per axis of each study's grid.")
+    ] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes.")] = 1,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction", min=0.0, max=0.99, help="Share of the studies marked 'val'."
+        ),
+    ] = 0.0,
+    force: ForceOption = False,
+) -> None:
+    """Simulate N studies of a phantom population into a new folder, with its manifest.
+
+    Each study is a torso of its own: body and organ sizes, positions and rotations, uptake per
+    organ from the tracer's published ranges, lesions, uneven uptake, a synthetic CT (μ from
+    its HU) and a segmentation with errors (docs/cohorts.md). The folder holds p0000.h5, ...,
+    cohort.csv (the manifest for 'spect train-cohort') and population.json. It is written
+    through a staging folder and appears complete or not at all.
+    """
+    from recon.cohort.make import make_cohort
+    from recon.data.phantoms.population import PopulationConfig
+
+    config = PopulationConfig(tracer=tracer.value)
+    with iteration_progress(n, "Cohort") as update:
+        made = make_cohort(
+            output, n, config, seed=seed, size=size, val_fraction=val_fraction,
+            workers=workers, overwrite=force, callback=lambda done, total: update(done),
+        )  # fmt: skip
+    manifest = made.manifest
+    rows = [
+        ("studies", f"{len(manifest.train)} training, {len(manifest.val)} held out"),
+        ("population", f"{tracer.value}, seed {seed}, {size}³ voxels"),
+        ("time", f"{made.elapsed_s:.1f} s with {made.workers} process(es)"),
+        ("manifest", str(made.manifest_path)),
+    ]
+    print_rows(f"Cohort of {n} phantoms", rows, output)
 
 
 def _rank() -> int:
@@ -113,6 +174,35 @@ def train_cohort(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed.")] = None,
+    cache_studies: Annotated[
+        int,
+        typer.Option(
+            "--cache-studies",
+            min=0,
+            help="Hold at most this many studies in memory per process, reading the others "
+            "from their files when needed (0: hold all).",
+        ),
+    ] = 0,
+    studies_per_step: Annotated[
+        int,
+        typer.Option(
+            "--studies-per-step",
+            min=0,
+            help="Draw each step's lines from this many studies (0: from all).",
+        ),
+    ] = 0,
+    group_steps: Annotated[
+        int,
+        typer.Option("--group-steps", min=1, help="Steps that share those studies."),
+    ] = 1,
+    anatomy: Annotated[
+        bool,
+        typer.Option(
+            "--anatomy",
+            help="Anatomy-conditioned network: it also takes each study's μ and segmentation "
+            "at every point (every study needs μ or a CT, and an anatomy).",
+        ),
+    ] = False,
     force: ForceOption = False,
 ) -> None:
     """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
@@ -151,7 +241,8 @@ def train_cohort(
     train = dataclasses.replace(train, preview_every=0, **changes)
     config = CohortConfig(
         train=train, val_fraction=val_fraction, val_steps=val_steps,
-        backend=backend.value, device=device.value,
+        backend=backend.value, device=device.value, cache_studies=cache_studies,
+        studies_per_step=studies_per_step, group_steps=group_steps, anatomy=anatomy,
     )  # fmt: skip
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_cohort")
 
@@ -178,7 +269,11 @@ def train_cohort(
     processes = "one process" if result.world_size == 1 else f"{result.world_size} processes"
     rows = [
         ("studies", f"{len(result.train_ids)} training, {len(result.val_ids)} held out"),
-        ("field", f"{fc.encoding}, latent {fc.latent_dim} per study"),
+        (
+            "field",
+            f"{fc.encoding}, latent {fc.latent_dim} per study"
+            + (", anatomy-conditioned" if anatomy else ""),
+        ),
         ("processes", f"{processes} on {result.device}"),
         ("steps", f"{result.steps_done} × {train.rays_per_step} lines (global batch)"),
         ("time", f"{time.perf_counter() - start:.1f} s"),

@@ -25,14 +25,28 @@ steps are identical and the replicas stay equal, exactly as for the network's we
 studies and would need a second, sparse all-to-all exchange outside DDP (NCCL has no sparse
 all-reduce; sparse embedding gradients in DDP work with gloo only and would need SparseAdam).
 
+**Anatomy-conditioned cohorts.** With ``anatomy`` (an
+`recon.nerf.anatomy_field.AnatomyFeatureConfig` whose vocabulary is the segment names of the
+cohort), the shared network also takes each study's anatomy features at the point (μ/μ_water,
+a segment embedding **shared by all studies**, a body indicator; `AnatomyFeatures`),
+
+    e_s(p) = level_s · softplus(MLP([encoding(p̂), features_s(p), z_s])) · body_s(p),
+
+so what it learns is uptake *given anatomy*, which can carry over to a body it has never seen.
+Each study's volumes (`AnatomyFeatures` built by `anatomy_features_for_study` with the cohort's
+vocabulary) are passed with its code; only the embedding is a parameter of the model. A new
+study's prior field is then an `recon.nerf.anatomy_field.AnatomyField` on its own anatomy with
+the shared weights.
+
 A trained model is saved as a weights-only checkpoint (`recon.nerf.checkpoint`, ``kind:
 "cohort-model"``); `load_cohort_model` reads it (or any cohort training checkpoint) back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +55,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from recon.io.study import Study
+from recon.nerf.anatomy_field import (
+    AnatomyFeatureConfig,
+    AnatomyFeatures,
+    AnatomyField,
+    AnatomyFieldConfig,
+    anatomy_features_for_study,
+)
 from recon.nerf.checkpoint import grid_from_dict, load_checkpoint
 from recon.nerf.field import EmissionField, FieldConfig
 from spectproj import ImageGrid
@@ -82,6 +104,26 @@ def cohort_frame(grids: list[ImageGrid] | tuple[ImageGrid, ...]) -> ImageGrid:
     )
 
 
+class _SharedFeatures(nn.Module):
+    """The shared network's features slot: the cohort's segment embedding and, during a call,
+    one study's `AnatomyFeatures` volumes (`CohortModel.using`)."""
+
+    def __init__(self, config: AnatomyFeatureConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.n_segments, config.embedding_dim)
+        self.current: AnatomyFeatures | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.config.out_features
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        if self.current is None:
+            raise RuntimeError("an anatomy-conditioned cohort network needs a study's anatomy")
+        return self.current.forward_with(points_mm, self.embedding)
+
+
 class CohortModel(nn.Module):
     """A shared `EmissionField` and one latent code per training study.
 
@@ -97,6 +139,8 @@ class CohortModel(nn.Module):
         Codes start as N(0, code_init_std²) (DeepSDF's choice; 0 gives zero codes).
     generator:
         CPU generator of that draw (the network's weights use the global torch RNG).
+    anatomy:
+        Anatomy features of the network's input (module notes); ``None``: none.
 
     Attributes
     ----------
@@ -105,6 +149,8 @@ class CohortModel(nn.Module):
         a study's code instead, through `torch.func.functional_call`).
     codes:
         ``nn.Embedding(n_codes, latent_dim)``, replicated on every rank (module notes).
+    anatomy:
+        The anatomy feature configuration (vocabulary), or ``None``.
     """
 
     def __init__(
@@ -115,6 +161,7 @@ class CohortModel(nn.Module):
         *,
         code_init_std: float = 0.01,
         generator: torch.Generator | None = None,
+        anatomy: AnatomyFeatureConfig | None = None,
     ) -> None:
         super().__init__()
         if field_config.latent_dim < 1:
@@ -123,9 +170,15 @@ class CohortModel(nn.Module):
             raise ValueError(f"n_codes must be a positive integer, got {n_codes!r}")
         if not code_init_std >= 0:
             raise ValueError(f"code_init_std must be >= 0, got {code_init_std!r}")
+        if anatomy is not None and not isinstance(anatomy, AnatomyFeatureConfig):
+            raise TypeError(
+                f"anatomy must be an AnatomyFeatureConfig, got {type(anatomy).__name__}"
+            )
         self.frame = frame
         self.field_config = field_config
-        self.field = EmissionField(frame, field_config, scale=1.0)
+        self.anatomy = anatomy
+        features = None if anatomy is None else _SharedFeatures(anatomy)
+        self.field = EmissionField(frame, field_config, scale=1.0, features=features)
         self.field.latent.requires_grad_(False)
         self.codes = nn.Embedding(n_codes, field_config.latent_dim)
         with torch.no_grad():
@@ -141,17 +194,46 @@ class CohortModel(nn.Module):
         idx = torch.tensor([int(index)], device=self.codes.weight.device)
         return self.codes(idx)[0]
 
-    def conditioned(self, points_mm: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """``softplus(MLP([encoding(p̂), code]))`` at points ``[..., 3]`` (unit scale)."""
-        return functional_call(self.field, {"latent": code}, (points_mm,))
+    @contextlib.contextmanager
+    def using(self, features: AnatomyFeatures | None) -> Iterator[None]:
+        """Within the block the shared network sees ``features`` (a study's anatomy)."""
+        slot = self.field.features
+        if not isinstance(slot, _SharedFeatures):
+            if features is not None:
+                raise ValueError("this cohort model takes no anatomy features")
+            yield
+            return
+        if features is None:
+            raise ValueError("this cohort model is anatomy-conditioned: give the study's features")
+        previous, slot.current = slot.current, features
+        try:
+            yield
+        finally:
+            slot.current = previous
 
-    def study_field(self, index: int, level: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    def conditioned(
+        self,
+        points_mm: torch.Tensor,
+        code: torch.Tensor,
+        features: AnatomyFeatures | None = None,
+    ) -> torch.Tensor:
+        """``softplus(MLP([encoding(p̂), (features(p),) code]))`` at points ``[..., 3]`` (unit
+        scale), times the body indicator with anatomy features."""
+        with self.using(features):
+            values = functional_call(self.field, {"latent": code}, (points_mm,))
+        if features is not None:
+            values = values * features.inside(points_mm).to(values.dtype)
+        return values
+
+    def study_field(
+        self, index: int, level: float = 1.0, features: AnatomyFeatures | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The activity field of training study ``index``: points ``[N, 3]`` → ``[N]``,
         ``level · conditioned(p, z_index)`` (differentiable in the network and the code)."""
         code = self.code(index)
 
         def field(points_mm: torch.Tensor) -> torch.Tensor:
-            return self.conditioned(points_mm, code) * level
+            return self.conditioned(points_mm, code, features) * level
 
         return field
 
@@ -160,9 +242,14 @@ class CohortModel(nn.Module):
         return self.codes.weight.detach().mean(dim=0)
 
     def prior_field(
-        self, code: torch.Tensor | None = None, scale: float = 1.0, *, train_network: bool = False
-    ) -> EmissionField:
-        """A stand-alone `EmissionField` with the shared network's weights and a code of its own.
+        self,
+        code: torch.Tensor | None = None,
+        scale: float = 1.0,
+        *,
+        train_network: bool = False,
+        study: Study | None = None,
+    ) -> EmissionField | AnatomyField:
+        """A stand-alone field with the shared network's weights and a code of its own.
 
         Parameters
         ----------
@@ -173,21 +260,39 @@ class CohortModel(nn.Module):
             sets it from the data on a fresh start).
         train_network:
             Leave the network's weights trainable; otherwise only ``latent`` is.
+        study:
+            The new study; required by an anatomy-conditioned model, whose prior field is an
+            `AnatomyField` on the study's anatomy (with the cohort's vocabulary and the cohort
+            frame's normalisation).
 
         Returns
         -------
-        EmissionField
+        EmissionField or AnatomyField
             A copy on the CPU (the model is not changed); an ordinary single-study field, so
             `recon.nerf.training.fit`, `recon.nerf.export.to_result` and `load_field` apply.
         """
-        field = EmissionField(self.frame, self.field_config, scale=float(scale))
         state = {k: v.detach().cpu() for k, v in self.field.state_dict().items()}
         state["scale"] = torch.tensor(float(scale))
         start = self.mean_code() if code is None else code.detach()
         state["latent"] = start.to(dtype=state["latent"].dtype).cpu().clone()
-        field.load_state_dict(state)
+        field: EmissionField | AnatomyField
+        if self.anatomy is None:
+            field = EmissionField(self.frame, self.field_config, scale=float(scale))
+            field.load_state_dict(state)
+        else:
+            if study is None:
+                raise ValueError("an anatomy-conditioned cohort model needs the new study")
+            features = anatomy_features_for_study(study, self.anatomy)
+            config = AnatomyFieldConfig(field=self.field_config, features=features.config)
+            field = AnatomyField(study.grid, config, features, scale=float(scale))
+            mine = field.network.state_dict()
+            mine.update(
+                {k: v for k, v in state.items() if k in mine and k.split(".")[0] != "features"}
+            )
+            mine["features.embedding.weight"] = state["features.embedding.weight"]
+            field.network.load_state_dict(mine)  # the cohort frame's centre and extent included
         for name, p in field.named_parameters():
-            p.requires_grad_(train_network or name == "latent")
+            p.requires_grad_(train_network or name.split(".")[-1] == "latent")
         return field
 
 
@@ -242,9 +347,13 @@ def load_cohort_model(source: str | os.PathLike[str] | Mapping[str, Any]) -> Loa
         )
     rep = payload["representation"]
     field_config = FieldConfig(**dict(rep["field_config"]))
+    anatomy = rep.get("anatomy")
+    features = None if anatomy is None else AnatomyFeatureConfig.from_dict(anatomy)
     cohort = payload["cohort"]
     ids = [str(s) for s in cohort["train_ids"]]
-    model = CohortModel(grid_from_dict(rep["grid"]), field_config, len(ids), code_init_std=0.0)
+    model = CohortModel(
+        grid_from_dict(rep["grid"]), field_config, len(ids), code_init_std=0.0, anatomy=features
+    )
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as error:

@@ -163,7 +163,7 @@ def fit_with_prior(
 
         return inner
 
-    field_ = model.prior_field(train_network=phase == "fine-tune")
+    field_ = model.prior_field(train_network=phase == "fine-tune", study=study)
     first: FitResult | None
     if phase == "code":
         first = fit(
@@ -189,6 +189,7 @@ def fit_with_prior(
         "model": None if loaded.path is None else os.fspath(loaded.path),
         "model_step": loaded.step,
         "n_training_studies": model.n_codes,
+        "anatomy_conditioned": model.anatomy is not None,
         "cohort_used_3d_supervision": bool(
             loaded.payload.get("cohort", {}).get("used_3d_supervision", False)
         ),

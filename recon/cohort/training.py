@@ -85,13 +85,12 @@ from recon.cohort.model import (
     cohort_frame,
 )
 from recon.cohort.prior import organ_activity_error
-from recon.io import read_study
-from recon.io.study import Study
+from recon.cohort.store import StudyStore, read_entry
+from recon.nerf.anatomy_field import AnatomyFeatureConfig
 from recon.nerf.checkpoint import LAST_CHECKPOINT, grid_to_dict, load_checkpoint
 from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.export import sample_on_grid
-from recon.nerf.rays import RayData, study_digest
-from recon.nerf.training import fit, study_physics
+from recon.nerf.training import fit
 from recon.training import runtime, terms
 from recon.training.loop import Trainer, require_same
 from recon.training.runtime import request_stop
@@ -158,6 +157,24 @@ class CohortConfig:
     device:
         ``"auto"`` (``cuda:<LOCAL_RANK>`` if CUDA is available, else ``cpu``), ``"cpu"`` or
         ``"cuda"``.
+    cache_studies:
+        0: every rank holds every training study's data (counts, μ, projector) in memory; ``k``:
+        at most ``k`` at once, read from their files when a step needs them
+        (`recon.cohort.store.StudyStore`, for cohorts larger than memory). The model does not
+        depend on it.
+    studies_per_step:
+        0: each sample of a step is drawn from all training studies; ``k``: from ``k`` studies
+        drawn for every group of ``group_steps`` steps (so a lazy store of ``k`` studies reads
+        ``k`` files per group, not per step). Changes the batches, hence the model.
+    group_steps:
+        Steps that share the same ``studies_per_step`` studies.
+    anatomy:
+        Anatomy-conditioned cohort: the shared network also takes each study's anatomy
+        features (μ/μ_water, a shared segment embedding, the body indicator;
+        `recon.cohort.model`); every training study needs a μ map or CT, and an anatomy. The
+        vocabulary is the union of the training studies' segment names.
+    anatomy_embedding_dim:
+        Size of the shared segment embedding.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
@@ -168,6 +185,11 @@ class CohortConfig:
     val_train_studies: int = 8
     backend: str = "auto"
     device: str = "auto"
+    cache_studies: int = 0
+    studies_per_step: int = 0
+    group_steps: int = 1
+    anatomy: bool = False
+    anatomy_embedding_dim: int = 8
 
     def __post_init__(self) -> None:
         t = self.train
@@ -186,10 +208,16 @@ class CohortConfig:
             raise ValueError(f"code_init_std must be >= 0, got {self.code_init_std!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        for name in ("val_steps", "val_train_studies"):
+        for name in ("val_steps", "val_train_studies", "cache_studies", "studies_per_step"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("group_steps", "anatomy_embedding_dim"):
+            g = getattr(self, name)
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {g!r}")
+        if not isinstance(self.anatomy, bool):
+            raise TypeError(f"anatomy must be a bool, got {self.anatomy!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
@@ -248,6 +276,9 @@ class CohortResult:
         Where this copy ran.
     amp:
         The mixed precision used (`recon.training.runtime.amp_mode`).
+    max_studies_held, study_reads:
+        On this rank: the most training studies whose data were in memory at once, and the
+        study files read again after the first pass (`recon.cohort.store.StudyStore`).
     """
 
     model: CohortModel
@@ -267,6 +298,8 @@ class CohortResult:
     world_size: int
     device: str
     amp: str = "off"
+    max_studies_held: int = 0
+    study_reads: int = 0
 
 
 def train_cohort(
@@ -363,6 +396,8 @@ def train_cohort(
             world_size=info.world_size,
             device=str(info.device),
             amp=trainer.amp,
+            max_studies_held=objective.store.max_held,
+            study_reads=objective.store.loads,
         )
 
 
@@ -393,7 +428,13 @@ def _mix(*values: object) -> int:
 
 
 def global_batch(
-    seed: int, step: int, batch: int, n_lines: torch.Tensor
+    seed: int,
+    step: int,
+    batch: int,
+    n_lines: torch.Tensor,
+    *,
+    studies_per_step: int = 0,
+    group_steps: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The samples of step ``step`` (1-based), the same on every rank and for any world size.
 
@@ -407,6 +448,11 @@ def global_batch(
         The global batch size B.
     n_lines:
         ``[S]`` number of training lines of each training study.
+    studies_per_step:
+        0: the studies are uniform over all; ``k``: uniform over ``k`` studies drawn (without
+        replacement, from ``(seed, group)``) for the group ``(step − 1) // group_steps``.
+    group_steps:
+        Steps per group.
 
     Returns
     -------
@@ -417,7 +463,14 @@ def global_batch(
         ``[r·B/W, (r+1)·B/W)``.
     """
     g = torch.Generator().manual_seed(_mix("cohort-batch", seed, step))
-    studies = torch.randint(len(n_lines), (batch,), generator=g)
+    n_studies = len(n_lines)
+    if 0 < studies_per_step < n_studies:
+        group = (step - 1) // max(1, group_steps)
+        pick = torch.Generator().manual_seed(_mix("cohort-group", seed, group))
+        chosen = torch.randperm(n_studies, generator=pick)[:studies_per_step]
+        studies = chosen[torch.randint(studies_per_step, (batch,), generator=g)]
+    else:
+        studies = torch.randint(n_studies, (batch,), generator=g)
     u = torch.rand(batch, generator=g, dtype=torch.float64)
     order = torch.argsort(studies, stable=True)
     studies, u = studies[order], u[order]
@@ -457,25 +510,33 @@ class _StepModule(nn.Module):
             in_s = batch.studies == s
             n_s, level = int(in_s.sum()), obj.levels[s]
             code = self.model.code(s)
+            loaded = obj.store[s]
 
-            def field(points: torch.Tensor, code: torch.Tensor = code, level: float = level):
-                return self.model.conditioned(points, code) * level
+            def field(
+                points: torch.Tensor,
+                code: torch.Tensor = code,
+                level: float = level,
+                features: Any = loaded.features,
+            ) -> torch.Tensor:
+                return self.model.conditioned(points, code, features) * level
 
             render = self._views if obj.views[s] else self._lines
             data_sum, samples = render(obj, batch, s, in_s, field)
             sums["data"] = sums["data"] + data_sum
             pairs = supervision = None
-            grid = obj.data[s].geometry.grid
+            grid = loaded.data.geometry.grid
             if len(batch.pair_u):
                 offset = c.reg_offset_mm or float(min(grid.spacing_mm))
                 u, d = batch.pair_u[in_s], batch.pair_d[in_s]
                 pairs = terms.pairs_in_grid(grid, u, d, offset, dev)
             if c.l1_activity > 0:
                 index = batch.voxels[in_s].to(dev)
-                supervision = (runtime.voxel_points(grid, index), obj.truth[s][index])
+                truth = loaded.truth
+                assert truth is not None  # the store holds a truth whenever l1_activity > 0
+                supervision = (runtime.voxel_points(grid, index), truth[index])
             regs = terms.field_regularisers(
                 field, c, level, latent=code, ray_samples=samples, pairs=pairs,
-                mu_at=obj.data[s].mu_at, supervision=supervision, autocast=obj.autocast,
+                mu_at=loaded.data.mu_at, supervision=supervision, autocast=obj.autocast,
             )  # fmt: skip
             for name, value in regs.items():
                 sums[name] = sums[name] + n_s * value
@@ -489,7 +550,7 @@ class _StepModule(nn.Module):
         obj: _CohortObjective, batch: _Batch, s: int, in_s: torch.Tensor, field: Any
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Σ over study ``s``'s samples of the data term of its lines, and their ray samples."""
-        c, data = obj.train_cfg, obj.data[s]
+        c, data = obj.train_cfg, obj.store[s].data
         total, samples = torch.zeros(()), list[torch.Tensor]()
         for key in torch.unique(batch.keys[in_s]).tolist():  # one group per ray kind
             sel = in_s & (batch.keys == key)
@@ -517,7 +578,7 @@ class _StepModule(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Study ``s``'s whole-view data term (with its collimator blur) times its samples: the
         same on every rank that holds some of them, so any split sums to the same gradient."""
-        c, data = obj.train_cfg, obj.data[s]
+        c, data = obj.train_cfg, obj.store[s].data
         generator = None
         if c.jitter:
             generator = torch.Generator().manual_seed(_mix("cohort-views", c.seed, batch.step, s))
@@ -565,54 +626,30 @@ class _CohortObjective:
         return runtime.autocast(self.amp, self.dev)
 
     def _load_studies(self) -> None:
-        """Read the studies and derive each training study's lines, levels and digest."""
-        t = self.train_cfg
-        self.data: list[RayData] = []
-        self.levels: list[float] = []
-        self.count_levels: list[float] = []
-        self.digests: list[str] = []
-        self.truth: list[torch.Tensor] = []
-        self.views: list[bool] = []  # whole views with the collimator blur, else lines
-        self.notes: list[str] = []
-        for entry in self.train_entries:
-            study = _read(entry.path, entry.study_id)
-            try:
-                physics = study_physics(study, t, "study")
-            except ValueError as error:
-                raise ValueError(f"{entry.path}: {error}") from None
-            data = RayData(
-                study, holdout_fraction=t.holdout_fraction, seed=t.seed, device=self.dev,
-                collimator=physics.response,
-            )  # fmt: skip
-            self.views.append(physics.render == "views")
-            self.notes.append(physics.note)
-            if len(data.train_lines) == 0:
-                raise ValueError(f"{entry.path}: no training pixels (holdout_fraction leaves none)")
-            try:
-                self.levels.append(data.activity_level())
-            except ValueError as error:
-                raise ValueError(f"{entry.path}: {error}") from None
-            self.count_levels.append(data.count_level())
-            self.digests.append(study_digest(study))
-            self.data.append(data)
-            if t.l1_activity > 0:
-                if study.truth_activity is None:
-                    raise ValueError(
-                        f"{entry.path}: l1_activity > 0 needs every training study's truth "
-                        "activity, and this study has none"
-                    )
-                truth = torch.as_tensor(study.truth_activity, dtype=torch.float32)
-                self.truth.append(truth.reshape(-1).to(self.dev))
-        self.val_studies: list[Study] = [_read(e.path, e.study_id) for e in self.val_entries]
-        self.grids = [d.geometry.grid for d in self.data] + [s.grid for s in self.val_studies]
-        self.n_lines = torch.tensor([len(d.train_lines) for d in self.data])
+        """Read the studies (`recon.cohort.store.StudyStore`): each training study's lines,
+        levels and digest stay in memory, its data too unless ``cache_studies`` is set; the
+        held-out studies are read for their grids only (and again when validated)."""
+        c = self.config
+        anatomy = AnatomyFeatureConfig(embedding_dim=c.anatomy_embedding_dim) if c.anatomy else None
+        self.store = StudyStore(
+            self.train_entries, self.train_cfg, self.dev, c.cache_studies, anatomy=anatomy
+        )
+        infos = self.store.infos
+        self.levels = [i.level for i in infos]
+        self.count_levels = [i.count_level for i in infos]
+        self.digests = [i.digest for i in infos]
+        self.views = [i.views for i in infos]  # whole views with the collimator blur, else lines
+        self.notes = [i.note for i in infos]
+        val_grids = [read_entry(e).grid for e in self.val_entries]
+        self.grids = [i.grid for i in infos] + val_grids
+        self.n_lines = torch.tensor([len(i.train_lines) for i in infos])
 
     def _init_model(self) -> None:
         config, info, t = self.config, self.info, self.train_cfg
         codes_rng = torch.Generator().manual_seed(t.seed + CODE_SEED_OFFSET)
         self.model = CohortModel(
-            cohort_frame(self.grids), t.field, len(self.data),
-            code_init_std=config.code_init_std, generator=codes_rng,
+            cohort_frame(self.grids), t.field, len(self.store),
+            code_init_std=config.code_init_std, generator=codes_rng, anatomy=self.store.anatomy,
         ).to(self.dev)  # fmt: skip
         self.representation = self.model
         step_module = _StepModule(self)
@@ -659,13 +696,16 @@ class _CohortObjective:
             )
         saved = payload["representation"]
         mine = self._representation()
-        if saved["field_config"] != mine["field_config"] or saved["grid"] != mine["grid"]:
+        same = all(saved.get(k) == mine[k] for k in ("field_config", "grid", "anatomy"))
+        if not same:
             raise ValueError(
                 f"{path}: the checkpoint's architecture {saved['field_config']} differs from "
                 f"this run's {mine['field_config']}"
             )
         names = ("seed", "holdout_fraction", "rays_per_step", "n_samples", "jitter", "render")
         require_same(path, payload["config"]["train"], self.train_cfg, names)
+        saved_cohort = {"studies_per_step": 0, "group_steps": 1, **payload["config"]}
+        require_same(path, saved_cohort, self.config, ("studies_per_step", "group_steps"))
         return payload
 
     def restore(self, payload: Mapping[str, Any]) -> None:
@@ -681,20 +721,17 @@ class _CohortObjective:
     def draw(self, step: int) -> _Batch:
         """This rank's slice of the global batch of ``step``, with ray groups and jitter offsets."""
         t, info = self.train_cfg, self.info
-        studies, positions = global_batch(t.seed, step, t.rays_per_step, self.n_lines)
+        studies, positions = global_batch(
+            t.seed, step, t.rays_per_step, self.n_lines,
+            studies_per_step=self.config.studies_per_step, group_steps=self.config.group_steps,
+        )  # fmt: skip
         lines = torch.empty_like(positions)
         keys = torch.empty_like(positions)
         for s in torch.unique(studies).tolist():
             sel = studies == s
-            data = self.data[s]
-            ln = data.train_lines[positions[sel]]
-            lines[sel] = ln
-            paired = (data.opposed[ln] >= 0).long()
-            if t.n_samples is None:
-                per_line = torch.tensor(data.samples_per_view)[data.view[ln]]
-            else:
-                per_line = torch.full_like(ln, int(t.n_samples))
-            keys[sel] = paired * 2**20 + per_line
+            study = self.store.infos[s]
+            lines[sel] = study.train_lines[positions[sel]]
+            keys[sel] = study.line_keys[positions[sel]]
         offsets = _rank_within(studies * 2**21 + keys)
         b = t.rays_per_step // info.world_size
         mine = slice(info.rank * b, (info.rank + 1) * b)
@@ -702,7 +739,7 @@ class _CohortObjective:
         if t.l1_activity > 0:  # one supervision voxel per sample, from its own generator
             g = torch.Generator().manual_seed(_mix("cohort-voxels", t.seed, step))
             u = torch.rand(len(studies), generator=g, dtype=torch.float64)
-            n_vox = torch.tensor([len(a) for a in self.truth])[studies]
+            n_vox = torch.tensor([i.n_voxels for i in self.store.infos])[studies]
             voxels = torch.minimum((u * n_vox).long(), n_vox - 1)[mine]
         pair_u = pair_d = torch.zeros(0, 3, dtype=torch.float64)
         if t.tv_3d > 0 or t.ct_smoothness > 0:  # one point pair per sample, likewise
@@ -725,15 +762,16 @@ class _CohortObjective:
         info, c, t = self.info, self.config, self.train_cfg
         self.model.eval()
         mine: list[tuple[str, int, dict[str, Any]]] = []
-        n_train = min(c.val_train_studies, len(self.data))
+        n_train = min(c.val_train_studies, len(self.store))
         for s in range(info.rank, n_train, info.world_size):
             with torch.no_grad():
-                deviance, psnr = self.data[s].validate(
-                    self.model.study_field(s, self.levels[s]), t.n_samples,
+                loaded = self.store[s]
+                deviance, psnr = loaded.data.validate(
+                    self.model.study_field(s, self.levels[s], loaded.features), t.n_samples,
                     render="views" if self.views[s] else "lines",
                 )  # fmt: skip
             mine.append(("train", s, {"deviance": deviance, "psnr": psnr}))
-        for v in range(info.rank, len(self.val_studies), info.world_size):
+        for v in range(info.rank, len(self.val_entries), info.world_size):
             mine.append(("heldout", v, self._fit_heldout(v)))
         self.model.train()
         gathered = sorted(
@@ -756,7 +794,8 @@ class _CohortObjective:
         return out
 
     def _fit_heldout(self, v: int) -> dict[str, Any]:
-        study, entry = self.val_studies[v], self.val_entries[v]
+        entry = self.val_entries[v]
+        study = read_entry(entry)
         failed = {"id": entry.study_id, "deviance": math.nan, "psnr": math.nan, "organ_error": None}
         if self.config.val_steps == 0:
             return failed
@@ -764,7 +803,7 @@ class _CohortObjective:
             self.train_cfg, steps=self.config.val_steps, val_every=0, log_every=0,
             checkpoint_every=0, preview_every=0, deterministic=False, l1_activity=0.0,
         )  # fmt: skip  # a held-out study is fitted to its projections only
-        field_ = self.model.prior_field()
+        field_ = self.model.prior_field(study=study)
         try:
             with _keep_rng():
                 result = fit(field_, study, cfg, device=self.dev)
@@ -784,6 +823,7 @@ class _CohortObjective:
             "kind": "CohortModel",
             "grid": grid_to_dict(self.model.frame),
             "field_config": self.model.field_config.to_dict(),
+            "anatomy": None if self.model.anatomy is None else self.model.anatomy.to_dict(),
         }
 
     def checkpoint_extras(self) -> dict[str, Any]:
@@ -813,13 +853,6 @@ class _CohortObjective:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _read(path: Path, study_id: str) -> Study:
-    try:
-        return read_study(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such study file (study {study_id!r})") from None
 
 
 def _agree(info: DistInfo, fn: Callable[[], Any]) -> Any:

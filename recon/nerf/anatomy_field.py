@@ -253,13 +253,18 @@ class AnatomyFeatures(nn.Module):
         return self.segment_at(points_mm) != self.config.outside_index
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return self.forward_with(points_mm, self.embedding)
+
+    def forward_with(self, points_mm: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
+        """The features with another segment embedding of the same shape (a cohort's shared
+        one, `recon.cohort.model.CohortModel`)."""
         batch = points_mm.shape[:-1]
         pts = points_mm.reshape(-1, 3)
-        dtype = self.embedding.weight.dtype
+        dtype = embedding.weight.dtype
         index = self.segment_at(pts)
         mu = GridField(self.mu_ratio, self.grid)(pts.to(self.mu_ratio.dtype)).to(dtype)
         body = (index != self.config.outside_index).to(dtype)
-        features = torch.cat([mu[:, None], self.embedding(index), body[:, None]], dim=-1)
+        features = torch.cat([mu[:, None], embedding(index), body[:, None]], dim=-1)
         return features.reshape(*batch, self.out_features)
 
 

@@ -9,10 +9,23 @@ See ``docs/phantoms.md``::
 Variants with the flaws of clinical data (uneven uptake, necrotic and unsegmented lesions,
 segmentation errors, scatter), simulated from a finer grid: `PhantomVariant`,
 `simulate_variant`, `segmentation_from_phantom` (``recon.data.phantoms.variants``).
+
+A population of torsos (body and organ sizes, positions, rotations, uptake per tracer, lesions,
+a synthetic CT, segmentation errors) from a seeded distribution: `PopulationConfig`,
+`sample_torso`, `simulate_sample` (``recon.data.phantoms.population``).
 """
 
+from recon.data.phantoms.population import (
+    TRACERS,
+    PopulationConfig,
+    PopulationSample,
+    sample_population,
+    sample_torso,
+    simulate_sample,
+)
 from recon.data.phantoms.torso import (
     COLLIMATORS,
+    DEFAULT_TISSUE_HU,
     ENERGY_WINDOWS_KEV,
     FIRST_LESION_LABEL,
     LABELS,
@@ -20,6 +33,7 @@ from recon.data.phantoms.torso import (
     ORGANS,
     TYPICAL_SENSITIVITY_CPS_PER_MBQ,
     Lesion,
+    OrganPose,
     Phantom,
     TorsoPhantom,
     UptakeField,
@@ -44,16 +58,21 @@ from recon.data.phantoms.variants import (
 
 __all__ = [
     "COLLIMATORS",
+    "DEFAULT_TISSUE_HU",
     "ENERGY_WINDOWS_KEV",
     "FIRST_LESION_LABEL",
     "HETEROGENEOUS_ORGANS",
     "LABELS",
     "NUCLIDES",
     "ORGANS",
+    "TRACERS",
     "TYPICAL_SENSITIVITY_CPS_PER_MBQ",
     "Lesion",
+    "OrganPose",
     "Phantom",
     "PhantomVariant",
+    "PopulationConfig",
+    "PopulationSample",
     "TorsoPhantom",
     "UptakeField",
     "block_mean",
@@ -65,7 +84,10 @@ __all__ = [
     "make_torso",
     "nuclide_energy",
     "nuclide_name",
+    "sample_population",
+    "sample_torso",
     "segmentation_from_phantom",
+    "simulate_sample",
     "simulate_variant",
     "structure_at",
     "vary_lesions",

@@ -14,6 +14,7 @@ Units: lengths mm, μ 1/mm at the photon energy, activity concentration Bq/mL. S
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -21,10 +22,17 @@ from types import MappingProxyType
 
 import torch
 
-from spectproj import CollimatorResponse, ImageGrid, bone_mu_per_mm, water_mu_per_mm
+from spectproj import (
+    CollimatorResponse,
+    ImageGrid,
+    bone_mu_per_mm,
+    hu_to_mu_per_mm,
+    water_mu_per_mm,
+)
 
 __all__ = [
     "COLLIMATORS",
+    "DEFAULT_TISSUE_HU",
     "ENERGY_WINDOWS_KEV",
     "FIRST_LESION_LABEL",
     "LABELS",
@@ -32,6 +40,7 @@ __all__ = [
     "ORGANS",
     "TYPICAL_SENSITIVITY_CPS_PER_MBQ",
     "Lesion",
+    "OrganPose",
     "Phantom",
     "TorsoPhantom",
     "UptakeField",
@@ -120,9 +129,29 @@ LABELS: Mapping[str, int] = MappingProxyType(
         "spine": 7,
         "bladder": 8,
         "heart": 9,
+        "bowel": 10,
     }
 )
-FIRST_LESION_LABEL = 10
+FIRST_LESION_LABEL = 11
+
+#: Typical unenhanced CT numbers (HU, at ~120 kVp) of the structures, for a synthetic CT
+#: (`make_torso`'s ``tissue_hu``): ``"lesion"`` stands for every lesion; ``"spine"`` is a mix of
+#: cancellous and cortical vertebral bone. Air outside the body is −1000 HU.
+DEFAULT_TISSUE_HU: Mapping[str, float] = MappingProxyType(
+    {
+        "body": 20.0,
+        "lungs": -800.0,
+        "liver": 55.0,
+        "spleen": 45.0,
+        "kidney_right": 30.0,
+        "kidney_left": 30.0,
+        "spine": 600.0,
+        "bladder": 10.0,
+        "heart": 40.0,
+        "bowel": 0.0,
+        "lesion": 40.0,
+    }
+)
 
 #: Reference body size (mm) for which `ORGANS` and lesion centres are given.
 REFERENCE_BODY_MM: tuple[float, float, float] = (380.0, 220.0, 340.0)  # length, depth, width
@@ -136,9 +165,10 @@ class _Ellipsoid:
     semi_axes_mm: tuple[float, float, float]
 
 
-#: Organ ellipsoids of the reference body (centre (z, y, x), semi-axes (a_z, a_y, a_x), mm), in
-#: painting order: a later structure overwrites an earlier one where they overlap, and every
-#: structure is clipped to the body. The spine is a bone cylinder (see `_SPINE`).
+#: Organ ellipsoids of the reference body (centre (z, y, x), semi-axes (a_z, a_y, a_x), mm). They
+#: are painted in the order bowel (only with ``include_bowel``), lungs, liver, spleen, kidneys,
+#: spine, bladder, heart, lesions: a later structure overwrites an earlier one where they overlap,
+#: and every structure is clipped to the body. The spine is a bone cylinder (see `_SPINE`).
 ORGANS: Mapping[str, tuple[_Ellipsoid, ...]] = MappingProxyType(
     {
         "lungs": (
@@ -151,11 +181,85 @@ ORGANS: Mapping[str, tuple[_Ellipsoid, ...]] = MappingProxyType(
         "kidney_left": (_Ellipsoid((-40.0, 55.0, 65.0), (50.0, 28.0, 25.0)),),
         "bladder": (_Ellipsoid((-150.0, -35.0, 0.0), (30.0, 35.0, 45.0)),),
         "heart": (_Ellipsoid((75.0, -25.0, 30.0), (45.0, 45.0, 55.0)),),
+        "bowel": (
+            _Ellipsoid((-85.0, -25.0, 0.0), (45.0, 45.0, 95.0)),  # small bowel, lower abdomen
+            _Ellipsoid((-25.0, -50.0, 0.0), (18.0, 22.0, 105.0)),  # transverse colon
+        ),
     }
 )
 #: Spine: a cylinder along z over the whole body length, axis (y, x) in mm and radius in mm.
 _SPINE_AXIS_YX_MM = (70.0, 0.0)
 _SPINE_RADIUS_MM = 18.0
+
+
+@dataclass(frozen=True)
+class OrganPose:
+    """How one organ of a torso differs from the reference anatomy (a population's variation).
+
+    Each ellipsoid of the organ (`ORGANS`, after scaling with the body) has its semi-axes
+    multiplied by ``scale``, its centre moved by ``shift_mm``, and is rotated about its own centre
+    by ``rotation_deg``. The spine (a cylinder along z) takes the shift in (y, x) and scales its
+    radius by ``sqrt(scale_y · scale_x)``; it is not rotated.
+
+    Attributes
+    ----------
+    organ : str
+        An organ of `LABELS` (not ``"body"``).
+    scale : tuple of 3 float
+        Factors ``(z, y, x)`` of the semi-axes, each in (0.2, 5).
+    shift_mm : tuple of 3 float
+        Shift ``(z, y, x)`` of the centre in mm (patient frame).
+    rotation_deg : tuple of 3 float
+        Angles (degrees) of rotations about the z (axial plane), y and x axes, applied in that
+        order (``R = R_z · R_y · R_x``), each in [−90, 90].
+    """
+
+    organ: str
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.organ not in LABELS or self.organ == "body":
+            organs = [n for n in LABELS if n != "body"]
+            raise ValueError(f"OrganPose.organ must be one of {organs}, got {self.organ!r}")
+        for name, lo, hi in (
+            ("scale", 0.2, 5.0), ("shift_mm", -math.inf, math.inf), ("rotation_deg", -90.0, 90.0)
+        ):  # fmt: skip
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 3 or not all(math.isfinite(v) and lo <= v <= hi for v in values):
+                raise ValueError(
+                    f"OrganPose.{name} ({self.organ}) must be three finite numbers (z, y, x)"
+                    + ("" if math.isinf(hi) else f" in [{lo}, {hi}]")
+                    + f", got {getattr(self, name)!r}"
+                )
+            if name == "scale" and min(values) <= lo:
+                raise ValueError(f"OrganPose.scale ({self.organ}) must be > {lo}, got {values}")
+            object.__setattr__(self, name, values)
+
+    @functools.cached_property
+    def _matrix(self) -> tuple[tuple[float, float, float], ...]:
+        return _rotation_zyx(*self.rotation_deg)
+
+    def rotation(self) -> tuple[tuple[float, float, float], ...]:
+        """The 3 × 3 rotation matrix ``R_z · R_y · R_x`` in (z, y, x) coordinates (rows)."""
+        return self._matrix
+
+
+def _rotation_zyx(az: float, ay: float, ax: float) -> tuple[tuple[float, float, float], ...]:
+    """``R_z(az) · R_y(ay) · R_x(ax)`` (degrees) acting on (z, y, x) column vectors."""
+    a, b, c = (math.radians(v) for v in (az, ay, ax))
+    # About z: mixes (y, x); about y: mixes (z, x); about x: mixes (z, y).
+    rz = ((1.0, 0.0, 0.0), (0.0, math.cos(a), -math.sin(a)), (0.0, math.sin(a), math.cos(a)))
+    ry = ((math.cos(b), 0.0, math.sin(b)), (0.0, 1.0, 0.0), (-math.sin(b), 0.0, math.cos(b)))
+    rx = ((math.cos(c), -math.sin(c), 0.0), (math.sin(c), math.cos(c), 0.0), (0.0, 0.0, 1.0))
+
+    def mul(p: tuple[tuple[float, ...], ...], q: tuple[tuple[float, ...], ...]) -> tuple:
+        return tuple(
+            tuple(sum(p[i][k] * q[k][j] for k in range(3)) for j in range(3)) for i in range(3)
+        )
+
+    return mul(mul(rz, ry), rx)
 
 
 @dataclass(frozen=True)
@@ -274,15 +378,20 @@ class TorsoPhantom:
         Relative change of the cross-section over the body length: the semi-axes scale as
         ``1 + body_taper · z / body_length_mm`` (wider at the chest than at the pelvis for > 0).
         Organs and lesion centres scale with the body size (relative to `REFERENCE_BODY_MM`).
-    body, lungs, liver, spleen, kidney_right, kidney_left, spine, bladder, heart : float
+    body, lungs, liver, spleen, kidney_right, kidney_left, spine, bladder, heart, bowel : float
         Activity concentration of each structure in Bq/mL (``body`` is the soft-tissue
-        background).
+        background; ``bowel`` is used only with ``include_bowel``).
     lesions : tuple of Lesion
-        Spherical lesions, painted last (labels 10, 11, ...).
+        Spherical lesions, painted last (labels 11, 12, ...).
     include_heart : bool
         Whether to draw the heart; without it the lungs and body fill its place.
+    include_bowel : bool
+        Whether to draw the bowel (label 10, painted first so every other organ covers it).
     lung_density : float
         Lung density relative to water: lung μ = ``lung_density · μ_water``.
+    organ_poses : tuple of OrganPose
+        Per-organ size, position and rotation changes (at most one per organ); none: the
+        reference anatomy scaled with the body.
     """
 
     body_width_mm: float = 340.0
@@ -298,11 +407,14 @@ class TorsoPhantom:
     spine: float = 1000.0
     bladder: float = 10000.0
     heart: float = 2000.0
+    bowel: float = 1000.0
     lesions: tuple[Lesion, ...] = field(
         default_factory=lambda: default_lesions((8000.0, 8000.0, 6000.0, 4000.0))
     )
     include_heart: bool = True
     lung_density: float = 0.3
+    include_bowel: bool = False
+    organ_poses: tuple[OrganPose, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("body_width_mm", "body_depth_mm", "body_length_mm"):
@@ -323,6 +435,23 @@ class TorsoPhantom:
         if FIRST_LESION_LABEL + len(lesions) > 256:
             raise ValueError(f"at most {256 - FIRST_LESION_LABEL} lesions fit in uint8 labels")
         object.__setattr__(self, "lesions", lesions)
+        poses = tuple(self.organ_poses)
+        if not all(isinstance(p, OrganPose) for p in poses):
+            raise TypeError("organ_poses must be a sequence of OrganPose")
+        organs = [p.organ for p in poses]
+        if len(set(organs)) != len(organs):
+            raise ValueError(f"organ_poses: at most one pose per organ, got {organs}")
+        object.__setattr__(self, "organ_poses", poses)
+        for name in ("include_heart", "include_bowel"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    def pose(self, organ: str) -> OrganPose:
+        """The pose of ``organ`` (the identity when `organ_poses` has none)."""
+        for p in self.organ_poses:
+            if p.organ == organ:
+                return p
+        return OrganPose(organ)
 
     # -- presets -----------------------------------------------------------------------------
     @classmethod
@@ -347,6 +476,7 @@ class TorsoPhantom:
             spine=20e3,
             bladder=300e3,
             heart=40e3,
+            bowel=40e3,
             lesions=default_lesions((2.5e6, 2.0e6, 1.5e6, 1.2e6)),
         )
 
@@ -369,7 +499,8 @@ class TorsoPhantom:
 
     def label_names(self) -> dict[int, str]:
         """Label value → name of every structure this configuration draws (0, outside, omitted)."""
-        names = {v: k for k, v in LABELS.items() if k != "heart" or self.include_heart}
+        drawn = {"heart": self.include_heart, "bowel": self.include_bowel}
+        names = {v: k for k, v in LABELS.items() if drawn.get(k, True)}
         for k, lesion in enumerate(self.lesions):
             names[FIRST_LESION_LABEL + k] = _lesion_name(lesion, k)
         return names
@@ -378,6 +509,7 @@ class TorsoPhantom:
         """A JSON-serialisable description (lesions as dicts)."""
         d = asdict(self)
         d["lesions"] = [asdict(les) for les in self.lesions]
+        d["organ_poses"] = [asdict(p) for p in self.organ_poses]
         return d
 
 
@@ -414,6 +546,9 @@ class Phantom:
         `UptakeField`), where known.
     config : TorsoPhantom or None
         The configuration it was made from (``None`` for hand-made phantoms).
+    ct_hu : torch.Tensor or None
+        ``[Z, Y, X]`` synthetic CT (HU, partial-volume mean per voxel, −1000 outside the body)
+        when `make_torso` was given ``tissue_hu``; ``mu`` is then derived from it.
     """
 
     activity: torch.Tensor
@@ -425,10 +560,12 @@ class Phantom:
     volumes_ml: Mapping[int, float] = field(default_factory=dict)
     config: TorsoPhantom | None = None
     activities_mbq: Mapping[int, float] = field(default_factory=dict)
+    ct_hu: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = tuple(self.grid.shape)
-        for name in ("activity", "mu", "labels"):
+        names = ("activity", "mu", "labels") + (() if self.ct_hu is None else ("ct_hu",))
+        for name in names:
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
                 raise ValueError(f"{name} must be a tensor of the grid's shape {shape}")
@@ -531,10 +668,71 @@ class _Part:
     inside: _Inside  # (z [n,1,1], y [1,m,1], x [1,1,l]) mm -> bool [n, m, l]
 
 
-def _ellipsoid_part(label: int, e: _Ellipsoid, scale: tuple[float, float, float]) -> _Part:
+def _ellipsoid_part(
+    label: int, e: _Ellipsoid, scale: tuple[float, float, float], pose: OrganPose | None = None
+) -> _Part:
     cz, cy, cx = (c * f for c, f in zip(e.centre_mm, scale, strict=True))
     az, ay, ax = (a * f for a, f in zip(e.semi_axes_mm, scale, strict=True))
-    return _ellipsoid_like(label, (cz, cy, cx), (az, ay, ax))
+    if pose is None or pose == OrganPose(pose.organ):
+        return _ellipsoid_like(label, (cz, cy, cx), (az, ay, ax))
+    centre = tuple(c + d for c, d in zip((cz, cy, cx), pose.shift_mm, strict=True))
+    semi = tuple(a * f for a, f in zip((az, ay, ax), pose.scale, strict=True))
+    return _rotated_ellipsoid(label, centre, semi, pose.rotation())  # type: ignore[arg-type]  # 3 values
+
+
+def _spine_geometry(config: TorsoPhantom) -> tuple[float, float, float]:
+    """Axis ``(y, x)`` and radius (mm) of the spine cylinder (body scaling and pose applied)."""
+    sy_body = config.body_depth_mm / REFERENCE_BODY_MM[1]
+    sx_body = config.body_width_mm / REFERENCE_BODY_MM[2]
+    pose = config.pose("spine")
+    sy = _SPINE_AXIS_YX_MM[0] * sy_body + pose.shift_mm[1]
+    sx = _SPINE_AXIS_YX_MM[1] * sx_body + pose.shift_mm[2]
+    r = _SPINE_RADIUS_MM * math.sqrt(sy_body * sx_body * pose.scale[1] * pose.scale[2])
+    return sy, sx, r
+
+
+_Posed = tuple[tuple[float, ...], tuple[float, ...], tuple[tuple[float, float, float], ...]]
+
+
+def _posed_ellipsoids(config: TorsoPhantom, name: str) -> list[_Posed]:
+    """``(centre (z, y, x) mm, semi-axes mm, rotation)`` of each ellipsoid of organ ``name``, as
+    `make_torso` paints it (body scaling and the organ's pose applied)."""
+    ref_len, ref_depth, ref_width = REFERENCE_BODY_MM
+    scale = (
+        config.body_length_mm / ref_len,
+        config.body_depth_mm / ref_depth,
+        config.body_width_mm / ref_width,
+    )
+    pose = config.pose(name)
+    out: list[_Posed] = []
+    for e in ORGANS[name]:
+        centre = tuple(c * f + d for c, f, d in zip(e.centre_mm, scale, pose.shift_mm, strict=True))
+        semi = tuple(a * f * g for a, f, g in zip(e.semi_axes_mm, scale, pose.scale, strict=True))
+        out.append((centre, semi, pose.rotation()))
+    return out
+
+
+def _rotated_ellipsoid(
+    label: int,
+    centre: tuple[float, float, float],
+    semi: tuple[float, float, float],
+    rotation: tuple[tuple[float, float, float], ...],
+) -> _Part:
+    """An ellipsoid whose axes are the columns of ``rotation`` (in (z, y, x) coordinates)."""
+    (cz, cy, cx), r = centre, rotation
+    # Bounding box half-widths: h_j = sqrt(Σ_i (R_ji · a_i)²).
+    h = [math.sqrt(sum((r[j][i] * semi[i]) ** 2 for i in range(3))) for j in range(3)]
+
+    def inside(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        dz, dy, dx = z - cz, y - cy, x - cx
+        total = torch.zeros((), dtype=torch.float64, device=z.device)
+        for i in range(3):  # local coordinate i = (Rᵀ d)_i
+            local = r[0][i] * dz + r[1][i] * dy + r[2][i] * dx
+            total = total + (local / semi[i]) ** 2
+        return total <= 1.0
+
+    box = (cz - h[0], cz + h[0], cy - h[1], cy + h[1], cx - h[2], cx + h[2])
+    return _Part(label, box, inside)
 
 
 def _ellipsoid_like(
@@ -570,8 +768,7 @@ def _parts(config: TorsoPhantom) -> tuple[_Part, list[_Part]]:
         (-half_len, half_len, -ay0 * grow, ay0 * grow, -ax0 * grow, ax0 * grow),
         body_inside,
     )
-    sy, sx = _SPINE_AXIS_YX_MM[0] * scale[1], _SPINE_AXIS_YX_MM[1] * scale[2]
-    r = _SPINE_RADIUS_MM * math.sqrt(scale[1] * scale[2])
+    sy, sx, r = _spine_geometry(config)
 
     def spine_inside(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return ((y - sy) ** 2 + (x - sx) ** 2 <= r * r) & (z.abs() <= half_len)
@@ -580,13 +777,17 @@ def _parts(config: TorsoPhantom) -> tuple[_Part, list[_Part]]:
         LABELS["spine"], (-half_len, half_len, sy - r, sy + r, sx - r, sx + r), spine_inside
     )
 
-    others: list[_Part] = []
+    def organ(name: str) -> list[_Part]:
+        pose = config.pose(name)
+        return [_ellipsoid_part(LABELS[name], e, scale, pose) for e in ORGANS[name]]
+
+    others: list[_Part] = organ("bowel") if config.include_bowel else []
     for name in ("lungs", "liver", "spleen", "kidney_right", "kidney_left"):
-        others.extend(_ellipsoid_part(LABELS[name], e, scale) for e in ORGANS[name])
+        others.extend(organ(name))
     others.append(spine)
-    others.extend(_ellipsoid_part(LABELS["bladder"], e, scale) for e in ORGANS["bladder"])
+    others.extend(organ("bladder"))
     if config.include_heart:
-        others.extend(_ellipsoid_part(LABELS["heart"], e, scale) for e in ORGANS["heart"])
+        others.extend(organ("heart"))
     n_lesions = len(config.lesions)
     for k, lesion in enumerate(config.lesions):
         cz, cy, cx = (c * f for c, f in zip(lesion.centre_mm, scale, strict=True))
@@ -651,6 +852,7 @@ def make_torso(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     uptake: UptakeField | None = None,
+    tissue_hu: Mapping[str, float] | None = None,
 ) -> Phantom:
     """Evaluate the torso phantom on ``grid``.
 
@@ -673,6 +875,12 @@ def make_torso(
         Device on which the phantom is evaluated and returned.
     uptake : UptakeField, optional
         Uneven uptake inside some organs (one field value per voxel of ``grid``).
+    tissue_hu : Mapping[str, float], optional
+        CT number (HU) of each structure (names of `LABELS`, ``"lesion"`` for every lesion;
+        missing ones take `DEFAULT_TISSUE_HU`). Given, the phantom has a synthetic CT
+        (``ct_hu``: partial-volume mean of the HU, −1000 outside the body) and its μ is derived
+        from it by `spectproj.hu_to_mu_per_mm`, the way a patient's μ map comes from the CT
+        (``lung_density`` is then unused).
 
     Returns
     -------
@@ -710,6 +918,21 @@ def make_torso(
     for k, lesion in enumerate(config.lesions):
         conc[FIRST_LESION_LABEL + k] = lesion.concentration
         conc[n_labels + k] = lesion.core_concentration
+    if tissue_hu is not None:  # paint HU, convert the voxel means to μ below
+        unknown = sorted(set(tissue_hu) - set(DEFAULT_TISSUE_HU))
+        if unknown:
+            raise ValueError(
+                f"tissue_hu: unknown structures {unknown}; expected some of "
+                f"{list(DEFAULT_TISSUE_HU)}"
+            )
+        hu = {**DEFAULT_TISSUE_HU, **{k: float(v) for k, v in tissue_hu.items()}}
+        bad = {k: v for k, v in hu.items() if not (math.isfinite(v) and -1000.0 <= v <= 3000.0)}
+        if bad:
+            raise ValueError(f"tissue_hu values must be in [-1000, 3000] HU, got {bad}")
+        mu_of[0] = -1000.0
+        for organ, value in LABELS.items():
+            mu_of[value] = hu[organ]
+        mu_of[FIRST_LESION_LABEL:] = hu["lesion"]
     cores = [k for k, les in enumerate(config.lesions) if les.core_diameter_mm > 0]
     n_paint = n_labels + (max(cores) + 1 if cores else 0)  # labels that may be painted
 
@@ -773,9 +996,14 @@ def make_torso(
     sub_ml = grid.voxel_volume_mm3 / s**3 * 1e-3
     volumes = {lab: float(counts[lab]) * sub_ml for lab in names}
     activities = {lab: float(totals[lab]) * sub_ml * 1e-6 for lab in names}
+    ct = None
+    if tissue_hu is not None:
+        ct = mu.to(dtype)
+        mu = hu_to_mu_per_mm(mu, energy_keV)
     return Phantom(
         activity=activity.to(dtype),
         mu=mu.to(dtype),
+        ct_hu=ct,
         labels=labels,
         label_names=MappingProxyType(dict(names)),
         grid=grid,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -64,6 +65,7 @@ HETEROGENEOUS_ORGANS: tuple[str, ...] = (
     "spine",
     "bladder",
     "heart",
+    "bowel",
 )
 
 #: Lesions of at least this volume (mL) are never shrunk below it by `lesion_size_jitter`.
@@ -267,17 +269,7 @@ def vary_lesions(config: TorsoPhantom, variant: PhantomVariant) -> TorsoPhantom:
             config.body_width_mm / REFERENCE_BODY_MM[2],
         ]
     )
-    dirs = np.array(
-        [
-            (a, b, c)
-            for a in (-1, 0, 1)
-            for b in (-1, 0, 1)
-            for c in (-1, 0, 1)
-            if (a, b, c) != (0, 0, 0)
-        ],
-        dtype=float,
-    )
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = sphere_probe_directions()
     placed: list[tuple[np.ndarray, float]] = []  # (patient-frame centre, radius)
     lesions: list[Lesion] = []
     for k, lesion in enumerate(config.lesions):
@@ -311,6 +303,16 @@ def vary_lesions(config: TorsoPhantom, variant: PhantomVariant) -> TorsoPhantom:
             )
         )
     return replace(config, lesions=tuple(lesions))
+
+
+def sphere_probe_directions() -> np.ndarray:
+    """The 26 unit vectors ``[26, 3]`` towards the neighbours of a cube's centre: the surface
+    points at which a sphere is checked to lie inside a structure."""
+    dirs = np.array(
+        [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if a or b or c],
+        dtype=float,
+    )
+    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
 
 
 def _jittered_centre(
@@ -582,6 +584,7 @@ def simulate_variant(
     counts_per_view: float = 2e6,
     radius_mm: float = 250.0,
     noise: bool = True,
+    tissue_hu: Mapping[str, float] | None = None,
 ) -> Study:
     """Simulate an AP/PA study of a phantom variant, from a finer grid (no inverse crime).
 
@@ -619,6 +622,10 @@ def simulate_variant(
         Rotation axis to collimator face (mm).
     noise : bool
         Poisson counts (seeded by ``variant.seed``); ``False`` gives the expected counts.
+    tissue_hu : Mapping[str, float], optional
+        CT numbers of the structures (`make_torso`): the study then carries the synthetic CT
+        (``ct_hu``) of the study grid and μ derived from it, and the simulation uses the μ of
+        the fine grid's CT, as for a patient whose μ map comes from the CT.
 
     Returns
     -------
@@ -662,7 +669,9 @@ def simulate_variant(
     s_fine = max(1, math.ceil(fine.spacing_mm[0] / 2.5 - 1e-9))
     cfg = vary_lesions(config, variant)
 
-    coarse_phantom = make_torso(coarse, energy, cfg, supersample=oversample * s_fine)
+    coarse_phantom = make_torso(
+        coarse, energy, cfg, supersample=oversample * s_fine, tissue_hu=tissue_hu
+    )
     uptake = None
     if variant.heterogeneity_rms > 0:
         # One field in mm: its statistics on the study grid's organs set each organ's modulation.
@@ -671,7 +680,9 @@ def simulate_variant(
         )
         terms = heterogeneous_uptake(coarse_phantom, field(coarse), variant.heterogeneity_rms)
         uptake = UptakeField(field(fine), terms)
-    fine_phantom = make_torso(fine, energy, cfg, supersample=s_fine, uptake=uptake)
+    fine_phantom = make_torso(
+        fine, energy, cfg, supersample=s_fine, uptake=uptake, tissue_hu=tissue_hu
+    )
     geometry = ParallelGeometry.ap_pa(
         fine,
         detector_shape=(coarse.shape[0], coarse.shape[2]),
@@ -716,6 +727,7 @@ def simulate_variant(
         study,
         grid=coarse,
         mu_per_mm=coarse_phantom.mu.cpu().to(torch.float32).numpy(),
+        ct_hu=None if coarse_phantom.ct_hu is None else coarse_phantom.ct_hu.cpu().numpy(),
         truth_activity=truth.to(torch.float32).numpy(),
         labels=coarse_phantom.labels.cpu().numpy(),
         label_names=dict(coarse_phantom.label_names),

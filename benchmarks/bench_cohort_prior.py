@@ -1,0 +1,467 @@
+"""Does an anatomy-conditioned cohort prior carry over to anatomies it has never seen?
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_cohort_prior.py [--size 32] [--train-sizes 8,32]
+        [--cohort-steps 300] [--fit-steps 200] [--l1 0.05] [--json FILE] [--write-docs]
+
+**Data.** A phantom population (`recon.data.phantoms.population`, Lu-177 DOTATATE, ``--seed``):
+every member is an anatomy of its own (body, organ sizes, positions, rotations, uptake, lesions,
+heterogeneity, segmentation errors, synthetic CT), simulated AP/PA from a grid twice as fine
+(MEGP blur, 1–4e6 counts per view). The split is **by anatomy**: members ``0 … n_test − 1`` are
+the test set, the next ``n_val`` validate the cohort training, the rest train; a training set of
+size N is the first N training members (so the 8 are inside the 32). The imported patient-15
+phantom (`recon.io.patient15.patient15_study`, never in training; skipped without
+``/work/shared/data``) is a second test: Poisson counts at 2e6 per view, its organs (liver,
+spleen, kidneys) as the segmentation, its three tumours unsegmented.
+
+**Methods**, each given only the test study (projections, μ/CT, segmentation), with the same
+step budget ``--fit-steps`` for every NeRF:
+
+* single-study NeRF: the anatomy-conditioned NeRF from scratch (`recon.nerf.anatomy_field`,
+  the cohort's architecture);
+* organs + residual (`recon.anatomy.reconstruct_organs`, its defaults);
+* prior (code): the cohort model, only the new study's latent code fitted
+  (`recon.cohort.fit_with_prior`);
+* prior + fine-tune: half the steps on the code, then every weight at a tenth of the rate.
+
+The cohort models are anatomy-conditioned (`CohortConfig.anatomy`), trained with 3D
+supervision (``l1_activity = --l1`` on the training phantoms' truth; 0 turns it off, recorded in
+the record), reading their studies lazily (``cache_studies``) with ``studies_per_step``.
+
+**Scores.** Organ error: activity in each segment of the study's segmentation (liver, spleen,
+kidneys) against the true activity of the organ; the mean |error| over organs and test studies.
+Lesion error: lesions of ≥ 5 mL (patient 15: its three tumours), activity in the true lesion mask
+(organs + residual: its matched residual source), mean |error|.
+
+**Throughput**: lines per second per process of the anatomy-conditioned cohort training at 1
+and 2 processes (gloo, one thread each, the ``torchrun`` code path), same global batch.
+
+``--write-docs`` writes the tables into ``docs/cohorts.md`` between
+``<!-- bench-cohort-prior:begin -->`` and ``<!-- bench-cohort-prior:end -->`` and the figure
+``docs/images/cohort-prior.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_anatomy import Score, score_table, score_voxels  # noqa: E402
+from bench_cohort import run_processes  # noqa: E402
+
+from recon.anatomy import reconstruct_organs  # noqa: E402
+from recon.cohort import CohortConfig, Manifest, fit_with_prior, train_cohort  # noqa: E402
+from recon.cohort.manifest import ManifestEntry  # noqa: E402
+from recon.data.phantoms import FIRST_LESION_LABEL  # noqa: E402
+from recon.data.phantoms.population import (  # noqa: E402
+    PopulationConfig,
+    PopulationSample,
+    sample_torso,
+    simulate_sample,
+)
+from recon.io import Anatomy, Result, Study, read_study, write_study  # noqa: E402
+from recon.nerf.anatomy_field import AnatomyFieldConfig, anatomy_field_for_study  # noqa: E402
+from recon.nerf.config import TrainConfig  # noqa: E402
+from recon.nerf.export import sample_on_grid  # noqa: E402
+from recon.nerf.field import FieldConfig  # noqa: E402
+from recon.nerf.training import fit  # noqa: E402
+
+BEGIN, END = "<!-- bench-cohort-prior:begin -->", "<!-- bench-cohort-prior:end -->"
+FIGURE = ROOT / "docs" / "images" / "cohort-prior.png"
+PATIENT15 = Path("/work/shared/data/lu177_dotatate_patient15")
+ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
+MIN_LESION_ML = 5.0
+SINGLE = ("single-study NeRF", "organs + residual")
+
+
+def train_settings(args: argparse.Namespace, steps: int) -> TrainConfig:
+    """The NeRF settings of the cohort, the prior fits and the single-study fits."""
+    return TrainConfig(
+        steps=steps, rays_per_step=args.batch, n_samples=32, lr=5e-3, lr_schedule="cosine",
+        lr_min=2.5e-4, val_every=0, log_every=0, checkpoint_every=0, preview_every=0,
+        latent_l2=1e-4, seed=args.seed, holdout_fraction=0.0,
+        field=FieldConfig(
+            encoding="hashgrid", latent_dim=16, hash_levels=8, hash_features=2,
+            hash_log2_size=15, hash_base_resolution=8, hash_finest_resolution=128,
+            hash_mlp_depth=2, hash_mlp_width=32,
+        ),
+    )  # fmt: skip
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def population_studies(
+    args: argparse.Namespace, folder: Path
+) -> tuple[list[Path], list[Path], list[Path], list[PopulationSample]]:
+    """Write the test, validation and training members; their paths and the test samples."""
+    config = PopulationConfig(tracer="lu177-dotatate")
+    n_train = max(args.train_sizes)
+    total = args.n_test + args.n_val + n_train
+    paths, samples = [], []
+    for k in range(total):
+        sample = sample_torso(config, args.seed, k)
+        path = folder / f"p{k:04d}.h5"
+        write_study(path, simulate_sample(sample, size=args.size))
+        paths.append(path)
+        samples.append(sample)
+    test, val = paths[: args.n_test], paths[args.n_test : args.n_test + args.n_val]
+    return test, val, paths[args.n_test + args.n_val :], samples[: args.n_test]
+
+
+def lesion_centres(study: Study, sample: PopulationSample | None) -> dict[str, tuple[float, ...]]:
+    """Lesions of >= 5 mL (name → centre (x, y, z) mm): population members from their
+    description, patient 15 from its tumours' masks."""
+    out: dict[str, tuple[float, ...]] = {}
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    labels = np.asarray(study.labels)
+    for value, name in study.label_names.items():
+        is_lesion = value >= FIRST_LESION_LABEL if sample is not None else "tumour" in name
+        if not is_lesion:
+            continue
+        mask = labels == value
+        if not mask.any():  # a small lesion may hold no voxel's majority
+            continue
+        if sample is not None:
+            lesion = sample.phantom.lesions[value - FIRST_LESION_LABEL]
+            if lesion.volume_ml < MIN_LESION_ML:
+                continue
+        elif mask.sum() * voxel_ml < MIN_LESION_ML:
+            continue
+        idx = np.argwhere(mask).mean(axis=0)
+        z, y, x = (float(study.grid.centres_mm(a)[0]) + idx[a] * study.grid.spacing_mm[a]
+                   for a in range(3))  # fmt: skip
+        out[name] = (x, y, z)
+    return out
+
+
+def patient15(args: argparse.Namespace) -> Study | None:
+    """Patient 15 with Poisson counts (2e6 per view), its organs as the segmentation."""
+    if not PATIENT15.is_dir():
+        return None
+    from recon.io.patient15 import patient15_study
+
+    study = patient15_study(PATIENT15)
+    scale = 2e6 / float(study.projections.sum(axis=(1, 2)).mean())
+    rng = np.random.default_rng(args.seed)
+    counts = rng.poisson(study.projections * scale).astype(np.float32)
+    per_unit = dataclasses.replace(
+        study.acquisition, duration_s=1.0, sensitivity_cps_per_mbq=1.0
+    ).count_scale  # counts per line integral at 1 cps/MBq for 1 s
+    acq = dataclasses.replace(
+        study.acquisition, duration_s=1.0, sensitivity_cps_per_mbq=scale / per_unit
+    )  # so that count_scale = scale: the counts and the model agree
+    labels = np.asarray(study.labels)
+    organs = {v: n for v, n in study.label_names.items() if n in ORGANS}
+    seg = np.where(np.isin(labels, list(organs)), labels, 0).astype(np.uint8)
+    body = np.asarray(study.mu_per_mm) > 0
+    anatomy = Anatomy(labels=seg, names=organs, body=body, source="patient-15 organs")
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    truth = np.asarray(study.truth_activity, dtype=np.float64)
+    mbq = {
+        n: float(truth[labels == v].sum()) * voxel_ml * 1e-6 for v, n in study.label_names.items()
+    }
+    provenance = {**study.provenance, "truth_activity_mbq": json.dumps(mbq)}
+    return dataclasses.replace(
+        study, projections=counts, acquisition=acq, anatomy=anatomy, provenance=provenance
+    )
+
+
+# -- methods -------------------------------------------------------------------------------------
+
+
+def single_nerf(study: Study, train: TrainConfig) -> Result:
+    field = anatomy_field_for_study(study, AnatomyFieldConfig(field=train.field))
+    outcome = fit(field, study, train)
+    volume = sample_on_grid(outcome.representation, study.grid)
+    return Result(np.asarray(volume, dtype=np.float32), study.grid, "anatomy-nerf")
+
+
+def prior_fit(study: Study, model: Path, train: TrainConfig, fine_tune: bool) -> Result:
+    outcome = fit_with_prior(study, model, fine_tune=fine_tune, config=train)
+    volume = sample_on_grid(outcome.representation, study.grid)
+    return Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf")
+
+
+def evaluate(
+    study: Study, lesions: dict[str, tuple[float, ...]], models: dict[int, Path],
+    args: argparse.Namespace,
+) -> dict[str, Score]:  # fmt: skip
+    train = train_settings(args, args.fit_steps)
+    scores: dict[str, Score] = {}
+
+    def timed(name: str, run: Any, table: bool = False) -> None:
+        t0 = time.perf_counter()
+        result = run()
+        scores[name] = (score_table if table else score_voxels)(study, result, lesions)
+        scores[name].seconds = time.perf_counter() - t0
+
+    timed("single-study NeRF", lambda: single_nerf(study, train))
+    timed("organs + residual", lambda: reconstruct_organs(study).result, table=True)
+    for n, model in models.items():
+        timed(f"prior (code), N={n}", lambda m=model: prior_fit(study, m, train, False))
+        timed(f"prior + fine-tune, N={n}", lambda m=model: prior_fit(study, m, train, True))
+    return scores
+
+
+def train_models(
+    args: argparse.Namespace, train: list[Path], val: list[Path], folder: Path
+) -> tuple[dict[int, Path], dict[int, dict[str, Any]]]:
+    models, info = {}, {}
+    settings = dataclasses.replace(
+        train_settings(args, args.cohort_steps), l1_activity=args.l1, holdout_fraction=0.1
+    )
+    for n in args.train_sizes:
+        manifest = Manifest(
+            tuple(ManifestEntry(p.stem, p, "train") for p in train[:n])
+            + tuple(ManifestEntry(p.stem, p, "val") for p in val)
+        )
+        config = CohortConfig(
+            train=settings, anatomy=True, val_steps=args.val_steps, val_train_studies=2,
+            cache_studies=min(n, args.studies_per_step), group_steps=args.group_steps,
+            studies_per_step=min(n, args.studies_per_step),
+        )  # fmt: skip
+        path = folder / f"model-{n}.pt"
+        t0 = time.perf_counter()
+        result = train_cohort(manifest, config, model_path=path, overwrite=True)
+        info[n] = {
+            "seconds": time.perf_counter() - t0,
+            "lines_per_s": result.samples_per_s,
+            "study_reads": result.study_reads,
+            "max_studies_held": result.max_studies_held,
+            "heldout_organ_error": [h.get("organ_error") for h in result.heldout],
+            "used_3d_supervision": args.l1 > 0,
+        }
+        print(f"  cohort N={n}: {info[n]['seconds']:.0f} s, {result.samples_per_s:.0f} lines/s, "
+              f"val organ error {info[n]['heldout_organ_error']}", flush=True)  # fmt: skip
+        models[n] = path
+    return models, info
+
+
+def throughput(args: argparse.Namespace, train: list[Path]) -> list[dict[str, Any]]:
+    n = min(8, len(train))
+    manifest = Manifest(tuple(ManifestEntry(p.stem, p, "train") for p in train[:n]))
+    settings = train_settings(args, args.warmup + args.timed_steps)
+    config = CohortConfig(
+        train=settings, anatomy=True, val_steps=0, val_train_studies=0, backend="gloo",
+        device="cpu",
+    )  # fmt: skip
+    rows = []
+    for world in (1, 2):
+        stamps = run_processes(manifest, config, world, None, 1)["stamps"]
+        step_s = statistics.median(np.diff(stamps)[args.warmup - 1 :].tolist())
+        rows.append({
+            "processes": world, "global_batch": args.batch, "step_ms": 1e3 * step_s,
+            "lines_per_s": args.batch / step_s,
+            "lines_per_s_per_process": args.batch / step_s / world,
+        })  # fmt: skip
+        print(f"  {world} process(es): {1e3 * step_s:.0f} ms/step", flush=True)
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def summarise(scores: list[dict[str, Score]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for method in scores[0]:
+        organ = [abs(v) for s in scores for v in s[method].organ_errors.values()]
+        lesion = [abs(v) for s in scores for v in s[method].lesion_errors.values()]
+        out[method] = {
+            "organ_mean_abs": float(np.mean(organ)),
+            "organ_max_abs": float(np.max(organ)),
+            "lesion_mean_abs": float(np.mean(lesion)) if lesion else math.nan,
+            "n_lesions": len(lesion),
+            "seconds": float(np.mean([s[method].seconds for s in scores])),
+        }
+    return out
+
+
+def table(summary: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| method | mean \\|organ error\\| | largest \\|organ error\\| | mean \\|lesion error\\| "
+        "(≥ 5 mL) | time per study |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for m, s in summary.items():
+        lesion = (
+            "–"
+            if math.isnan(s["lesion_mean_abs"])
+            else f"{s['lesion_mean_abs']:.0f} % ({s['n_lesions']})"
+        )
+        lines.append(
+            f"| {m} | {s['organ_mean_abs']:.1f} % | {s['organ_max_abs']:.1f} % | {lesion} "
+            f"| {s['seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def figure(record: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = record["settings"]["train_sizes"]
+    panels = [("held-out anatomies", record["held_out"])]
+    if record.get("patient15"):
+        panels.append(("patient 15", record["patient15"]))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    for row, (title, summary) in enumerate(panels):
+        for col, key in enumerate(("organ_mean_abs", "lesion_mean_abs")):
+            ax = axes[row][col]
+            for kind, style in (("prior (code)", "o--"), ("prior + fine-tune", "s-")):
+                ax.plot(sizes, [summary[f"{kind}, N={n}"][key] for n in sizes], style, label=kind)
+            for name, colour in zip(SINGLE, ("tab:red", "tab:green"), strict=True):
+                ax.axhline(summary[name][key], color=colour, ls=":", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+            ax.set_xlabel("training anatomies N")
+            what = "organs" if col == 0 else "lesions ≥ 5 mL"
+            ax.set_ylabel(f"mean |error| (%), {what}")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def block(record: dict[str, Any]) -> str:
+    s = record["settings"]
+    held = table(record["held_out"])
+    text = (
+        f"Measured by `benchmarks/bench_cohort_prior.py` on {record['date']} ({s['n_test']} "
+        f"held-out anatomies at {s['size']}³; cohorts of {', '.join(map(str, s['train_sizes']))} "
+        f"training anatomies, {s['cohort_steps']} steps of {s['batch']} lines, 3D supervision "
+        f"l1 = {s['l1']}; every NeRF fit {s['fit_steps']} steps; {record['total_s']:.0f} s in all "
+        f"on this machine's 2 shared CPU cores).\n\n"
+        f"![Mean organ and lesion errors against the number of training anatomies]"
+        f"(images/cohort-prior.png)\n\nHeld-out anatomies:\n\n{held}\n"
+    )
+    if record.get("patient15"):
+        text += f"\nPatient 15 (never in training):\n\n{table(record['patient15'])}\n"
+    else:
+        text += "\nPatient 15: skipped (no /work/shared/data on this machine).\n"
+    rows = record["throughput"]
+    text += (
+        "\nAnatomy-conditioned cohort training, lines per second (global batch "
+        f"{rows[0]['global_batch']}, gloo, 1 thread per process):\n\n"
+        "| processes | step | lines/s (all) | lines/s per process |\n"
+        "| ---: | ---: | ---: | ---: |\n"
+    )
+    for r in rows:
+        text += (
+            f"| {r['processes']} | {r['step_ms']:.0f} ms | {r['lines_per_s']:.0f} "
+            f"| {r['lines_per_s_per_process']:.0f} |\n"
+        )
+    return text
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--train-sizes", default="8,32")
+    p.add_argument("--n-test", type=int, default=4)
+    p.add_argument("--n-val", type=int, default=2)
+    p.add_argument("--cohort-steps", type=int, default=300)
+    p.add_argument("--fit-steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--studies-per-step", type=int, default=8)
+    p.add_argument("--group-steps", type=int, default=10)
+    p.add_argument("--val-steps", type=int, default=50)
+    p.add_argument("--l1", type=float, default=0.05, help="3D supervision weight (0: off)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--timed-steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=15)
+    p.add_argument("--no-patient15", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--from-json", type=Path, default=None, help="render a saved record")
+    p.add_argument("--write-docs", action="store_true")
+    args = p.parse_args(argv)
+    args.train_sizes = sorted(int(v) for v in str(args.train_sizes).split(","))
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        print("simulating the population ...", flush=True)
+        test, val, train, samples = population_studies(args, folder)
+        print("throughput ...", flush=True)
+        rates = throughput(args, train)
+        print("training the cohort models ...", flush=True)
+        models, cohort_info = train_models(args, train, val, folder)
+        held = []
+        for path, sample in zip(test, samples, strict=True):
+            study = read_study(path)
+            held.append(evaluate(study, lesion_centres(study, sample), models, args))
+            print(f"  {path.stem}: " + "; ".join(
+                f"{m} {np.mean(np.abs(list(s.organ_errors.values()))):.1f} %"
+                for m, s in held[-1].items()), flush=True)  # fmt: skip
+        p15 = None if args.no_patient15 else patient15(args)
+        p15_summary = None
+        if p15 is not None:
+            print("patient 15 ...", flush=True)
+            p15_scores = evaluate(p15, lesion_centres(p15, None), models, args)
+            p15_summary = summarise([p15_scores])
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "write_docs")}
+    return {
+        "benchmark": "cohort-prior",
+        "date": time.strftime("%Y-%m-%d"),
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "held_out": summarise(held),
+        "held_out_per_study": [
+            {m: {"organs": s.organ_errors, "lesions": s.lesion_errors} for m, s in sc.items()}
+            for sc in held
+        ],
+        "patient15": p15_summary,
+        "cohorts": {str(k): v for k, v in cohort_info.items()},
+        "throughput": rates,
+        "torch_threads": torch.get_num_threads(),
+        "total_s": time.perf_counter() - t_start,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    if args.from_json is not None:
+        record = json.loads(args.from_json.read_text(encoding="utf-8"))
+    else:
+        record = measure(args)
+        if args.json is not None:
+            args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    text = block(record)
+    print("\n" + text)
+    if args.write_docs:
+        figure(record, FIGURE)
+        page = ROOT / "docs" / "cohorts.md"
+        doc = page.read_text(encoding="utf-8")
+        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+        if not pattern.search(doc):
+            raise SystemExit(f"{page}: markers {BEGIN} ... {END} not found")
+        page.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}{END}", doc), encoding="utf-8")
+        print(f"wrote {page} and {FIGURE}")
+
+
+if __name__ == "__main__":
+    main()
