@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_anatomy.py [--size 64] [--timing-size 128] [--quick]
-                                                 [--write-docs]
+                                                 [--nerf-steps N] [--write-docs]
+                                                 [--results FILE] [--reuse METHOD ...]
 
 Each case is a Lu-177 DOTATATE torso (`recon.data.phantoms.simulate_variant`) simulated on a grid
 twice
@@ -26,7 +27,10 @@ within 2 voxels in-plane of no lesion of the phantom (of any size): false lesion
 The timing section times the organ fit and organs + residual on one ``--timing-size``³ case on
 this machine (2 torch threads). ``--write-docs`` puts the tables into ``docs/anatomy.md`` between
 ``<!-- bench-anatomy:begin -->`` and ``<!-- bench-anatomy:end -->``: nothing there is typed by
-hand.
+hand. Every full run keeps the per-case scores in ``--results``
+(``benchmarks/results/anatomy.json``); ``--reuse METHOD`` takes a method that did not change
+from there instead of running it again (the NeRF takes most of the time), and the table names
+the run each reused row comes from.
 """
 
 from __future__ import annotations
