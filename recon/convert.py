@@ -613,8 +613,17 @@ def dicom_planar_study(
     duration_s: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
     axis_position_mm: Sequence[float] | None = None,
+    scatter: str = "auto",
+    scatter_smoothing_mm: float = 0.0,
+    dew_k: float | None = None,
+    reference_time: str | None = "acquisition",
+    half_life_s: float | None = None,
+    dead_time_s: float | None = None,
+    dead_time_model: str = "paralyzable",
+    count_rate_cps: float | None = None,
 ) -> Study:
-    """An AP/PA study from DICOM NM planar images (+ a CT series for μ).
+    """An AP/PA study from DICOM NM planar images (+ a CT series for μ), with every energy
+    window, a scatter background from them, and the decay and dead-time corrections.
 
     Parameters
     ----------
@@ -631,13 +640,42 @@ def dicom_planar_study(
         (cps/MBq); with both, `Acquisition.count_scale` is physical.
     axis_position_mm
         Where the grid sits in the CT (`ct_on_grid`).
+    scatter
+        ``"auto"`` (TEW when the file has scatter windows on both sides of the photopeak
+        window, else none), ``"tew"``, ``"tew-lower"`` (TEW with the lower window only, a
+        triangle), ``"dew"`` (needs ``dew_k``) or ``"none"``: `recon.corrections.scatter`.
+    scatter_smoothing_mm
+        Gaussian FWHM (mm) smoothing the scatter estimate; 0 for none.
+    dew_k
+        The DEW factor k.
+    reference_time
+        Activities are decay-corrected to it: ``"acquisition"`` (default; the acquisition start,
+        so only the decay during the frame is corrected), ``"injection"``, an ISO 8601 date-time
+        or ``None``/``"none"`` (no decay correction): `recon.corrections.timing.reference_time_of`.
+        Without a half-life or an acquisition time in the file, ``"acquisition"`` silently means
+        none (nothing to correct with); the others raise.
+    half_life_s
+        Overrides the half-life of the file (RadionuclideHalfLife) or the nuclide table.
+    dead_time_s, dead_time_model, count_rate_cps
+        Dead time τ (s) of the camera (``None``: no correction), ``"paralyzable"`` or
+        ``"non-paralyzable"``, and the observed count rate (cps); default rate: the counts of
+        every window of the file per view, over the duration (mean of the views), a lower bound
+        of the camera's whole-spectrum rate.
 
     Returns
     -------
     Study
-        β = 0 (anterior), 180 (posterior), μ and HU if a CT is given.
+        β = 0 (anterior), 180 (posterior), μ and HU if a CT is given, the other windows, the
+        scatter background and its source.
     """
+    from recon.corrections.scatter import estimate_scatter, find_scatter_windows
+    from recon.corrections.timing import reference_time_of
     from recon.importers.dicom import nm_planar_study, read_nm_planar
+
+    if scatter not in ("auto", "tew", "tew-lower", "dew", "none"):
+        raise ValueError(
+            f"scatter must be one of auto, tew, tew-lower, dew, none; got {scatter!r}"
+        )
 
     source: PathLike | Sequence[PathLike] = sources
     if not isinstance(sources, (str, os.PathLike)) and len(sources) == 1:
@@ -660,7 +698,7 @@ def dicom_planar_study(
             )
         mu, hu, more = ct_on_grid(ct, grid, energy, axis_position_mm=axis_position_mm)
         facts.update(more)
-    return nm_planar_study(
+    study = nm_planar_study(
         images,
         grid,
         mu,
@@ -669,7 +707,61 @@ def dicom_planar_study(
         duration_s=duration_s,
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
         provenance=facts,
+        half_life_s=half_life_s,
     )
+    acq = study.acquisition
+    changes: dict[str, Any] = {}
+    choice = "none" if reference_time is None else str(reference_time)
+    if choice == "acquisition" and (acq.half_life_s is None or acq.acquisition_start is None):
+        choice = "none"
+    reference = reference_time_of(
+        choice, acquisition_start=acq.acquisition_start, injection_time=images.injection_time
+    )
+    if reference is not None:
+        if acq.half_life_s is None:
+            raise ValueError(
+                f"a decay correction to {reference} needs the half-life: the file has none and "
+                f"the isotope {acq.isotope!r} is not in the table; give --half-life-h"
+            )
+        if acq.acquisition_start is None:
+            raise ValueError(
+                f"a decay correction to {reference} needs the acquisition time: "
+                f"{images.sources[0]} has no AcquisitionDate/AcquisitionTime"
+            )
+        changes["reference_time"] = reference
+    if dead_time_s is not None:
+        rate = count_rate_cps
+        if rate is None:
+            if acq.duration_s is None:
+                raise ValueError(
+                    "the dead-time correction needs the count rate: give --count-rate-cps or "
+                    "the duration (--duration-s)"
+                )
+            per_view = np.asarray(images.images, dtype=np.float64).sum(axis=(1, 2))
+            for w in images.windows:
+                per_view = per_view + np.asarray(w.counts, dtype=np.float64).sum(axis=(1, 2))
+            rate = float(per_view.mean()) / acq.duration_s
+        changes.update(
+            dead_time_s=dead_time_s, dead_time_model=dead_time_model, observed_rate_cps=rate
+        )
+    if changes:
+        study = dataclasses.replace(
+            study, acquisition=dataclasses.replace(acq, **changes)
+        )
+    if scatter != "none":
+        window = acq.energy_window_keV
+        lower, upper = find_scatter_windows(window, study.windows) if window else (None, None)
+        if scatter == "auto":
+            scatter = "tew" if lower is not None and upper is not None else "none"
+        if scatter != "none":
+            study = estimate_scatter(
+                study,
+                "dew" if scatter == "dew" else "tew",
+                k=dew_k,
+                smoothing_fwhm_mm=scatter_smoothing_mm,
+                use_upper=scatter != "tew-lower",
+            )
+    return study
 
 
 def dicom_tomo_study(

@@ -25,9 +25,11 @@ from datetime import datetime
 
 __all__ = [
     "DEAD_TIME_MODELS",
+    "REFERENCE_CHOICES",
     "dead_time_factor",
     "decay_factor",
     "parse_time",
+    "reference_time_of",
     "seconds_between",
     "true_rate_cps",
 ]
@@ -138,3 +140,40 @@ def dead_time_factor(observed_cps: float, tau_s: float, model: str) -> float:
     """Observed / true counts, ``m / n`` (<= 1), for an observed rate ``observed_cps``."""
     n = true_rate_cps(observed_cps, tau_s, model)
     return 1.0 if n == 0 else float(observed_cps) / n
+
+
+#: Choices of a study's reference time besides an ISO 8601 date-time.
+REFERENCE_CHOICES = ("none", "acquisition", "injection")
+
+
+def reference_time_of(
+    choice: str | None, *, acquisition_start: str | None, injection_time: str | None
+) -> str | None:
+    """The reference time (ISO 8601) a ``--reference-time`` choice names.
+
+    ``None``/``"none"``: no decay correction (``None``); ``"acquisition"``: the acquisition start;
+    ``"injection"``: the injection time; anything else must be an ISO 8601 date-time.
+
+    Raises
+    ------
+    ValueError
+        The named time is not recorded, or the text is not a date-time.
+    """
+    key = "none" if choice is None else str(choice).strip()
+    if key.lower() == "none":
+        return None
+    if key.lower() == "acquisition":
+        if acquisition_start is None:
+            raise ValueError(
+                "reference time 'acquisition': the file records no AcquisitionDate/Time; give "
+                "an ISO 8601 date-time"
+            )
+        return acquisition_start
+    if key.lower() == "injection":
+        if injection_time is None:
+            raise ValueError(
+                "reference time 'injection': the file records no RadiopharmaceuticalStartDateTime;"
+                " give an ISO 8601 date-time"
+            )
+        return injection_time
+    return parse_time(key, "reference time").isoformat()
