@@ -673,9 +673,7 @@ def dicom_planar_study(
     from recon.importers.dicom import nm_planar_study, read_nm_planar
 
     if scatter not in ("auto", "tew", "tew-lower", "dew", "none"):
-        raise ValueError(
-            f"scatter must be one of auto, tew, tew-lower, dew, none; got {scatter!r}"
-        )
+        raise ValueError(f"scatter must be one of auto, tew, tew-lower, dew, none; got {scatter!r}")
 
     source: PathLike | Sequence[PathLike] = sources
     if not isinstance(sources, (str, os.PathLike)) and len(sources) == 1:
@@ -745,9 +743,7 @@ def dicom_planar_study(
             dead_time_s=dead_time_s, dead_time_model=dead_time_model, observed_rate_cps=rate
         )
     if changes:
-        study = dataclasses.replace(
-            study, acquisition=dataclasses.replace(acq, **changes)
-        )
+        study = dataclasses.replace(study, acquisition=dataclasses.replace(acq, **changes))
     if scatter != "none":
         window = acq.energy_window_keV
         lower, upper = find_scatter_windows(window, study.windows) if window else (None, None)

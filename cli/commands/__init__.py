@@ -120,7 +120,7 @@ SupportOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add the sub-commands to the top-level ``spect`` app."""
-    from cli.commands import anatomy, cohort, convert, data, recon, show
+    from cli.commands import anatomy, cohort, convert, corrections, data, recon, show
 
     for name, function in (
         ("phantom", data.phantom),
@@ -130,6 +130,8 @@ def register(app: typer.Typer) -> None:
         ("show", show.show),
         ("train-cohort", cohort.train_cohort),
         ("quantify", anatomy.quantify),
+        ("calibrate", corrections.calibrate),
+        ("scatter", corrections.scatter),
     ):
         app.command(name, help=help_text(function))(function)
     recon.app.command("batch", help=help_text(cohort.batch))(cohort.batch)
@@ -137,6 +139,7 @@ def register(app: typer.Typer) -> None:
     recon.app.command("conjugate", help=help_text(anatomy.conjugate))(anatomy.conjugate)
     app.add_typer(recon.app, name="recon")
     app.add_typer(convert.app, name="convert")
+    app.add_typer(corrections.demo_app, name="demo-data")
 
 
 def help_text(function: Any) -> str:

@@ -51,9 +51,7 @@ def _positive(name: str, value: float) -> float:
     return v
 
 
-def smooth_views(
-    views: np.ndarray, fwhm_mm: float, pixel_size_mm: Sequence[float]
-) -> np.ndarray:
+def smooth_views(views: np.ndarray, fwhm_mm: float, pixel_size_mm: Sequence[float]) -> np.ndarray:
     """Each ``[rows, bins]`` view of ``views`` ``[V, rows, bins]`` blurred by a Gaussian of
     ``fwhm_mm`` (reflecting edges, so each view's total is kept); float64. ``fwhm_mm = 0``:
     a float64 copy."""

@@ -58,9 +58,7 @@ def seconds_between(start: str, end: str) -> float:
     """``end − start`` in seconds, both ISO 8601 (both with a time zone, or both without)."""
     a, b = parse_time(start, "start"), parse_time(end, "end")
     if (a.tzinfo is None) != (b.tzinfo is None):
-        raise ValueError(
-            f"times {start!r} and {end!r}: give both with a time zone or both without"
-        )
+        raise ValueError(f"times {start!r} and {end!r}: give both with a time zone or both without")
     return (b - a).total_seconds()
 
 

@@ -55,15 +55,17 @@ _NUCLIDE_CODES = {
 def _dicom_dt(iso: str) -> tuple[str, str]:
     """``(DA, TM)`` of an ISO 8601 date-time (no time zone)."""
     t = datetime.fromisoformat(iso)
-    return t.strftime("%Y%m%d"), t.strftime("%H%M%S") + (f".{t.microsecond:06d}" if t.microsecond else "")
+    return t.strftime("%Y%m%d"), t.strftime("%H%M%S") + (
+        f".{t.microsecond:06d}" if t.microsecond else ""
+    )
 
 
 def _new(sop_class: str, modality: str, ids: Mapping[str, str]) -> object:
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
@@ -82,8 +84,8 @@ def _ids(ids: Mapping[str, str] | None) -> dict[str, str]:
     from pydicom.uid import generate_uid
 
     out = dict(ids or {})
-    out.setdefault("study_uid", generate_uid())
-    out.setdefault("frame_uid", generate_uid())
+    out.setdefault("study_uid", str(generate_uid()))
+    out.setdefault("frame_uid", str(generate_uid()))
     return out
 
 
@@ -460,7 +462,9 @@ def write_patient_folder(
     out.mkdir(parents=True, exist_ok=True)
     nuclide = "Lu-177"
     half_life = HALF_LIVES_S[nuclide]
-    phantom = make_torso(default_grid(size, fov_mm), NUCLIDES[nuclide], TorsoPhantom.lu177_dotatate())
+    phantom = make_torso(
+        default_grid(size, fov_mm), NUCLIDES[nuclide], TorsoPhantom.lu177_dotatate()
+    )
     geometry = ParallelGeometry.ap_pa(phantom.grid, radius_mm=250.0)
     # The phantom's activity is at the acquisition start: the counts carry the decay during the
     # frame, as a camera's do.
@@ -491,7 +495,9 @@ def write_patient_folder(
     hu = mu_to_hu(phantom.mu.numpy(), phantom.energy_keV)
     write_ct_series(out / "CT", hu, phantom.grid, ids=ids, overwrite=overwrite)
     seg = segmentation_from_phantom(phantom)
-    seg_path = write_seg(out / "SEG" / "organs.dcm", seg, phantom.grid, ids=ids, overwrite=overwrite)
+    seg_path = write_seg(
+        out / "SEG" / "organs.dcm", seg, phantom.grid, ids=ids, overwrite=overwrite
+    )
 
     # Calibration: a one-voxel source in air at the centre, measured an hour before its scan.
     start = datetime.fromisoformat(acquisition_start)

@@ -320,8 +320,7 @@ class Acquisition:
             if any(v is None for v in dead):
                 rules.bad_value(
                     "dead_time_s",
-                    "dead_time_s, dead_time_model and observed_rate_cps go together, got "
-                    f"{dead}",
+                    f"dead_time_s, dead_time_model and observed_rate_cps go together, got {dead}",
                 )
             if self.dead_time_model not in DEAD_TIME_MODELS:
                 rules.bad_value(
@@ -443,7 +442,9 @@ class BackgroundSource:
     def __post_init__(self) -> None:
         rules = _Rules("BackgroundSource")
         if self.method not in BACKGROUND_METHODS:
-            rules.bad_value("method", f"must be one of {list(BACKGROUND_METHODS)}, got {self.method!r}")
+            rules.bad_value(
+                "method", f"must be one of {list(BACKGROUND_METHODS)}, got {self.method!r}"
+            )
         parameters = rules.keys("parameters", self.parameters)
         try:
             json.dumps(parameters, default=json_default)
@@ -670,8 +671,7 @@ class Study:
             if tuple(w.counts.shape) != shape:
                 rules.bad_value(
                     "windows",
-                    f"window {w.name!r} has shape {tuple(w.counts.shape)}, the projections "
-                    f"{shape}",
+                    f"window {w.name!r} has shape {tuple(w.counts.shape)}, the projections {shape}",
                 )
             names.append(w.name)
         if len(set(names)) != len(names):
@@ -681,6 +681,21 @@ class Study:
             rules.instance("background_source", self.background_source, BackgroundSource)
             if self.background is None:
                 rules.bad_value("background_source", "is given but the study has no background")
+
+    def counts_model(self) -> dict[str, object]:
+        """How this study's counts relate to activity, for every result's parameters (one record,
+        the same for every method): ``quantification`` (`Acquisition.quantification`: count
+        scale, sensitivity, decay and dead-time factors) and ``background_source`` (method and
+        parameters of the scatter background, ``None`` without one or when unknown)."""
+        source = self.background_source
+        return {
+            "quantification": self.acquisition.quantification(),
+            "background_source": (
+                None
+                if source is None
+                else {"method": source.method, "parameters": dict(source.parameters)}
+            ),
+        }
 
     def window(self, name: str) -> EnergyWindow:
         """The energy window called ``name`` (``KeyError`` naming the known ones otherwise)."""
