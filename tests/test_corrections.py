@@ -54,7 +54,9 @@ def test_tew_and_dew_on_constant_images() -> None:
     # (40/20 + 10/5) · 42 / 2 = 84
     s = tew_scatter(lower, upper, lower_width_keV=20.0, upper_width_keV=5.0, peak_width_keV=42.0)
     np.testing.assert_allclose(s, 84.0)
-    triangle = tew_scatter(lower, None, lower_width_keV=20.0, upper_width_keV=None, peak_width_keV=42.0)  # fmt: skip
+    triangle = tew_scatter(
+        lower, None, lower_width_keV=20.0, upper_width_keV=None, peak_width_keV=42.0
+    )
     np.testing.assert_allclose(triangle, 42.0)
     np.testing.assert_allclose(dew_scatter(lower, 0.5), 20.0)
     with pytest.raises(ValueError, match="k must be positive"):
@@ -124,7 +126,10 @@ def test_decay_factor_analytic_values() -> None:
     expected = math.exp(-lam * 86400) * (1 - math.exp(-lam * 600)) / (lam * 600)
     assert acq.decay_factor == pytest.approx(expected, rel=1e-12)
     assert acq.count_scale == pytest.approx(16.0 * 1e-3 * 10.0 * 1e-6 * 600.0 * expected)
-    assert reference_time_of("injection", acquisition_start=None, injection_time="2024-05-01T09:00:00") == "2024-05-01T09:00:00"  # fmt: skip
+    assert (
+        reference_time_of("injection", acquisition_start=None, injection_time="2024-05-01T09:00:00")
+        == "2024-05-01T09:00:00"
+    )
     with pytest.raises(ValueError, match="records no AcquisitionDate"):
         reference_time_of("acquisition", acquisition_start=None, injection_time=None)
 
@@ -133,7 +138,9 @@ def test_decay_factor_analytic_values() -> None:
 def test_dead_time_inverts_the_model(model: str) -> None:
     tau = 2e-6
     for true in (0.0, 1e4, 1e5, 3e5):
-        observed = true * math.exp(-true * tau) if model == "paralyzable" else true / (1 + true * tau)
+        observed = (
+            true * math.exp(-true * tau) if model == "paralyzable" else true / (1 + true * tau)
+        )
         assert true_rate_cps(observed, tau, model) == pytest.approx(true, rel=1e-10, abs=1e-9)
         if true:
             assert dead_time_factor(observed, tau, model) == pytest.approx(observed / true)
@@ -228,8 +235,10 @@ def test_calibrate_from_a_simulated_source(patient, tmp_path: Path) -> None:
     # true sensitivity within 3 Poisson standard deviations of the counts
     assert cal.sensitivity_cps_per_mbq == pytest.approx(10.0, rel=3.0 / math.sqrt(counts))
     assert cal.details["decay_factor"] < 1.0 and cal.isotope == "Lu-177"
-    result = invoke("calibrate", str(patient.calibration), "--activity-mbq", "20",
-                    "--activity-time", patient.calibration_time, "-o", str(tmp_path / "c.json"))  # fmt: skip
+    result = invoke(
+        "calibrate", str(patient.calibration), "--activity-mbq", "20",
+        "--activity-time", patient.calibration_time, "-o", str(tmp_path / "c.json"),
+    )  # fmt: skip
     assert_ok(result)
     assert read_calibration(tmp_path / "c.json").sensitivity_cps_per_mbq == pytest.approx(
         cal.sensitivity_cps_per_mbq
