@@ -192,6 +192,15 @@ class _Rules:
                 self.bad_type(name, f"keys must be non-empty strings, got {key!r}")
         return dict(items)
 
+    def json_keys(self, name: str, value: object) -> dict[str, Any]:
+        """`keys`, and ``json.dumps`` (with `json_default`) must be able to write it."""
+        items = self.keys(name, value)
+        try:
+            json.dumps(items, default=json_default)
+        except (TypeError, ValueError) as error:
+            self.bad_type(name, f"are not JSON-serialisable ({error})")
+        return items
+
     def instance(self, name: str, value: object, kind: type) -> None:
         if not isinstance(value, kind):
             self.bad_type(name, f"must be of type {kind.__name__}, got {type(value).__name__}")
@@ -445,12 +454,7 @@ class BackgroundSource:
             rules.bad_value(
                 "method", f"must be one of {list(BACKGROUND_METHODS)}, got {self.method!r}"
             )
-        parameters = rules.keys("parameters", self.parameters)
-        try:
-            json.dumps(parameters, default=json_default)
-        except (TypeError, ValueError) as error:
-            rules.bad_type("parameters", f"are not JSON-serialisable ({error})")
-        object.__setattr__(self, "parameters", parameters)
+        object.__setattr__(self, "parameters", rules.json_keys("parameters", self.parameters))
 
 
 @dataclass(frozen=True)
@@ -779,12 +783,7 @@ class Result:
         activity = rules.volume("activity", self.activity, self.grid, "activity", nonnegative=True)
         object.__setattr__(self, "activity", floating(activity))
         rules.text("method", self.method)
-        parameters = rules.keys("parameters", self.parameters)
-        try:
-            json.dumps(parameters, default=json_default)
-        except (TypeError, ValueError) as error:
-            rules.bad_type("parameters", f"are not JSON-serialisable ({error})")
-        object.__setattr__(self, "parameters", parameters)
+        object.__setattr__(self, "parameters", rules.json_keys("parameters", self.parameters))
         history = rules.keys("history", self.history)
         for key, values in history.items():
             a = rules.array("history", values, "iuf", "history values", key)
