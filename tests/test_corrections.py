@@ -156,6 +156,10 @@ def test_acquisition_time_fields_are_checked() -> None:
         _study(acquisition_start="yesterday")
     with pytest.raises(FieldValueError, match="go together"):
         _study(dead_time_s=1e-6)
+    dropped = dataclasses.replace(
+        _study(), background=np.ones((2, 4, 6)), background_source=BackgroundSource("given")
+    )
+    assert dataclasses.replace(dropped, background=None).background_source is None
     study = _study(dead_time_s=1e-6, dead_time_model="non-paralyzable", observed_rate_cps=1e5)
     assert study.acquisition.dead_time_factor == pytest.approx(0.9)
 

@@ -205,7 +205,10 @@ def test_study_rows(study_path: Path) -> None:
     assert rows["grid"] == "12×12×12 voxels (z, y, x) of 33.3333×33.3333×33.3333 mm"
     assert rows["collimator"] == "LEHR" and rows["radius"] == "250 mm"
     assert rows["total counts"] == f"{float(study.projections.sum(dtype=np.float64)):.6g}"
-    assert rows["of which scatter (expected)"] == f"{float(study.background.sum()):.6g}"
+    share = 100 * float(study.background.sum()) / float(study.projections.sum(dtype=np.float64))
+    assert rows["of which scatter (expected)"] == (
+        f"{float(study.background.sum()):.6g} ({share:.1f} %, simulated)"
+    )
     voxel_ml = (400.0 / 12) ** 3 * 1e-3
     truth = float(study.truth_activity.sum(dtype=np.float64)) * voxel_ml * 1e-6
     assert rows["truth activity"].endswith(f"; {truth:.6g} MBq in all")

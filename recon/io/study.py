@@ -558,7 +558,8 @@ class Study:
     anatomy: a segmentation on ``grid`` (an input of anatomy-guided methods), if any.
     windows: the other energy windows acquired with the projections (scatter windows, other
         photopeaks), each `EnergyWindow` of the projections' shape; names unique.
-    background_source: how ``background`` was made (`BackgroundSource`), if known.
+    background_source: how ``background`` was made (`BackgroundSource`), if known; ``None``
+        (dropped) when there is no background.
     """
 
     projections: np.ndarray
@@ -683,8 +684,8 @@ class Study:
         object.__setattr__(self, "windows", windows)
         if self.background_source is not None:
             rules.instance("background_source", self.background_source, BackgroundSource)
-            if self.background is None:
-                rules.bad_value("background_source", "is given but the study has no background")
+            if self.background is None:  # replace(study, background=None) drops its origin too
+                object.__setattr__(self, "background_source", None)
 
     def counts_model(self) -> dict[str, object]:
         """How this study's counts relate to activity, for every result's parameters (one record,
