@@ -85,8 +85,8 @@ def resolve_collimator(study: Study, enabled: bool = True) -> tuple[CollimatorRe
         raise ValueError(f"{error}; use --no-collimator to go without collimator blur") from None
     assert response is not None  # a name and a radius: a response or the error above
     note = (
-        f"{acq.collimator.upper()} at {acq.energy_keV:g} keV, radius {acq.radius_mm:g} mm "
-        f"(σ = {response.sigma0_mm:.3g} mm + {response.slope:.3g}·d)"
+        f"{acq.collimator} at {acq.energy_keV:g} keV, radius {acq.radius_mm:g} mm "
+        f"({response.summary()})"
     )
     return response, note
 
@@ -163,6 +163,7 @@ def reconstruct_mlem(
         ``activity`` ``[Z, Y, X]`` float32 (study unit); ``parameters``: the `EMConfig` fields,
         ``method``, ``study_file``, ``device``, ``dtype``, ``count_scale``, ``attenuation``,
         ``attenuation_note``, ``collimator``, ``collimator_sigma0_mm``, ``collimator_slope``,
+        ``collimator_parameters`` (the `spectproj.CollimatorSpec` as a dict),
         ``collimator_note``, ``support``, ``support_note``, ``radius_mm``, ``background``,
         ``n_views``, ``initial``; ``history``: ``log_likelihood`` and ``log_prior`` per
         iteration; ``extras``: ``unfiltered_activity`` with a post-filter.
@@ -220,6 +221,11 @@ def reconstruct_mlem(
             "collimator": None if response is None else (acq.collimator or "").upper(),
             "collimator_sigma0_mm": None if response is None else response.sigma0_mm,
             "collimator_slope": None if response is None else response.slope,
+            "collimator_parameters": (
+                None
+                if response is None or acq.collimator_spec is None
+                else acq.collimator_spec.to_dict()
+            ),
             "collimator_note": collimator_note,
             "support": support_kind,
             "support_note": support_note,

@@ -17,6 +17,7 @@ Axes, angles and units are fixed in ``docs/conventions.md``.
 
 from spectproj.attenuation import depth_weights, survival_exponent
 from spectproj.collimator import CollimatorResponse
+from spectproj.collimator_table import CollimatorSpec
 from spectproj.geometry import ParallelGeometry
 from spectproj.grid import ImageGrid
 from spectproj.operator import LinearOperator, MatrixOperator, ViewSubset, subset_operator
@@ -27,6 +28,7 @@ from spectproj.sampling import GridField
 
 __all__ = [
     "CollimatorResponse",
+    "CollimatorSpec",
     "GridField",
     "ImageGrid",
     "LinearOperator",

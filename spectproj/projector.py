@@ -29,7 +29,7 @@ from torch import nn
 
 from spectproj._validate import check_mu_values, check_volume
 from spectproj.attenuation import depth_weights
-from spectproj.collimator import CollimatorResponse, gaussian_blur_matrices
+from spectproj.collimator import CollimatorResponse
 from spectproj.csr_rows import RowBlockApply, row_block
 from spectproj.detector import rebin_matrix
 from spectproj.geometry import ParallelGeometry
@@ -602,10 +602,10 @@ class SPECTProjector(nn.Module):
             radius = self.geometry.radius_mm
             assert radius is not None  # __init__ refuses a collimator without geometry.radius_mm
             s = torch.tensor(per_view, dtype=torch.float64, device=self.device)  # [V|1, S]
-            sigma = self.collimator.sigma_mm(radius - s)
+            distance = radius - s
             lat = lattices[0]
-            blur_r = gaussian_blur_matrices(sigma, n_bins, lat.step_r_mm)
-            blur_z = gaussian_blur_matrices(sigma, len(lat.z_mm), lat.step_z_mm)
+            blur_r = self.collimator.line_spread_matrices(distance, n_bins, lat.step_r_mm)
+            blur_z = self.collimator.line_spread_matrices(distance, len(lat.z_mm), lat.step_z_mm)
             if len(self._blur_cache) >= self._blur_cache_size:
                 self._blur_cache.clear()
             self._blur_cache[key] = (blur_r.to(self.dtype), blur_z.to(self.dtype))

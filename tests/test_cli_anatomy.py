@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recon.importers.nifti import write_nifti
 from recon.io import Acquisition, Anatomy, Study, read_study, write_study
+from recon.io.nifti import write_nifti
 from spectproj import ImageGrid, water_mu_per_mm
 from tests.helpers import assert_ok, assert_one_line_error, invoke
 

@@ -10,11 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from recon.convert import spacing_to_array_order, tidy_nifti_grid
-from recon.importers import read_nifti, read_nm_planar, read_nm_tomo, write_interfile, write_nifti
 from recon.io import Acquisition, Study, read_result, read_study, write_study
+from recon.io.dicom_nm import read_nm_planar, read_nm_tomo
+from recon.io.interfile import spacing_to_array_order, write_interfile
+from recon.io.nifti import read_nifti, tidy_nifti_grid, write_nifti
 from spectproj import ImageGrid, hu_to_mu_per_mm, water_mu_per_mm
-from tests.test_importers_dicom import ANT, CT_IOPS, POST, write_ct, write_planar, write_tomo
+from tests.test_io_dicom import ANT, CT_IOPS, POST, write_ct, write_planar, write_tomo
 
 runner = CliRunner()
 

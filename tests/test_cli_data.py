@@ -228,7 +228,7 @@ def test_info_study(study_file: Path) -> None:
         "24×24×24 voxels",
         "8: 0°–315°, step 45°",
         "Tc-99m, 140.5 keV",
-        "LEHR, radius 250 mm",
+        "LEHR: D 1.11, L 24.05, septa 0.16 mm, hex, radius 250 mm",
         "ok (a valid study file)",
         "/projections/counts",
         "/truth/activity",

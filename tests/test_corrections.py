@@ -211,7 +211,7 @@ def patient(tmp_path_factory: pytest.TempPathFactory):
 def test_multi_window_dicom_is_read_window_by_window(patient) -> None:
     import pydicom
 
-    from recon.importers.dicom import read_nm_planar
+    from recon.io.dicom_nm import read_nm_planar
 
     ds = pydicom.dcmread(patient.nm)
     assert list(ds.EnergyWindowVector) == [1, 1, 2, 2, 3, 3]

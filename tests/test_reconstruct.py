@@ -203,7 +203,8 @@ def test_study_rows(study_path: Path) -> None:
     rows = dict(study_rows(study))
     assert rows["views (β)"] == "4: 0°, 90°, 180°, 270°"
     assert rows["grid"] == "12×12×12 voxels (z, y, x) of 33.3333×33.3333×33.3333 mm"
-    assert rows["collimator"] == "LEHR" and rows["radius"] == "250 mm"
+    assert rows["collimator"] == "LEHR: D 1.11, L 24.05, septa 0.16 mm, hex"
+    assert rows["radius"] == "250 mm"
     assert rows["total counts"] == f"{float(study.projections.sum(dtype=np.float64)):.6g}"
     share = 100 * float(study.background.sum()) / float(study.projections.sum(dtype=np.float64))
     assert rows["of which scatter (expected)"] == (

@@ -7,8 +7,9 @@ commands, so ``spect --help`` and ``spect --version`` stay fast.
 
 Shared here: the ``--force`` option (`ForceOption`), the ``-o/--output`` options
 (`StudyOutput`, `ResultOutput`, `output_option`), the one early output check (`check_output`),
-the provenance of a command's bound options (`add_provenance`) and the two-column table of
-summary rows (`print_rows`).
+the provenance of a command's bound options (`add_provenance`), the two-column table of
+summary rows (`print_rows`) and the collimator options (`CollimatorOption`,
+`NoCollimatorOption`, `study_with_collimator`).
 
 Modules
 -------
@@ -45,10 +46,12 @@ if TYPE_CHECKING:
     from recon.io import Study
 
 __all__ = [
+    "COLLIMATOR_HELP",
     "FORCE_HELP",
     "SUPPORT_HELP",
     "CollimatorOption",
     "ForceOption",
+    "NoCollimatorOption",
     "ResultOutput",
     "StudyOutput",
     "SupportChoice",
@@ -64,6 +67,7 @@ __all__ = [
     "provenance",
     "register",
     "resolve_device",
+    "study_with_collimator",
 ]
 
 #: Help text of the ``--force`` option.
@@ -87,14 +91,42 @@ StudyOutput = Annotated[Path, output_option("Study file to write (.h5).")]
 #: ``-o/--output`` of the commands that write a result file.
 ResultOutput = Annotated[Path, output_option("Result file to write (.h5).")]
 
-#: ``--collimator/--no-collimator`` of the reconstructions.
+#: Help text of every ``--collimator NAME|FILE.toml`` option.
+COLLIMATOR_HELP = (
+    "Collimator to model instead of the one the study (or file) names: a name of the collimator "
+    "table (e.g. SY-ME, GI-MEGP, LEHR; docs/collimators.md) or a TOML file describing your own."
+)
+
+#: ``--collimator NAME|FILE.toml`` of the reconstructions and the DICOM conversions.
 CollimatorOption = Annotated[
+    str | None,
+    typer.Option("--collimator", metavar="NAME|FILE.toml", help=COLLIMATOR_HELP),
+]
+
+#: ``--no-collimator`` of the reconstructions.
+NoCollimatorOption = Annotated[
     bool,
     typer.Option(
-        "--collimator/--no-collimator",
-        help="Model the collimator blur the study names (when it has a radius).",
+        "--no-collimator",
+        help="Model no collimator blur (default: the blur of the study's collimator, when it "
+        "names one and has a radius).",
     ),
 ]
+
+
+def study_with_collimator(study: Study, collimator: str | None, no_collimator: bool) -> Study:
+    """``study`` with the collimator of ``--collimator NAME|FILE.toml`` (unchanged without one).
+
+    ``--collimator`` together with ``--no-collimator`` is an error.
+    """
+    if collimator is None:
+        return study
+    if no_collimator:
+        raise ValueError("--collimator and --no-collimator contradict each other; give one")
+    from recon.io import with_collimator
+    from spectproj.collimator_table import collimator_spec
+
+    return with_collimator(study, collimator_spec(collimator))
 
 
 class SupportChoice(str, Enum):

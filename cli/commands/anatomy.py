@@ -14,9 +14,11 @@ import typer
 from cli.commands import (
     CollimatorOption,
     ForceOption,
+    NoCollimatorOption,
     ResultOutput,
     SupportOption,
     check_output,
+    study_with_collimator,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +58,8 @@ def organs(
         int, typer.Option("--steps", min=1, help="Training steps of each residual round.")
     ] = 20,
     support: SupportOption = None,
-    collimator: CollimatorOption = True,
+    collimator: CollimatorOption = None,
+    no_collimator: NoCollimatorOption = False,
     force: ForceOption = False,
 ) -> None:
     """Organ activities from the study's anatomy: one concentration per segment (Poisson ML
@@ -69,7 +72,7 @@ def organs(
     from recon.io import read_study, write_result
 
     check_output(output, force)
-    study = read_study(study_file)
+    study = study_with_collimator(read_study(study_file), collimator, no_collimator)
     anatomy = _anatomy(study, anatomy_file)
     config = OrgansConfig(
         residual=residual,
@@ -82,7 +85,7 @@ def organs(
         anatomy=anatomy,
         support=None if support is None else support.value,
         config=config,
-        use_collimator=collimator,
+        use_collimator=not no_collimator,
         study_file=str(study_file),
     )
     write_result(output, outcome.result, overwrite=force)
@@ -191,8 +194,8 @@ def print_patient_report(
 
 def load_study_anatomy(study: Study, path: Path) -> Anatomy:
     """An ``--anatomy FILE`` segmentation on the study's grid
-    (`recon.importers.segmentation.load_anatomy`)."""
-    from recon.importers.segmentation import load_anatomy
+    (`recon.io.segmentation.load_anatomy`)."""
+    from recon.io.segmentation import load_anatomy
 
     return load_anatomy(study, path)
 

@@ -5,13 +5,15 @@ CT/μ threshold), ``pienerf`` (a CSV manifest of ``.npy`` files, one study per r
 (projections + a μ or CT volume), ``patient15`` (the shared Lu-177 patient phantom),
 ``dicom-planar`` and ``dicom-tomo`` (NM projections + a CT series), ``to-nifti`` (a volume of a
 study or result file, for 3D Slicer) and ``nifti-to-result`` (another tool's volume as a result
-file). The work is done by `recon.importers` and assembled by `recon.convert`; this module parses
-options and prints.
+file). Each command calls one function of the format's module in `recon.io` (`recon.io.pienerf`,
+`interfile`, `patient15`, `dicom_nm`, `nifti`, `segmentation`); this module parses options and
+prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.commands import (
+    CollimatorOption,
     ForceOption,
     ResultOutput,
     StudyOutput,
@@ -245,12 +248,16 @@ def _sensitivity(sensitivity: float | None, calibration: Path | None) -> float |
     return read_calibration(calibration).sensitivity_cps_per_mbq
 
 
-def _print_study(study: Study, title: str, output: Path) -> None:
-    """The summary rows of a converted study (`recon.io.summary.study_rows`), its warnings,
-    then ``wrote OUTPUT``."""
+def _print_study(
+    study: Study, title: str, output: Path, warnings_: list[str] | tuple[str, ...] = ()
+) -> None:
+    """The summary rows of a converted study (`recon.io.summary.study_rows`), its warnings
+    (``warnings_``: the importer's, then the checks below), then ``wrote OUTPUT``."""
     from recon.io.summary import study_rows
 
     print_rows(title, study_rows(study))
+    for text in warnings_:
+        typer.echo(f"warning: {text}")
     if study.mu_per_mm is not None and float(study.mu_per_mm.max()) > 0.1:
         typer.echo("warning: μ above 0.1 /mm (bone is about 0.03 /mm): is the μ volume in 1/cm?")
     if study.mu_per_mm is not None and not float(study.mu_per_mm.max()) > 0:
@@ -325,13 +332,12 @@ def pienerf(
     from rich.markup import escape
     from rich.table import Table
 
-    from recon.convert import canonical_isotope, convert_pienerf_manifest
+    from recon.io.pienerf import convert_pienerf_manifest
 
     record = provenance(
         "convert pienerf",
         spacing_mm_zyx=list(spacing_mm),
         ct_orientation=ct_orientation.strip().upper(),
-        isotope=canonical_isotope(isotope),
     )
     with status(f"Converting {manifest}...") as spinner:
         outcomes = convert_pienerf_manifest(
@@ -416,7 +422,7 @@ def interfile(
     --energy-kev, and the CT is kept). Without a volume the grid covers the detector and the study
     has no μ.
     """
-    from recon.convert import interfile_study
+    from recon.io.interfile import interfile_study
 
     check_output(output, force)
     if mu is not None and ct is not None:
@@ -466,24 +472,22 @@ def patient15(
 
     Reads the two Interfile volumes (CT as HU + 1000, organ labels), fills illustrative
     concentrations (Bq/mL), computes μ, and projects AP and PA with attenuation, no collimator
-    blur (recon.importers.patient15_study). With --duration-s and --sensitivity the projections
+    blur (recon.io.patient15.patient15_study). With --duration-s and --sensitivity the projections
     are expected counts; otherwise the count scale is 1. For demos and benchmarks.
     """
-    from recon.convert import find_patient15_folder
-    from recon.importers import patient15_study
+    from recon.io.patient15 import patient15_study
 
     check_output(output, force)
     if (duration_s is None) != (sensitivity is None):
         raise ValueError("give both --duration-s and --sensitivity (or neither)")
-    source = find_patient15_folder(folder)
     with status("Building and projecting the patient-15 phantom..."):
         study = patient15_study(
-            source,
+            folder,
             energy_keV=energy_kev,
             sensitivity_cps_per_mbq=sensitivity,
             duration_s=duration_s,
         )
-    study = add_provenance(study, "convert patient15", folder=source)
+    study = add_provenance(study, "convert patient15")
     _write(study, output, force)
     _print_study(study, "Patient-15 Lu-177 DOTATATE phantom, noise-free AP/PA", output)
 
@@ -508,6 +512,7 @@ def dicom_planar(
     sensitivity: SensitivityOption = None,
     calibration: CalibrationOption = None,
     axis_position_mm: AxisOption = None,
+    collimator: CollimatorOption = None,
     scatter: ScatterOption = ScatterChoice.AUTO,
     scatter_smoothing_mm: ScatterSmoothingOption = 0.0,
     dew_k: DewKOption = None,
@@ -532,11 +537,17 @@ def dicom_planar(
     voxels of the detector's row height and bin width (or --spacing-mm). With --ct, μ at the photon
     energy and the CT in HU are averaged onto that grid, the CT centred in it unless
     --axis-position-mm says where. Duration: the files' static frame time unless --duration-s.
+    The collimator: the files' CollimatorGridName matched to the collimator table (a name it
+    does not know is a warning, and no blur is modelled), unless --collimator NAME|FILE.toml.
     """
-    from recon.convert import dicom_planar_study
+    from recon.io.dicom_nm import dicom_planar_study
 
     check_output(output, force)
-    with status("Reading the NM images" + (" and the CT..." if ct else "...")):
+    with (
+        status("Reading the NM images" + (" and the CT..." if ct else "...")),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
         study = dicom_planar_study(
             sources,
             ct=ct,
@@ -546,6 +557,7 @@ def dicom_planar(
             duration_s=duration_s,
             sensitivity_cps_per_mbq=_sensitivity(sensitivity, calibration),
             axis_position_mm=axis_position_mm,
+            collimator=collimator,
             scatter=scatter.value,
             scatter_smoothing_mm=scatter_smoothing_mm,
             dew_k=dew_k,
@@ -557,7 +569,8 @@ def dicom_planar(
         )
     study = add_provenance(study, "convert dicom-planar")
     _write(study, output, force)
-    _print_study(study, "DICOM NM planar " + ", ".join(str(s) for s in sources), output)
+    title = "DICOM NM planar " + ", ".join(str(s) for s in sources)
+    _print_study(study, title, output, [str(w.message) for w in caught])
 
 
 def dicom_tomo(
@@ -571,17 +584,23 @@ def dicom_tomo(
     sensitivity: SensitivityOption = None,
     calibration: CalibrationOption = None,
     axis_position_mm: AxisOption = None,
+    collimator: CollimatorOption = None,
     force: ForceOption = False,
 ) -> None:
     """Convert DICOM NM tomographic projections (+ a CT) to a study.
 
-    Views, angles (β from the DICOM angles, sorted), radius, energy and frame time come from the
-    file (docs/dicom.md). The grid and the CT are handled as by 'spect convert dicom-planar'.
+    Views, angles (β from the DICOM angles, sorted), radius, energy, frame time and collimator
+    come from the file (docs/dicom.md). The grid, the CT and the collimator are handled as by
+    'spect convert dicom-planar'.
     """
-    from recon.convert import dicom_tomo_study
+    from recon.io.dicom_nm import dicom_tomo_study
 
     check_output(output, force)
-    with status("Reading the NM projections" + (" and the CT..." if ct else "...")):
+    with (
+        status("Reading the NM projections" + (" and the CT..." if ct else "...")),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
         study = dicom_tomo_study(
             file,
             ct=ct,
@@ -591,10 +610,11 @@ def dicom_tomo(
             duration_s=duration_s,
             sensitivity_cps_per_mbq=_sensitivity(sensitivity, calibration),
             axis_position_mm=axis_position_mm,
+            collimator=collimator,
         )
     study = add_provenance(study, "convert dicom-tomo")
     _write(study, output, force)
-    _print_study(study, f"DICOM NM tomographic {file}", output)
+    _print_study(study, f"DICOM NM tomographic {file}", output, [str(w.message) for w in caught])
 
 
 # -- spect convert to-nifti / nifti-to-result ----------------------------------------------------
@@ -621,16 +641,12 @@ def to_nifti(
     The affine places the volume in RAS+ world coordinates (docs/importers.md), so viewers show
     the patient the right way round. Default: a result's activity, a study's truth activity.
     """
-    from recon.convert import nifti_volume
-    from recon.importers import write_nifti
+    from recon.io.nifti import volume_to_nifti
     from recon.io.summary import grid_text, range_text
 
     check_output(output, force)
-    if not output.name.endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{output}: a NIfTI file name ends with .nii or .nii.gz")
-    volume, grid, what = nifti_volume(file, dataset.value)
     with status(f"Writing {output}..."):
-        write_nifti(output, volume, grid, overwrite=force)
+        volume, grid, what = volume_to_nifti(file, output, dataset.value, overwrite=force)
     print_rows(
         f"NIfTI of {file}",
         [("volume", what), ("grid", grid_text(grid)), ("values", range_text(volume, ""))],
@@ -670,8 +686,8 @@ def nifti_to_result(
     float32 rounding is undone (spacings to their shortest decimals, offsets to 0.001 mm). With
     --study the grid must be the study's and the study's exact grid and unit are used.
     """
-    from recon.convert import nifti_result
     from recon.io import write_result
+    from recon.io.nifti import nifti_result
     from recon.io.summary import result_rows
 
     check_output(output, force)
@@ -749,10 +765,9 @@ def anatomy(
     segments, voxels outside the body, overlaps, partial coverage) are reported as warnings.
     See docs/importers.md, "Segmentations".
     """
-    import warnings
 
-    from recon.importers.segmentation import import_anatomy
     from recon.io import read_study
+    from recon.io.segmentation import import_anatomy
 
     check_output(output, force)
     if segmentation is None and not threshold:

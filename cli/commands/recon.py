@@ -17,6 +17,7 @@ import typer
 from cli.commands import (
     CollimatorOption,
     ForceOption,
+    NoCollimatorOption,
     ResultOutput,
     SupportChoice,
     SupportOption,
@@ -24,6 +25,7 @@ from cli.commands import (
     help_text,
     print_rows,
     resolve_device,
+    study_with_collimator,
     train_overrides,
 )
 from cli.commands.anatomy import ANATOMY_HELP
@@ -109,7 +111,8 @@ def mlem(
             help="Model attenuation with the study's μ (when it has one).",
         ),
     ] = True,
-    collimator: CollimatorOption = True,
+    collimator: CollimatorOption = None,
+    no_collimator: NoCollimatorOption = False,
     support: SupportOption = None,
     force: ForceOption = False,
 ) -> None:
@@ -139,14 +142,14 @@ def mlem(
         filter_fwhm_mm=filter_fwhm_mm,
     )
     torch_device = resolve_device(device.value)
-    study = read_study(study_file)
+    study = study_with_collimator(read_study(study_file), collimator, no_collimator)
     with iteration_progress(iterations, config.method.upper(), fields={"logL": "–"}) as update:
         result = reconstruct_mlem(
             study,
             config,
             support=None if support is None else support.value,
             attenuation=attenuation,
-            collimator=collimator,
+            collimator=not no_collimator,
             device=torch_device,
             callback=lambda i, _activity, log_l: update(i, logL=f"{log_l:.8g}"),
             study_file=study_file,
@@ -260,13 +263,15 @@ def nerf(
         bool,
         typer.Option("--fine-tune", help="With --prior: fine-tune the network for half the steps."),
     ] = False,
-    collimator: Annotated[
+    collimator: CollimatorOption = None,
+    no_collimator: Annotated[
         bool,
         typer.Option(
-            "--collimator/--no-collimator",
-            help="Model the collimator blur the study names (whole views per step).",
+            "--no-collimator",
+            help="Model no collimator blur: random lines per step (default: the blur of the "
+            "study's collimator, whole views per step).",
         ),
-    ] = True,
+    ] = False,
     support: SupportOption = None,
     representation: Annotated[
         RepresentationChoice,
@@ -322,7 +327,7 @@ def nerf(
         raise ValueError("--encoding cannot be changed with --prior: the model fixes it")
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_nerf")
     check_nerf_folder(folder, with_prior=prior is not None, resume=resume, overwrite=force)
-    study = read_study(study_file)
+    study = study_with_collimator(read_study(study_file), collimator, no_collimator)
     if anatomy_file is not None:
         from cli.commands.anatomy import load_study_anatomy
 
@@ -332,7 +337,7 @@ def nerf(
         try:
             result = reconstruct_nerf(
                 study, config, representation=representation.value,
-                support=None if support is None else support.value, collimator=collimator,
+                support=None if support is None else support.value, collimator=not no_collimator,
                 out_dir=folder, resume=resume, prior=prior, fine_tune=fine_tune,
                 device=torch_device, callback=loss_psnr_callback(update, "val_psnr"),
                 study_file=study_file,

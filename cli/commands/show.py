@@ -11,7 +11,7 @@ import typer
 from cli.commands import ForceOption, check_output, json_text
 from cli.progress import status
 
-__all__ = ["ShowKind", "SliceChoice", "file_format", "show"]
+__all__ = ["ShowKind", "SliceChoice", "show"]
 
 
 class ShowKind(str, Enum):
@@ -28,20 +28,6 @@ class SliceChoice(str, Enum):
 
     HOTTEST = "hottest"
     CENTRE = "centre"
-
-
-def file_format(path: Path) -> str | None:
-    """The root ``format`` attribute of an HDF5 file (``"spect-study"``, ...), or ``None``."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            value = f.attrs.get("format")
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError):
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    return value if isinstance(value, str) else None
 
 
 def show(
@@ -88,11 +74,12 @@ def show(
     """
     from recon.evaluation import figures
     from recon.io import read_result, read_study
+    from recon.io.hdf5 import file_kind
 
     check_output(output, force)
-    fmt = file_format(file)
+    is_result = file_kind(file) == "result"
     with status(f"Drawing {file}..."):
-        if fmt == "spect-result":
+        if is_result:
             if kind in (ShowKind.PROJECTIONS, ShowKind.BOTH):
                 raise ValueError(
                     f"{file}: a result file holds no projections; use --kind volume, or "
@@ -109,7 +96,7 @@ def show(
                 study, what, slice_at=slice_at.value, max_views=max_views, contours=contours
             )
         parameters = {"file": file, "kind": what, "slice_at": slice_at, "max_views": max_views}
-        if fmt != "spect-result":
+        if not is_result:
             parameters["contours"] = contours
         metadata = {"Source": str(file), "Description": json_text(parameters)}
         figures.save_png(fig, output, overwrite=force, metadata=metadata)

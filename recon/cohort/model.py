@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from recon.nerf.checkpoint import load_checkpoint
+from recon.nerf.checkpoint import grid_from_dict, load_checkpoint
 from recon.nerf.field import EmissionField, FieldConfig
 from spectproj import ImageGrid
 
@@ -51,8 +51,6 @@ __all__ = [
     "CohortModel",
     "LoadedCohortModel",
     "cohort_frame",
-    "grid_from_dict",
-    "grid_to_dict",
     "load_cohort_model",
 ]
 
@@ -60,24 +58,6 @@ __all__ = [
 COHORT_MODEL_KIND = "cohort-model"
 #: ``kind`` of a cohort training checkpoint (with the optimiser state, resumable).
 COHORT_CHECKPOINT_KIND = "cohort-checkpoint"
-
-
-def grid_to_dict(grid: ImageGrid) -> dict[str, list[float] | list[int]]:
-    """``{"shape", "spacing_mm", "offset_mm"}`` of a grid, as lists of numbers."""
-    return {
-        "shape": [int(n) for n in grid.shape],
-        "spacing_mm": [float(d) for d in grid.spacing_mm],
-        "offset_mm": [float(o) for o in grid.offset_mm],
-    }
-
-
-def grid_from_dict(values: Mapping[str, Any]) -> ImageGrid:
-    """Undo `grid_to_dict`."""
-    return ImageGrid(
-        shape=tuple(int(n) for n in values["shape"]),  # type: ignore[arg-type]  # ImageGrid checks the length
-        spacing_mm=tuple(float(d) for d in values["spacing_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
-        offset_mm=tuple(float(o) for o in values["offset_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
-    )
 
 
 def cohort_frame(grids: list[ImageGrid] | tuple[ImageGrid, ...]) -> ImageGrid:

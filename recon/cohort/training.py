@@ -83,12 +83,11 @@ from recon.cohort.model import (
     COHORT_MODEL_KIND,
     CohortModel,
     cohort_frame,
-    grid_to_dict,
 )
 from recon.cohort.prior import organ_activity_error
 from recon.io import read_study
 from recon.io.study import Study
-from recon.nerf.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from recon.nerf.checkpoint import LAST_CHECKPOINT, grid_to_dict, load_checkpoint
 from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.export import sample_on_grid
 from recon.nerf.rays import RayData, study_digest
@@ -670,10 +669,6 @@ class _CohortObjective:
         return payload
 
     def restore(self, payload: Mapping[str, Any]) -> None:
-        for row in reversed(payload["history"]):
-            if not math.isnan(row.get("heldout_psnr", math.nan)):
-                self.latest["heldout_psnr"] = row["heldout_psnr"]
-                break
         self.heldout = [dict(h) for h in payload.get("heldout", [])]
 
     def rng_state(self) -> None:

@@ -104,7 +104,7 @@ def calibrate_planar(
     Parameters
     ----------
     source:
-        The NM file (or folder) of the source (`recon.importers.dicom.read_nm_planar`).
+        The NM file (or folder) of the source (`recon.io.dicom_nm.read_nm_planar`).
     activity_mbq:
         The source's activity (MBq) at ``activity_time``.
     activity_time:
@@ -128,10 +128,10 @@ def calibrate_planar(
     ValueError
         No duration, an activity time without a half-life or acquisition time, bad numbers.
     """
-    from recon.convert import detector_grid
     from recon.corrections.scatter import estimate_scatter, find_scatter_windows
     from recon.corrections.timing import decay_factor, seconds_between
-    from recon.importers.dicom import nm_planar_study, read_nm_planar
+    from recon.io._common import detector_grid
+    from recon.io.dicom_nm import nm_planar_study, read_nm_planar
 
     if scatter not in ("auto", "tew", "none"):
         raise ValueError(f"scatter must be auto, tew or none; got {scatter!r}")

@@ -2,7 +2,7 @@
 
 Values are the evaluated half-lives of the ENSDF as published by the National Nuclear Data Center,
 NuDat 3 (https://www.nndc.bnl.gov/nudat3/), in seconds. A DICOM file's RadionuclideHalfLife
-(0018,1075), when present, is used instead (`recon.importers.dicom_nm`), and a user can always
+(0018,1075), when present, is used instead (`recon.io.dicom_nm`), and a user can always
 give ``--half-life-h``.
 """
 
@@ -19,7 +19,7 @@ _DAY = 86400.0
 #: Where the half-lives of `HALF_LIVES_S` come from.
 HALF_LIFE_SOURCE = "NNDC NuDat 3 (ENSDF), https://www.nndc.bnl.gov/nudat3/"
 
-#: Physical half-life (s) per nuclide, spelled as `recon.importers.dicom_nm.parse_isotope` does.
+#: Physical half-life (s) per nuclide, spelled as `recon.io.dicom_nm.parse_isotope` does.
 HALF_LIVES_S: Mapping[str, float] = MappingProxyType(
     {
         "Tc-99m": 6.0067 * _HOUR,
@@ -46,7 +46,7 @@ def half_life_s(nuclide: str) -> float:
     ValueError
         The nuclide is not in `HALF_LIVES_S` (the message lists them).
     """
-    from recon.importers.dicom_nm import parse_isotope
+    from recon.io.dicom_nm import parse_isotope
 
     name = parse_isotope(nuclide) or ""
     for key, value in HALF_LIVES_S.items():

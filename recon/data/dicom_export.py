@@ -11,8 +11,9 @@
   triple-energy windows, CT, SEG) and a calibration source image: the data of
   ``docs/tutorial-patient.md``.
 
-The files follow the NM, CT and Segmentation IODs as far as the project's importers read them
-(`recon.importers.dicom`); they are not meant to pass a full DICOM validator.
+The files follow the NM, CT and Segmentation IODs as far as the project's readers need them
+(`recon.io.dicom_nm`, `recon.io.dicom_ct`, `recon.io.segmentation_dicom`); they are not meant to
+pass a full DICOM validator.
 """
 
 from __future__ import annotations

@@ -48,8 +48,9 @@ from recon.io.study import (
     EnergyWindow,
     Study,
 )
-from spectproj import CollimatorResponse, ParallelGeometry, SPECTProjector
+from spectproj import CollimatorResponse, CollimatorSpec, ParallelGeometry, SPECTProjector
 from spectproj.collimator import gaussian_blur_matrices
+from spectproj.collimator_table import lookup
 
 __all__ = [
     "DEFAULT_SCATTER_SIGMA_MM",
@@ -145,7 +146,7 @@ def simulate_acquisition(
     phantom: Phantom,
     geometry: ParallelGeometry,
     *,
-    collimator: str | CollimatorResponse | None = None,
+    collimator: str | CollimatorSpec | CollimatorResponse | None = None,
     scatter_fraction: float = 0.0,
     scatter_sigma_mm: float = DEFAULT_SCATTER_SIGMA_MM,
     scatter_windows: bool = False,
@@ -168,9 +169,11 @@ def simulate_acquisition(
     geometry : spectproj.ParallelGeometry
         Views and detector, e.g. ``ParallelGeometry.ap_pa(grid, radius_mm=250.0)`` or
         ``ParallelGeometry.full_circle(grid, 120, radius_mm=250.0)``.
-    collimator : str or spectproj.CollimatorResponse, optional
-        Collimator blur: a preset name (``"LEHR"``, ``"MEGP"``, ``"HE"``, ...; evaluated at the
-        phantom's energy) or a response; ``None`` for no blur. Needs ``geometry.radius_mm``.
+    collimator : str, spectproj.CollimatorSpec or spectproj.CollimatorResponse, optional
+        Collimator blur: a name of the collimator table (``"LEHR"``, ``"MEGP"``, ``"SY-ME"``,
+        ...; docs/collimators.md) or a spec (both evaluated at the phantom's energy and recorded
+        in the study), or a bare response (not recorded); ``None`` for no blur. Needs
+        ``geometry.radius_mm``.
     scatter_fraction : float
         Scatter-to-primary ratio ``f``: a smooth scatter term totalling ``f`` × the primary
         counts is added (see `scatter_projections`) and returned as the study's ``background``.
@@ -239,7 +242,7 @@ def simulate_acquisition(
             raise ValueError(f"{name} must be positive or None, got {value!r}")
     energy = float(phantom.energy_keV)
     isotope = _isotope(isotope, energy)
-    response, collimator_name = _collimator(collimator, energy)
+    response, spec = _collimator(collimator, energy)
     if response is not None and geometry.radius_mm is None:
         raise ValueError("a collimator blur needs geometry.radius_mm (mm), got None")
 
@@ -271,7 +274,8 @@ def simulate_acquisition(
         energy_window_keV=ENERGY_WINDOWS_KEV.get(isotope) if isotope else None,
         duration_s=duration,
         sensitivity_cps_per_mbq=sensitivity,
-        collimator=collimator_name,
+        collimator=collimator.upper() if isinstance(collimator, str) else None,
+        collimator_spec=spec,
     )
     # The study's count scale is the one used here (up to rounding).
     if not math.isclose(acquisition.count_scale, scale, rel_tol=1e-9):  # pragma: no cover
@@ -311,6 +315,12 @@ def simulate_acquisition(
             ""
             if response is None
             else f"sigma0_mm={response.sigma0_mm!r}, slope={response.slope!r}"
+            + (
+                f", intrinsic_sigma_mm={response.intrinsic_sigma_mm!r}"
+                if response.intrinsic_sigma_mm
+                else ""
+            )
+            + (f", tail_fraction={response.tail_fraction!r}" if response.tail_fraction else "")
         ),
         "phantom": json.dumps(phantom.config.to_dict()) if phantom.config is not None else "custom",
         "phantom_energy_keV": repr(energy),
@@ -355,16 +365,19 @@ def _isotope(isotope: str | None, energy_keV: float) -> str | None:
 
 
 def _collimator(
-    collimator: str | CollimatorResponse | None, energy_keV: float
-) -> tuple[CollimatorResponse | None, str | None]:
+    collimator: str | CollimatorSpec | CollimatorResponse | None, energy_keV: float
+) -> tuple[CollimatorResponse | None, CollimatorSpec | None]:
     if collimator is None:
         return None, None
     if isinstance(collimator, str):
-        return CollimatorResponse.preset(collimator, energy_keV), collimator.upper()
+        collimator = lookup(collimator)
+    if isinstance(collimator, CollimatorSpec):
+        return collimator.response(energy_keV), collimator
     if isinstance(collimator, CollimatorResponse):
         return collimator, None
     raise TypeError(
-        f"collimator must be a name, a CollimatorResponse or None, got {type(collimator).__name__}"
+        "collimator must be a name, a CollimatorSpec, a CollimatorResponse or None, got "
+        f"{type(collimator).__name__}"
     )
 
 

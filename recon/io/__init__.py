@@ -4,6 +4,8 @@ Public names
 ------------
 Acquisition, Anatomy, Study, Result
     The in-memory data model (`recon.io.study`).
+with_collimator
+    A study with another collimator (name and parameters together).
 write_study, read_study, write_result, read_result, describe, FORMAT_VERSION
     The HDF5 study and result files (`recon.io.hdf5`, layout in ``docs/file-format.md``).
 StudyFileError
@@ -27,7 +29,7 @@ from recon.io.hdf5 import (
     write_result,
     write_study,
 )
-from recon.io.study import MAX_COUNTS, Acquisition, Anatomy, Result, Study
+from recon.io.study import MAX_COUNTS, Acquisition, Anatomy, Result, Study, with_collimator
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,6 +46,7 @@ __all__ = [
     "describe",
     "read_result",
     "read_study",
+    "with_collimator",
     "write_result",
     "write_study",
 ]

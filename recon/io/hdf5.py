@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import h5py
 import numpy as np
@@ -47,13 +47,15 @@ from recon.io.study import (
     dtype_text,
     json_default,
 )
-from spectproj import ImageGrid
+from spectproj import CollimatorSpec, ImageGrid
+from spectproj.collimator_table import SPEC_KEYS
 
 __all__ = [
     "FORMAT_VERSION",
     "RESULT_FORMAT",
     "STUDY_FORMAT",
     "describe",
+    "file_kind",
     "read_result",
     "read_study",
     "software_version",
@@ -61,13 +63,15 @@ __all__ = [
     "write_study",
 ]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Layout version written by this ``spect``; files with a higher version are refused.
 
-Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 3
-the optional ``/windows`` group (other energy windows), the ``method``/``parameters`` of
+Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 3 the
+optional ``/collimator`` group (the collimator's parameters, not only its name); version 4 the
+optional ``/windows`` group (other energy windows), the ``method``/``parameters`` of
 ``/background/counts`` and the decay and dead-time attributes of ``/acquisition``. Older files
-have none of them and still read.
+still read: their collimator name is looked up in the collimator table (docs/collimators.md);
+they have no windows and no decay or dead-time correction.
 """
 
 STUDY_FORMAT = "spect-study"
@@ -120,6 +124,18 @@ _ATTRIBUTES: dict[tuple[str, str], str] = {
     ("/acquisition", "observed_rate_cps"): "cps — observed count rate of the dead-time factor",
     ("/background/counts", "method"): "how the background was made: tew, dew, simulated, given",
     ("/background/counts", "parameters"): "JSON object: windows, smoothing, k... of the method",
+    ("/collimator", "name"): "collimator name (the table's row, or the user's file)",
+    ("/collimator", "hole_diameter_mm"): "mm — hole diameter D",
+    ("/collimator", "hole_length_mm"): "mm — hole (bore) length L",
+    ("/collimator", "septal_thickness_mm"): "mm — septal thickness t",
+    ("/collimator", "hole_shape"): "hex, round or square",
+    ("/collimator", "intrinsic_fwhm_mm"): "mm — intrinsic resolution (FWHM), 0: none",
+    ("/collimator", "intrinsic_energy_keV"): "keV — energy of intrinsic_fwhm_mm",
+    ("/collimator", "back_distance_mm"): "mm — collimator back face to the image plane",
+    ("/collimator", "penetration"): "septal penetration model: none or geometric",
+    ("/collimator", "vendor"): "vendor",
+    ("/collimator", "camera"): "camera",
+    ("/collimator", "source"): "where the parameters come from",
     ("/grid", "shape"): "voxels (Z, Y, X)",
     ("/grid", "spacing_mm"): "mm — voxel size (dz, dy, dx)",
     ("/grid", "offset_mm"): "mm — volume centre (oz, oy, ox) from the rotation axis",
@@ -415,6 +431,10 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
             value = getattr(acq, name)
             if value is not None:
                 a.attrs[name] = value
+        if acq.collimator_spec is not None:
+            c = f.create_group("collimator")
+            for key, value in acq.collimator_spec.to_dict().items():
+                c.attrs[key] = value
 
         _write_grid(f, study.grid)
         if study.mu_per_mm is not None:
@@ -726,10 +746,32 @@ class _Reader:
             values[name] = self.number(a, where, name, required=False)
         for name in _ACQUISITION_TEXTS:
             values[name] = self.string(a, where, name, required=False)
+        values["collimator_spec"] = self.collimator()
         try:
             return Acquisition(**values)
         except FieldError as error:
             self.chk.field(error)
+        except (TypeError, ValueError) as error:
+            self.fail(where, _short(error))
+
+    def collimator(self) -> CollimatorSpec | None:
+        """``/collimator`` (format version 3) as a `CollimatorSpec`, or ``None`` when absent."""
+        where = "/collimator"
+        c = self.group(where, required=False)
+        if c is None:
+            return None
+        values: dict[str, Any] = {}
+        for key in c.attrs:
+            if key not in SPEC_KEYS:
+                self.fail(where, f"unknown attribute '{key}'; expected one of {list(SPEC_KEYS)}")
+            value = self.attr(c, where, key)
+            if isinstance(value, (bytes, np.bytes_, str)):
+                value = self.string(c, where, key)
+            elif isinstance(value, np.generic):
+                value = value.item()
+            values[str(key)] = value
+        try:
+            return CollimatorSpec.from_mapping(values)
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
 
@@ -1084,6 +1126,20 @@ def _dataset_info(where: str, ds: h5py.Dataset) -> str:
         description = ""
     parts = [str(units), description, f"axes {axes}" if axes else ""]
     return "; ".join(p for p in parts if p)
+
+
+def file_kind(path: PathLike) -> Literal["study", "result"] | None:
+    """``"study"`` or ``"result"`` from an HDF5 file's root ``format`` attribute, else ``None``
+    (not HDF5, unreadable, or neither kind)."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("format")
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    kinds: dict[str, Literal["study", "result"]] = {STUDY_FORMAT: "study", RESULT_FORMAT: "result"}
+    return kinds.get(str(value))
 
 
 def describe(path: PathLike) -> list[tuple[str, str, str, str]]:

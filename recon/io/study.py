@@ -15,6 +15,7 @@ and the dead-time factor (observed / true counts) are 1 unless the acquisition g
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -33,7 +34,9 @@ from recon.corrections.timing import (
     seconds_between,
 )
 from recon.io.errors import FieldTypeError, FieldValueError
-from spectproj import CollimatorResponse, ImageGrid, ParallelGeometry
+from spectproj import CollimatorResponse, CollimatorSpec, ImageGrid, ParallelGeometry
+from spectproj.collimator_table import normalise_name
+from spectproj.collimator_table import table as collimator_table
 
 ML_PER_MM3 = 1e-3
 MBQ_PER_BQ = 1e-6
@@ -206,6 +209,14 @@ class _Rules:
             self.bad_type(name, f"must be of type {kind.__name__}, got {type(value).__name__}")
 
 
+def _names_match(name: str, spec: CollimatorSpec) -> bool:
+    """``name`` is ``spec``'s name, or a table alias of it (any case and punctuation)."""
+    if normalise_name(name) == normalise_name(spec.name):
+        return True
+    row = collimator_table().find(name)
+    return row is not None and row.name == spec.name
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """How the projections were acquired.
@@ -221,7 +232,13 @@ class Acquisition:
     energy_window_keV: ``(low, high)`` of the main window (keV), if known.
     duration_s: acquisition time per view (s), if known.
     sensitivity_cps_per_mbq: planar system sensitivity (counts/s per MBq), if known.
-    collimator: collimator name (e.g. ``"LEHR"``), if known.
+    collimator: collimator name (e.g. ``"LEHR"``, ``"SY-ME"``), if known.
+    collimator_spec: the collimator's parameters (hole diameter, length, septa, shape, intrinsic
+        resolution, penetration model; `spectproj.CollimatorSpec`), if known. Filled in from the
+        collimator table (docs/collimators.md) when only a name the table knows is given; when
+        both are given the name must be the spec's name (or a table alias of it), and a spec
+        alone sets the name. A name the table does not know leaves it ``None`` (modelling the
+        blur then fails with a message naming the collimator).
     half_life_s: physical half-life of the isotope (s), if known.
     acquisition_start: ISO 8601 date-time the acquisition started, if known.
     reference_time: ISO 8601 date-time the activities refer to (decay-corrected to it), or
@@ -242,6 +259,7 @@ class Acquisition:
     duration_s: float | None = None
     sensitivity_cps_per_mbq: float | None = None
     collimator: str | None = None
+    collimator_spec: CollimatorSpec | None = None
     half_life_s: float | None = None
     acquisition_start: str | None = None
     reference_time: str | None = None
@@ -299,6 +317,27 @@ class Acquisition:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 rules.bad_type(name, f"{name} must be a string, got {type(value).__name__}")
+        self._resolve_collimator(rules)
+
+    def _resolve_collimator(self, rules: _Rules) -> None:
+        spec, name = self.collimator_spec, self.collimator
+        if spec is not None:
+            rules.instance("collimator_spec", spec, CollimatorSpec)
+        table = collimator_table()
+        if spec is not None and name is None:
+            object.__setattr__(self, "collimator", spec.name)
+            return
+        if spec is not None and name is not None and _names_match(name, spec):
+            return
+        if spec is not None and spec != table.find(spec.name):
+            rules.bad_value(
+                "collimator",
+                f"collimator {name!r} is not the name of collimator_spec {spec.name!r}; "
+                "replace both (recon.io.study.with_collimator)",
+            )
+        # No spec, or a row of the table under another name (dataclasses.replace(acquisition,
+        # collimator=...)): the name picks the row; a name the table does not know, none.
+        object.__setattr__(self, "collimator_spec", table.find(name) if name else None)
 
     def _check_times(self, rules: _Rules) -> None:
         """Rules of the decay and dead-time fields (they come in groups)."""
@@ -721,22 +760,43 @@ class Study:
         )
 
     def collimator_response(self) -> CollimatorResponse | None:
-        """The depth-dependent collimator blur this study names, or ``None``.
+        """The depth-dependent collimator blur of this study, or ``None``.
 
-        ``CollimatorResponse.preset(acquisition.collimator, acquisition.energy_keV)`` when the
-        acquisition names a collimator (``LEHR``, ``MEGP``, ``HE``, ...) and has a radius
-        (``radius_mm``, needed to place the collimator face); ``None`` when either is missing.
-        The one way to resolve a study's collimator (CLI, batch and NeRF training use it).
+        ``acquisition.collimator_spec.response(acquisition.energy_keV)`` (geometric response at
+        the photon energy, intrinsic resolution in quadrature, the penetration tail if the spec
+        has one) when the acquisition has a collimator and a radius (``radius_mm``, needed to
+        place the collimator face); ``None`` when either is missing. The one way to resolve a
+        study's collimator (CLI, batch and NeRF training use it).
 
         Raises
         ------
         ValueError
-            The name is not a known collimator preset (the message lists the known ones).
+            The acquisition names a collimator the table does not know (the message lists the
+            known ones), or the holes are transparent at the photon energy.
         """
         a = self.acquisition
         if not a.collimator or a.radius_mm is None:
             return None
-        return CollimatorResponse.preset(a.collimator, a.energy_keV)
+        if a.collimator_spec is None:
+            return CollimatorResponse.from_table(a.collimator, a.energy_keV)  # raises: unknown
+        return a.collimator_spec.response(a.energy_keV)
+
+
+def with_collimator(study: Study, spec: CollimatorSpec | None) -> Study:
+    """``study`` with another collimator (``--collimator NAME|FILE.toml``), or none (``None``).
+
+    Name and parameters are replaced together; everything else is kept.
+    """
+    if spec is not None and not isinstance(spec, CollimatorSpec):
+        raise TypeError(
+            f"spec must be a spectproj.CollimatorSpec or None, got {type(spec).__name__}"
+        )
+    acquisition = dataclasses.replace(
+        study.acquisition,
+        collimator=None if spec is None else spec.name,
+        collimator_spec=spec,
+    )
+    return dataclasses.replace(study, acquisition=acquisition)
 
 
 @dataclass(frozen=True)

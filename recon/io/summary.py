@@ -25,8 +25,10 @@ import numpy as np
 
 from recon.io.hdf5 import read_result, read_study
 from recon.io.study import Result, Study
+from spectproj import CollimatorSpec
 
 __all__ = [
+    "collimator_text",
     "grid_text",
     "range_text",
     "result_rows",
@@ -96,7 +98,7 @@ def study_rows(study: Study) -> list[tuple[str, str]]:
     if acq.energy_window_keV is not None:
         energy += f", window {acq.energy_window_keV[0]:g}–{acq.energy_window_keV[1]:g} keV"
     rows.append(("isotope, energy", f"{acq.isotope or '?'}, {energy}"))
-    rows.append(("collimator", acq.collimator or "none"))
+    rows.append(("collimator", collimator_text(acq.collimator, acq.collimator_spec)))
     if acq.radius_mm is not None:
         rows.append(("radius", f"{acq.radius_mm:g} mm"))
     if acq.duration_s is not None:
@@ -210,6 +212,22 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def collimator_text(name: str | None, spec: CollimatorSpec | None) -> str:
+    """``"SY-ME: D 2.94, L 40.64, septa 1.14 mm, hex; intrinsic 3.8 mm at 140 keV"``, the name
+    alone when its parameters are unknown, ``"none"`` without one."""
+    if spec is None:
+        return name or "none"
+    text = (
+        f"{name or spec.name}: D {spec.hole_diameter_mm:g}, L {spec.hole_length_mm:g}, "
+        f"septa {spec.septal_thickness_mm:g} mm, {spec.hole_shape}"
+    )
+    if spec.intrinsic_fwhm_mm > 0:
+        text += f"; intrinsic {spec.intrinsic_fwhm_mm:g} mm at {spec.intrinsic_energy_keV:g} keV"
+    if spec.penetration != "none":
+        text += f"; penetration {spec.penetration}"
+    return text
+
+
 def _numbers(value: Any) -> list[float] | None:
     if value is None:
         return None
@@ -246,6 +264,24 @@ def _get_attr(obj: Any, name: str) -> Any:
     try:
         return obj.attrs[name] if name in obj.attrs else None
     except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _collimator_spec(group: Any) -> CollimatorSpec | None:
+    """The ``/collimator`` group (format version 3) as a spec, or ``None`` if absent or bad."""
+    if not isinstance(group, h5py.Group):
+        return None
+    values: dict[str, Any] = {}
+    for key in list(group.attrs):
+        value = _get_attr(group, key)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        elif isinstance(value, np.generic):
+            value = value.item()
+        values[str(key)] = value
+    try:
+        return CollimatorSpec.from_mapping(values)
+    except (TypeError, ValueError):
         return None
 
 
@@ -304,7 +340,8 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         rows.append(("energy", text))
         collimator = _text(_get_attr(a, "collimator"))
         radius = _numbers(_get_attr(a, "radius_mm"))
-        text = collimator or "none named"
+        spec = _collimator_spec(_get(f, "/collimator"))
+        text = collimator_text(collimator, spec) if collimator or spec else "none named"
         if radius:
             text += f", radius {radius[0]:g} mm"
         rows.append(("collimator", text))

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from recon.io.atomic import atomic_output
+from spectproj import ImageGrid
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -46,6 +47,8 @@ __all__ = [
     "LAST_CHECKPOINT",
     "capture_rng",
     "checkpoint_name",
+    "grid_from_dict",
+    "grid_to_dict",
     "load_checkpoint",
     "restore_rng",
     "save_checkpoint",
@@ -60,6 +63,24 @@ LAST_CHECKPOINT = "checkpoint-last.pt"
 def checkpoint_name(step: int) -> str:
     """``checkpoint-XXXXXX.pt`` for ``step`` (six digits, zero-padded)."""
     return f"checkpoint-{int(step):06d}.pt"
+
+
+def grid_to_dict(grid: ImageGrid) -> dict[str, list[float] | list[int]]:
+    """``{"shape", "spacing_mm", "offset_mm"}`` of a grid, as lists of numbers."""
+    return {
+        "shape": [int(n) for n in grid.shape],
+        "spacing_mm": [float(d) for d in grid.spacing_mm],
+        "offset_mm": [float(o) for o in grid.offset_mm],
+    }
+
+
+def grid_from_dict(values: Mapping[str, Any]) -> ImageGrid:
+    """Undo `grid_to_dict`."""
+    return ImageGrid(
+        shape=tuple(int(n) for n in values["shape"]),  # type: ignore[arg-type]  # ImageGrid checks the length
+        spacing_mm=tuple(float(d) for d in values["spacing_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
+        offset_mm=tuple(float(o) for o in values["offset_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
+    )
 
 
 def save_checkpoint(payload: Mapping[str, Any], *paths: str | os.PathLike[str]) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 from recon.io import Result, read_result
 from recon.io.study import Study
 from recon.nerf.anatomy_field import AnatomyField, AnatomyFieldConfig
-from recon.nerf.checkpoint import load_checkpoint
+from recon.nerf.checkpoint import grid_from_dict, load_checkpoint
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.rays import RayData
 from recon.nerf.representations import VoxelActivity
@@ -215,11 +215,7 @@ def build_representation(info: Mapping[str, Any]) -> nn.Module:
     g = info.get("grid")
     if not isinstance(g, Mapping):
         raise ValueError(f"the representation description has no grid: {dict(info)}")
-    grid = ImageGrid(
-        shape=tuple(int(n) for n in g["shape"]),  # type: ignore[arg-type]  # ImageGrid checks the length
-        spacing_mm=tuple(float(d) for d in g["spacing_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
-        offset_mm=tuple(float(o) for o in g["offset_mm"]),  # type: ignore[arg-type]  # ImageGrid checks the length
-    )
+    grid = grid_from_dict(g)
     if kind == "EmissionField":
         fc = info.get("field_config")
         if not isinstance(fc, Mapping):

@@ -47,11 +47,7 @@ import torch
 from torch import nn
 
 from recon.io.study import Study
-from recon.nerf.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-)
+from recon.nerf.checkpoint import capture_rng, grid_to_dict, load_checkpoint, restore_rng
 from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.previews import write_previews
 from recon.nerf.rays import RayData, study_digest
@@ -196,11 +192,7 @@ def representation_info(representation: Any) -> dict[str, Any]:
         "field_config": None,
     }
     if grid is not None and hasattr(grid, "shape"):
-        info["grid"] = {
-            "shape": [int(n) for n in grid.shape],
-            "spacing_mm": [float(d) for d in grid.spacing_mm],
-            "offset_mm": [float(o) for o in grid.offset_mm],
-        }
+        info["grid"] = grid_to_dict(grid)
     if config is not None and hasattr(config, "to_dict"):
         info["field_config"] = dict(config.to_dict())
     return info
@@ -410,10 +402,6 @@ class _StudyObjective:
         restore_rng(payload["rng"], self.sampler)
         self.level = float(payload["data"]["activity_level"])
         self.count_level = float(payload["data"]["count_level"])
-        for row in reversed(payload["history"]):
-            if not math.isnan(row.get("val_psnr", math.nan)):
-                self.latest = {"val_deviance": row["val_deviance"], "val_psnr": row["val_psnr"]}
-                break
 
     def rng_state(self) -> dict[str, Any]:
         return capture_rng(self.sampler)
@@ -628,11 +616,8 @@ def study_physics(
 def _blur_note(
     name: str, response: CollimatorResponse, energy_keV: float, radius_mm: float | None
 ) -> str:
-    what = f"{name.upper()} at {energy_keV:g} keV" if name else "a given response"
-    return (
-        f"{what}, radius {radius_mm:g} mm "
-        f"(σ = {response.sigma0_mm:.3g} mm + {response.slope:.3g}·d), whole views"
-    )
+    what = f"{name} at {energy_keV:g} keV" if name else "a given response"
+    return f"{what}, radius {radius_mm:g} mm ({response.summary()}), whole views"
 
 
 def rendered_counts(fit_result: FitResult, study: Study) -> torch.Tensor:

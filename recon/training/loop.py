@@ -103,7 +103,8 @@ def require_same(path: Path, saved: Mapping[str, Any], config: Any, names: tuple
 class Objective(Protocol):
     """What a `Trainer` trains. ``model`` is checkpointed; ``representation`` may have a
     ``penalty()``; ``params`` are clipped and checked; ``columns`` are the log columns;
-    ``latest``: the latest validation values (for callbacks)."""
+    ``latest``: the latest validation values (for callbacks; `Trainer.restore` sets them from
+    the history)."""
 
     @property
     def model(self) -> nn.Module: ...
@@ -213,6 +214,10 @@ class Trainer:
         self.history = [dict(row) for row in payload["history"]]
         self.losses = [float(v) for v in payload["losses"]]
         self.elapsed_before = float(payload["elapsed_s"])
+        latest = self.objective.latest  # the last logged validation, for callbacks and results
+        for name in latest:
+            logged = (row.get(name, math.nan) for row in reversed(self.history))
+            latest[name] = next((v for v in logged if not math.isnan(v)), latest[name])
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, callback: Callback | None = None) -> None:

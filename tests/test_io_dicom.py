@@ -1,4 +1,4 @@
-"""DICOM importers, checked with synthetic files written with pydicom.
+"""DICOM import (`recon.io.dicom_nm`, `recon.io.dicom_ct`), checked with synthetic pydicom files.
 
 Orientation is checked two ways: (1) point sources placed in the stored pixel grid from the DICOM
 definitions alone (ImagePositionPatient/ImageOrientationPatient, or the DICOM angle definition:
@@ -26,17 +26,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from recon.importers.dicom import (
-    CtGeometry,
-    ct_to_mu_on_grid,
+from recon.io.dicom_ct import CtGeometry, ct_to_mu_on_grid, read_ct_series, resample_to_grid
+from recon.io.dicom_nm import (
     dicom_angle_to_beta,
     nm_planar_study,
     parse_isotope,
-    read_ct_series,
     read_nm_planar,
     read_nm_tomo,
     read_nm_tomo_details,
-    resample_to_grid,
 )
 from spectproj import ImageGrid, ParallelGeometry, hu_to_mu_per_mm, project, water_mu_per_mm
 from spectproj.display import to_viewer

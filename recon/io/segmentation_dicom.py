@@ -7,7 +7,7 @@
   orientations work. FRACTIONAL segmentations are thresholded at half their maximum.
 * **RTSTRUCT**: each ROI is a set of closed planar contours (LPS mm). They are rasterised on the
   slices of the CT series they were drawn on (``ct_dir``, read with
-  `recon.importers.dicom_ct.read_ct_series`): a CT voxel is inside when its centre is inside an
+  `recon.io.dicom_ct.read_ct_series`): a CT voxel is inside when its centre is inside an
   odd number of the ROI's contours on that slice (so nested contours are holes). Only axial
   contours (constant z) are supported.
 
@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.path import Path as Polygon
 from pydicom.dataset import Dataset
 
-from recon.importers._dicom_common import (
+from recon.io._dicom_common import (
     PathLike,
     as_floats,
     attribute_error,
@@ -32,8 +32,8 @@ from recon.importers._dicom_common import (
     read_dataset,
     require,
 )
-from recon.importers.dicom_ct import read_ct_series
-from recon.importers.segmentation import (
+from recon.io.dicom_ct import read_ct_series
+from recon.io.segmentation import (
     BODY_CLASS_NAMES,
     TOTALSEGMENTATOR_TO_SPECT,
     _check_coverage,

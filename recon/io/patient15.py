@@ -4,7 +4,7 @@ Source: BenAuer2021/Phantoms-For-Nuclear-Medicine-Imaging-Simulation (MIT licenc
 volumes of 90 slices × 70 rows × 108 columns: ``attn`` (CT stored as HU + 1000) and ``src`` (the
 same CT with organ and tumour labels 15000–21000). The files are stored "LAI" (columns toward the
 patient's left, rows toward anterior, slices toward the feet), established from the anatomy and
-checked by ``tests/test_importers_interfile.py``: the liver lies on the patient's right, the
+checked by ``tests/test_io_interfile.py``: the liver lies on the patient's right, the
 kidneys posterior to it and below it, the lungs in the first slices, the spine and the curved
 couch at the lowest row numbers.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from recon.importers.interfile import read_interfile
+from recon.io.interfile import read_interfile
 from recon.io.study import Acquisition, Study
 from spectproj import ImageGrid, ParallelGeometry, hu_to_mu_per_mm, project
 
@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_CONCENTRATIONS_BQ_PER_ML",
     "PATIENT15_LABELS",
     "Patient15",
+    "find_patient15_folder",
     "load_patient15",
     "patient15_study",
 ]
@@ -69,6 +70,9 @@ DEFAULT_CONCENTRATIONS_BQ_PER_ML: Mapping[str, float] = {
     "tumour_3": 200e3,
     "background": 3e3,
 }
+
+#: Where the phantom lies in the shared data folder (``../shared``).
+PATIENT15_SUBFOLDER = Path("data") / "lu177_dotatate_patient15"
 
 #: CT numbers above this (HU) belong to the body outline (largest connected region).
 BODY_THRESHOLD_HU = -500.0
@@ -126,6 +130,28 @@ def _concentrations(overrides: Mapping[str, float] | None) -> dict[str, float]:
     return values
 
 
+def find_patient15_folder(folder: PathLike) -> Path:
+    """The folder holding ``patient15_LuDOTATATE_{attn,src}.h33``: ``folder`` itself, or its
+    ``lu177_dotatate_patient15`` or ``data/lu177_dotatate_patient15`` subfolder (so the shared
+    data folder works too).
+
+    Raises
+    ------
+    FileNotFoundError
+        None of them holds the two headers.
+    """
+    base = Path(folder)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: no such folder")
+    for candidate in (base, base / PATIENT15_SUBFOLDER.name, base / PATIENT15_SUBFOLDER):
+        if (candidate / ATTN_HEADER).is_file() and (candidate / SRC_HEADER).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{base}: holds neither {ATTN_HEADER} and {SRC_HEADER} nor a "
+        f"{PATIENT15_SUBFOLDER} folder with them"
+    )
+
+
 def load_patient15(
     folder: PathLike,
     concentrations_bq_per_ml: Mapping[str, float] | None = None,
@@ -136,7 +162,8 @@ def load_patient15(
     Parameters
     ----------
     folder
-        The folder holding ``patient15_LuDOTATATE_{attn,src}.{h33,i33}``.
+        The folder holding ``patient15_LuDOTATATE_{attn,src}.{h33,i33}``, or a folder above it
+        (`find_patient15_folder`: the shared data folder works too).
     concentrations_bq_per_ml
         Concentrations (Bq/mL) by region name (``liver``, ``spleen``, ``kidney_left``,
         ``kidney_right``, ``tumour_1``..``tumour_3``, ``background``), overriding
@@ -153,15 +180,12 @@ def load_patient15(
     Raises
     ------
     FileNotFoundError
-        A header is missing from ``folder``.
+        Neither ``folder`` nor its phantom subfolder holds the two headers.
     ValueError
         The files do not match each other, or a concentration is invalid.
     """
-    folder = Path(folder)
+    folder = find_patient15_folder(folder)
     concentrations = _concentrations(concentrations_bq_per_ml)
-    for name in (ATTN_HEADER, SRC_HEADER):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name}: patient-15 header not found")
     attn = read_interfile(folder / ATTN_HEADER, orientation=PATIENT15_ORIENTATION)
     src = read_interfile(folder / SRC_HEADER, orientation=PATIENT15_ORIENTATION)
     if attn.data.shape != src.data.shape or attn.spacing_mm != src.spacing_mm:
@@ -212,6 +236,7 @@ def patient15_study(
         ``projections [2, 90, 108]`` (AP at β = 0, PA at β = 180), μ, CT, truth activity and
         labels on the grid, isotope Lu-177, provenance naming the source and its licence.
     """
+    folder = find_patient15_folder(folder)
     phantom = load_patient15(folder, concentrations_bq_per_ml, energy_keV)
     geometry = ParallelGeometry.ap_pa(phantom.grid)
     acquisition = Acquisition(
@@ -232,7 +257,8 @@ def patient15_study(
         "source": SOURCE,
         "licence": LICENCE,
         "files": f"{ATTN_HEADER}, {SRC_HEADER} (+ .i33)",
-        "generator": "recon.importers.patient15_study: noise-free spectproj.project, "
+        "folder": str(folder),
+        "generator": "recon.io.patient15.patient15_study: noise-free spectproj.project, "
         "attenuation, no collimator blur",
         "concentrations_bq_per_ml": json.dumps(phantom.concentrations_bq_per_ml, sort_keys=True),
     }

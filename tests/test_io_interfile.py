@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from recon.importers.interfile import (
+from recon.io.interfile import (
     InterfileError,
     parse_interfile_header,
     read_interfile,
@@ -357,7 +357,7 @@ def test_patient15_orientation_matches_anatomy(shared_dir):
     kidneys are posterior to the liver (larger y) and lower (smaller z); the lungs are in the
     top slices; the spine and the curved couch are at the back.
     """
-    from recon.importers.patient15 import load_patient15
+    from recon.io.patient15 import load_patient15
 
     p = load_patient15(shared_dir / PATIENT15)
     assert p.grid.shape == (90, 70, 108)
@@ -379,7 +379,7 @@ def test_patient15_orientation_matches_anatomy(shared_dir):
 
 @pytest.mark.shared
 def test_patient15_values(shared_dir):
-    from recon.importers.patient15 import DEFAULT_CONCENTRATIONS_BQ_PER_ML, load_patient15
+    from recon.io.patient15 import DEFAULT_CONCENTRATIONS_BQ_PER_ML, load_patient15
 
     p = load_patient15(shared_dir / PATIENT15, {"liver": 12.5, "background": 0.0})
     counts = {name: int((p.labels == label).sum()) for label, name in p.label_names.items()}
@@ -405,7 +405,7 @@ def test_patient15_values(shared_dir):
 
 @pytest.mark.shared
 def test_patient15_study(shared_dir):
-    from recon.importers.patient15 import patient15_study
+    from recon.io.patient15 import patient15_study
 
     study = patient15_study(shared_dir / PATIENT15)
     a = study.acquisition

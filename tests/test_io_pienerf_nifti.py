@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from recon.importers.nifti import grid_affine_ras, read_nifti, write_nifti
-from recon.importers.pienerf import pienerf_row_to_study, read_pienerf_manifest
+from recon.io.nifti import grid_affine_ras, read_nifti, write_nifti
+from recon.io.pienerf import pienerf_row_to_study, read_pienerf_manifest
 from spectproj import ImageGrid, ParallelGeometry, hu_to_mu_per_mm, project
 
 SHAPE = (5, 7, 9)  # our Z, Y, X: all different so that a wrong axis cannot pass

@@ -1,4 +1,5 @@
-"""Segmentation importers: NIfTI label maps and masks, DICOM SEG, RTSTRUCT, CT/μ thresholds."""
+"""Segmentations onto a study (`recon.io.segmentation*`): NIfTI label maps and masks, DICOM SEG,
+RTSTRUCT, CT/μ thresholds."""
 
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ import pytest
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from recon.importers.seg_dicom import anatomy_from_dicom, anatomy_from_rtstruct
-from recon.importers.seg_threshold import anatomy_from_threshold, body_from_threshold
-from recon.importers.segmentation import (
+from recon.io import Acquisition, Study
+from recon.io.segmentation import (
     TOTALSEGMENTATOR_TOTAL,
     anatomy_from_nifti,
     anatomy_from_nifti_folder,
     import_anatomy,
     read_names,
 )
-from recon.io import Acquisition, Study
+from recon.io.segmentation_dicom import anatomy_from_dicom, anatomy_from_rtstruct
+from recon.io.segmentation_threshold import anatomy_from_threshold, body_from_threshold
 from spectproj import ImageGrid, hu_to_mu_per_mm, water_mu_per_mm
 
 # Study grid: x centres −8..10 (edges odd), y centres −13.5..7.5 (edges multiples of 3),
@@ -488,7 +489,7 @@ def test_rtstruct_rasterised_on_the_ct_slices(tmp_path: Path) -> None:
 
 def test_round_trip_with_the_projects_nifti_writer(tmp_path: Path) -> None:
     """`spect convert to-nifti`'s writer and this reader agree on LPS ↔ RAS."""
-    from recon.importers.nifti import write_nifti
+    from recon.io.nifti import write_nifti
 
     x, y, z = centres(GRID)
     labels = (3 * l_block(x, y, z) + 8 * bar(x, y, z)).astype(np.int16)
@@ -499,8 +500,8 @@ def test_round_trip_with_the_projects_nifti_writer(tmp_path: Path) -> None:
 
 
 def test_load_anatomy_from_a_study_file_or_a_segmentation(tmp_path: Path) -> None:
-    from recon.importers.segmentation import load_anatomy
     from recon.io import Anatomy, write_study
+    from recon.io.segmentation import load_anatomy
 
     x, y, z = centres(GRID)
     study = make_study()

@@ -3,11 +3,13 @@
 Volumes are ``[Z, Y, X]`` in the DICOM patient frame (LPS: +x patient left, +y posterior, +z
 head) with every axis increasing along its index, as in ``docs/conventions.md``. Resampling onto
 the SPECT grid averages the CT over each SPECT voxel (separable, exact partial-volume weights);
-``docs/dicom.md`` explains the choice.
+``docs/dicom.md`` explains the choice. `ct_on_grid` puts a series on a SPECT study's grid (μ, HU and
+the provenance of the alignment) for `recon.io.dicom_nm`'s study builders.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import scipy.sparse
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from recon.importers._dicom_common import (
+from recon.io._dicom_common import (
     PathLike,
     as_floats,
     attribute_error,
@@ -31,7 +33,7 @@ from recon.importers._dicom_common import (
 )
 from spectproj import ImageGrid, hu_to_mu_per_mm
 
-__all__ = ["CtGeometry", "ct_to_mu_on_grid", "read_ct_series", "resample_to_grid"]
+__all__ = ["CtGeometry", "ct_on_grid", "ct_to_mu_on_grid", "read_ct_series", "resample_to_grid"]
 
 _AXIS_TOLERANCE = 1e-3  # direction cosines within this of 0/±1 count as axis-aligned
 _ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -416,3 +418,53 @@ def ct_to_mu_on_grid(
         mu_ct, ct_geometry, grid, fill=0.0, axis_position_lps_mm=axis_position_lps_mm
     )
     return np.maximum(mu, 0.0, out=mu)
+
+
+def ct_on_grid(
+    ct_source: PathLike | Sequence[PathLike],
+    grid: ImageGrid,
+    energy_keV: float,
+    *,
+    axis_position_mm: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """μ (1/mm) at ``energy_keV`` and the CT (HU) on ``grid``, from a DICOM CT series.
+
+    Parameters
+    ----------
+    ct_source
+        A folder of CT slices (or a list of slice files): `read_ct_series`.
+    grid
+        The SPECT grid.
+    energy_keV
+        Photon energy of μ (keV).
+    axis_position_mm
+        ``(z, y, x)`` LPS position (mm), in the CT's frame, of the grid's origin (the rotation
+        axis at the detector's centre row). Default: the centre of the CT volume, i.e. the CT is
+        centred in the SPECT field of view (the NM importers read no table or detector position).
+
+    Returns
+    -------
+    mu, hu, facts
+        ``grid.shape`` float32 μ (CT averaged per SPECT voxel, 0 outside the CT) and HU (−1000
+        outside), and provenance entries.
+    """
+    hu, geometry = read_ct_series(ct_source)
+    given = geometry.to_image_grid().offset_mm if axis_position_mm is None else axis_position_mm
+    how = "the CT volume's centre" if axis_position_mm is None else "given"
+    values = tuple(float(v) for v in given)
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"axis position must be three finite numbers (mm), got {values}")
+    position = (values[0], values[1], values[2])
+    mu = ct_to_mu_on_grid(hu, geometry, grid, energy_keV, axis_position_lps_mm=position)
+    hu_grid = resample_to_grid(hu, geometry, grid, fill=-1000.0, axis_position_lps_mm=position)
+    source = ct_source if isinstance(ct_source, (str, os.PathLike)) else geometry.source
+    facts = {
+        "ct_source": str(source),
+        "ct_shape_zyx": "×".join(str(n) for n in geometry.shape),
+        "ct_spacing_mm_zyx": "×".join(f"{d:g}" for d in geometry.spacing_mm),
+        "ct_alignment": (
+            "grid origin (rotation axis, detector centre row) at LPS (z, y, x) = "
+            f"({', '.join(f'{v:.6g}' for v in position)}) mm of the CT: {how}"
+        ),
+    }
+    return mu, hu_grid, facts

@@ -4,23 +4,29 @@ Everything returned follows ``docs/conventions.md``: projections ``[V, rows, bin
 increasing toward the head and bins along r = x·cos β − y·sin β (x toward the patient's left,
 y toward posterior), β the detector position (0 anterior, 90 patient right, 180 posterior,
 270 patient left). ``docs/dicom.md`` explains every orientation and angle decision.
+`dicom_planar_study` and `dicom_tomo_study` make a `Study` of the files and, optionally, a CT
+series (`recon.io.dicom_ct.ct_on_grid`): ``spect convert dicom-planar`` and ``dicom-tomo``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from recon.importers._dicom_common import (
+from recon.io._common import detector_grid
+from recon.io._dicom_common import (
     PathLike,
     as_floats,
     as_ints,
@@ -33,15 +39,20 @@ from recon.importers._dicom_common import (
     source_name,
     tag_text,
 )
+from recon.io.dicom_ct import ct_on_grid
 from recon.io.study import Acquisition, EnergyWindow, Study
-from spectproj import ImageGrid
+from spectproj import CollimatorSpec, ImageGrid
+from spectproj.collimator_table import collimator_spec, match_dicom_collimator
 
 __all__ = [
     "PHOTOPEAKS_KEV",
     "NmTomo",
     "PlanarImages",
     "dicom_angle_to_beta",
+    "dicom_collimator",
     "dicom_datetime",
+    "dicom_planar_study",
+    "dicom_tomo_study",
     "nm_planar_study",
     "parse_isotope",
     "photopeak_window_index",
@@ -273,6 +284,21 @@ def _detector_item(ds: Dataset, detector: int) -> Dataset | None:
     return None
 
 
+def _collimator(
+    datasets: Sequence[Dataset], items: Sequence[Dataset | None]
+) -> tuple[str | None, str | None]:
+    """``(CollimatorGridName, CollimatorType)`` (0018,1180)/(0018,1181): the first recorded in
+    the detectors' DetectorInformationSequence items, else at the top level of the files."""
+    found: dict[str, str | None] = {"CollimatorGridName": None, "CollimatorType": None}
+    for keyword in found:
+        for holder in (*items, *datasets):
+            value = None if holder is None else holder.get(keyword)
+            if value is not None and str(value).strip():
+                found[keyword] = str(value).strip()
+                break
+    return found["CollimatorGridName"], found["CollimatorType"]
+
+
 def _optional_float(item: Dataset | None, keyword: str) -> float | None:
     if item is None or item.get(keyword) is None:
         return None
@@ -314,6 +340,9 @@ class PlanarImages:
         (``"ImageOrientationPatient"`` or the standard-display assumption).
     sources:
         ``(anterior, posterior)`` file names.
+    collimator_name, collimator_type:
+        CollimatorGridName (0018,1180) and CollimatorType (0018,1181), if recorded
+        (`spectproj.collimator_table.match_dicom_collimator` maps them to the table).
     windows:
         The file's other energy windows (scatter windows, other photopeaks), each an
         `recon.io.study.EnergyWindow` of ``[2, rows, bins]`` counts oriented as ``images``.
@@ -341,6 +370,8 @@ class PlanarImages:
     scan_length_mm: float | None = None
     orientation: tuple[str, str] = (_STANDARD_DISPLAY, _STANDARD_DISPLAY)
     sources: tuple[str, str] = ("", "")
+    collimator_name: str | None = None
+    collimator_type: str | None = None
     windows: tuple[EnergyWindow, ...] = ()
     energy_window_index: int = 0
     acquisition_start: str | None = None
@@ -619,6 +650,7 @@ def _read_planar_window(
     whole_body = any("WHOLE BODY" in str(v).upper() for v in ant.ds.get("ImageType") or [])
     velocity = ant.ds.get("ScanVelocity")
     length = ant.ds.get("ScanLength")
+    collimator_name, collimator_type = _collimator([ant.ds, post.ds], [ant.item, post.item])
     return PlanarImages(
         images=np.stack(images),
         pixel_size_mm=(float(spacings[0][0]), float(spacings[0][1])),
@@ -635,6 +667,8 @@ def _read_planar_window(
         scan_length_mm=float(length) if length is not None else None,
         orientation=(hows[0], hows[1]),
         sources=(source_name(ant.ds), source_name(post.ds)),
+        collimator_name=collimator_name,
+        collimator_type=collimator_type,
     )
 
 
@@ -648,7 +682,7 @@ def nm_planar_study(
     duration_s: float | None = None,
     radius_mm: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
-    collimator: str | None = None,
+    collimator: str | CollimatorSpec | None = None,
     provenance: Mapping[str, str] | None = None,
     half_life_s: float | None = None,
     reference_time: str | None = None,
@@ -681,9 +715,11 @@ def nm_planar_study(
         per point is not the frame duration.
     radius_mm:
         Default: the mean recorded RadialPosition of the two detectors, if any.
-    sensitivity_cps_per_mbq, collimator, provenance, reference_time, dead_time_s,
-    dead_time_model, observed_rate_cps:
+    sensitivity_cps_per_mbq, provenance, reference_time, dead_time_s, dead_time_model,
+    observed_rate_cps:
         Passed to the :class:`~recon.io.study.Acquisition` / :class:`~recon.io.study.Study`.
+    collimator:
+        A collimator name (of the table) or its parameters (`spectproj.CollimatorSpec`).
     half_life_s:
         Overrides the file's / the table's half-life (s).
     """
@@ -730,7 +766,8 @@ def nm_planar_study(
         energy_window_keV=images.energy_window_keV,
         duration_s=duration_s,
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
-        collimator=collimator,
+        collimator=collimator if isinstance(collimator, str) else None,
+        collimator_spec=collimator if isinstance(collimator, CollimatorSpec) else None,
         half_life_s=half_life_s,
         acquisition_start=images.acquisition_start,
         reference_time=reference_time,
@@ -785,6 +822,8 @@ class NmTomo:
         ``acquisition.radius_mm`` is their mean).
     source:
         The file name.
+    collimator_name, collimator_type:
+        CollimatorGridName (0018,1180) and CollimatorType (0018,1181), if recorded.
     """
 
     projections: np.ndarray
@@ -793,6 +832,8 @@ class NmTomo:
     detectors: np.ndarray
     radii_mm: np.ndarray | None
     source: str
+    collimator_name: str | None = None
+    collimator_type: str | None = None
 
 
 def _radii(
@@ -961,6 +1002,9 @@ def read_nm_tomo_details(
             f"{tag_text('RadiopharmaceuticalInformationSequence')} are missing; pass energy_keV"
         )
     frame_ms = rotation.get("ActualFrameDuration") or ds.get("ActualFrameDuration")
+    collimator_name, collimator_type = _collimator(
+        [ds], [_detector_item(ds, d) for d in unique_detectors]
+    )
     acquisition = Acquisition(
         angles_deg=tuple(float(b) for b in betas[order]),
         detector_shape=(projections.shape[1], projections.shape[2]),
@@ -978,6 +1022,8 @@ def read_nm_tomo_details(
         detectors=np.asarray(view_detectors, dtype=np.int64)[order],
         radii_mm=radii_arr,
         source=source_name(ds),
+        collimator_name=collimator_name,
+        collimator_type=collimator_type,
     )
 
 
@@ -991,3 +1037,282 @@ def read_nm_tomo(
     """
     tomo = read_nm_tomo_details(path, energy_window=energy_window, energy_keV=energy_keV)
     return tomo.projections, tomo.acquisition
+
+
+# -- files → study (spect convert dicom-planar / dicom-tomo) -------------------------------------
+def dicom_collimator(
+    grid_name: str | None,
+    collimator_type: str | None,
+    override: str | os.PathLike[str] | CollimatorSpec | None,
+    source: str,
+) -> tuple[CollimatorSpec | None, str]:
+    """The collimator of an imported NM study and a one-line note on where it came from.
+
+    ``override`` (``--collimator NAME|FILE.toml``) wins; else the DICOM CollimatorGridName
+    (0018,1180) and CollimatorType (0018,1181) are matched to the table
+    (`spectproj.collimator_table.match_dicom_collimator`: case, spaces and punctuation ignored).
+    A name the table does not know (or none, or a non-parallel-hole type) is a `UserWarning`
+    naming the file, and the study gets no collimator (never a silent default).
+    """
+    if override is not None:
+        chosen = collimator_spec(override)
+        given = f" (the file names {grid_name!r})" if grid_name else ""
+        return chosen, f"{chosen.name} from --collimator{given}"
+    spec, note = match_dicom_collimator(grid_name, collimator_type)
+    if spec is None:
+        warnings.warn(
+            f"{source}: {note}; the study names no collimator, so no collimator blur is "
+            "modelled: give --collimator NAME|FILE.toml (docs/collimators.md)",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None, f"none ({note})"
+    return spec, note
+
+
+def dicom_planar_study(
+    sources: PathLike | Sequence[PathLike],
+    *,
+    ct: PathLike | None = None,
+    grid_size: int | None = None,
+    spacing_mm: float | None = None,
+    energy_keV: float | None = None,
+    duration_s: float | None = None,
+    sensitivity_cps_per_mbq: float | None = None,
+    axis_position_mm: Sequence[float] | None = None,
+    collimator: str | os.PathLike[str] | CollimatorSpec | None = None,
+    scatter: str = "auto",
+    scatter_smoothing_mm: float = 0.0,
+    dew_k: float | None = None,
+    reference_time: str | None = "acquisition",
+    half_life_s: float | None = None,
+    dead_time_s: float | None = None,
+    dead_time_model: str = "paralyzable",
+    count_rate_cps: float | None = None,
+) -> Study:
+    """An AP/PA study from DICOM NM planar images (+ a CT series for μ), with every energy
+    window, a scatter background from them, and the decay and dead-time corrections.
+
+    Parameters
+    ----------
+    sources
+        One multi-frame file, two files, or a folder (`read_nm_planar`).
+    ct
+        CT series folder; μ and HU on the grid come from it (`ct_on_grid`).
+    grid_size, spacing_mm
+        `detector_grid`'s ``transverse_size`` and ``spacing_mm``.
+    energy_keV
+        Overrides the photon energy found in the files (isotope photopeak / window centre).
+    duration_s, sensitivity_cps_per_mbq
+        Time per view (s; default the files' static frame duration) and planar sensitivity
+        (cps/MBq); with both, `Acquisition.count_scale` is physical.
+    axis_position_mm
+        Where the grid sits in the CT (`ct_on_grid`).
+    collimator
+        A collimator of the table (name or alias), a TOML file of one, or a
+        `spectproj.CollimatorSpec`; default: the files' CollimatorGridName matched to the table
+        (`dicom_collimator`).
+    scatter
+        ``"auto"`` (TEW when the file has scatter windows on both sides of the photopeak
+        window, else none), ``"tew"``, ``"tew-lower"`` (TEW with the lower window only, a
+        triangle), ``"dew"`` (needs ``dew_k``) or ``"none"``: `recon.corrections.scatter`.
+    scatter_smoothing_mm
+        Gaussian FWHM (mm) smoothing the scatter estimate; 0 for none.
+    dew_k
+        The DEW factor k.
+    reference_time
+        Activities are decay-corrected to it: ``"acquisition"`` (default; the acquisition start,
+        so only the decay during the frame is corrected), ``"injection"``, an ISO 8601 date-time
+        or ``None``/``"none"`` (no decay correction): `recon.corrections.timing.reference_time_of`.
+        Without a half-life or an acquisition time in the file, ``"acquisition"`` silently means
+        none (nothing to correct with); the others raise.
+    half_life_s
+        Overrides the half-life of the file (RadionuclideHalfLife) or the nuclide table.
+    dead_time_s, dead_time_model, count_rate_cps
+        Dead time τ (s) of the camera (``None``: no correction), ``"paralyzable"`` or
+        ``"non-paralyzable"``, and the observed count rate (cps); default rate: the counts of
+        every window of the file per view, over the duration (mean of the views), a lower bound
+        of the camera's whole-spectrum rate.
+
+    Returns
+    -------
+    Study
+        β = 0 (anterior), 180 (posterior), μ and HU if a CT is given, the other windows, the
+        scatter background and its source.
+
+    Warns
+    -----
+    UserWarning
+        The files name a collimator the table does not know (or none, or not a parallel-hole
+        one) and ``collimator`` is not given: the study then names no collimator.
+    """
+    if scatter not in ("auto", "tew", "tew-lower", "dew", "none"):
+        raise ValueError(f"scatter must be one of auto, tew, tew-lower, dew, none; got {scatter!r}")
+    source: PathLike | Sequence[PathLike] = sources
+    if not isinstance(sources, (str, os.PathLike)) and len(sources) == 1:
+        source = sources[0]  # one file or one folder
+    images = read_nm_planar(source, energy_keV=energy_keV)
+    grid = detector_grid(
+        images.images.shape[1:],
+        images.pixel_size_mm,
+        spacing_mm=spacing_mm,
+        transverse_size=grid_size,
+    )
+    energy = energy_keV if energy_keV is not None else images.energy_keV
+    mu = hu = None
+    facts: dict[str, str] = {"grid": "covers the detector, centred on the rotation axis"}
+    if ct is not None:
+        if energy is None:
+            raise ValueError(
+                f"{images.sources[0]}: the photon energy is unknown (no isotope or energy window "
+                "in the file); give --energy-kev"
+            )
+        mu, hu, more = ct_on_grid(ct, grid, energy, axis_position_mm=axis_position_mm)
+        facts.update(more)
+    spec, note = dicom_collimator(
+        images.collimator_name, images.collimator_type, collimator, images.sources[0]
+    )
+    facts["collimator"] = note
+    study = nm_planar_study(
+        images,
+        grid,
+        mu,
+        ct_hu=hu,
+        energy_keV=energy_keV,
+        duration_s=duration_s,
+        sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
+        collimator=spec,
+        provenance=facts,
+        half_life_s=half_life_s,
+    )
+    return _planar_corrections(
+        study, images, scatter, scatter_smoothing_mm, dew_k, reference_time, dead_time_s,
+        dead_time_model, count_rate_cps,
+    )  # fmt: skip
+
+
+def _planar_corrections(
+    study: Study,
+    images: PlanarImages,
+    scatter: str,
+    scatter_smoothing_mm: float,
+    dew_k: float | None,
+    reference_time: str | None,
+    dead_time_s: float | None,
+    dead_time_model: str,
+    count_rate_cps: float | None,
+) -> Study:
+    """`dicom_planar_study`'s decay, dead-time and scatter corrections of a planar study."""
+    from recon.corrections.scatter import estimate_scatter, find_scatter_windows
+    from recon.corrections.timing import reference_time_of
+
+    acq = study.acquisition
+    changes: dict[str, Any] = {}
+    choice = "none" if reference_time is None else str(reference_time)
+    if choice == "acquisition" and (acq.half_life_s is None or acq.acquisition_start is None):
+        choice = "none"
+    reference = reference_time_of(
+        choice, acquisition_start=acq.acquisition_start, injection_time=images.injection_time
+    )
+    if reference is not None:
+        if acq.half_life_s is None:
+            raise ValueError(
+                f"a decay correction to {reference} needs the half-life: the file has none and "
+                f"the isotope {acq.isotope!r} is not in the table; give --half-life-h"
+            )
+        if acq.acquisition_start is None:
+            raise ValueError(
+                f"a decay correction to {reference} needs the acquisition time: "
+                f"{images.sources[0]} has no AcquisitionDate/AcquisitionTime"
+            )
+        changes["reference_time"] = reference
+    if dead_time_s is not None:
+        rate = count_rate_cps
+        if rate is None:
+            if acq.duration_s is None:
+                raise ValueError(
+                    "the dead-time correction needs the count rate: give --count-rate-cps or "
+                    "the duration (--duration-s)"
+                )
+            per_view = np.asarray(images.images, dtype=np.float64).sum(axis=(1, 2))
+            for w in images.windows:
+                per_view = per_view + np.asarray(w.counts, dtype=np.float64).sum(axis=(1, 2))
+            rate = float(per_view.mean()) / acq.duration_s
+        changes.update(
+            dead_time_s=dead_time_s, dead_time_model=dead_time_model, observed_rate_cps=rate
+        )
+    if changes:
+        study = dataclasses.replace(study, acquisition=dataclasses.replace(acq, **changes))
+    if scatter != "none":
+        window = acq.energy_window_keV
+        lower, upper = find_scatter_windows(window, study.windows) if window else (None, None)
+        if scatter == "auto":
+            scatter = "tew" if lower is not None and upper is not None else "none"
+        if scatter != "none":
+            study = estimate_scatter(
+                study,
+                "dew" if scatter == "dew" else "tew",
+                k=dew_k,
+                smoothing_fwhm_mm=scatter_smoothing_mm,
+                use_upper=scatter != "tew-lower",
+            )
+    return study
+
+
+def dicom_tomo_study(
+    path: PathLike,
+    *,
+    ct: PathLike | None = None,
+    grid_size: int | None = None,
+    spacing_mm: float | None = None,
+    energy_keV: float | None = None,
+    duration_s: float | None = None,
+    sensitivity_cps_per_mbq: float | None = None,
+    axis_position_mm: Sequence[float] | None = None,
+    collimator: str | os.PathLike[str] | CollimatorSpec | None = None,
+) -> Study:
+    """A tomographic study from a DICOM NM TOMO file (+ a CT series for μ).
+
+    Parameters (and the warning) are those of `dicom_planar_study`; the projections, angles,
+    radius, energy, frame duration and collimator name come from `read_nm_tomo_details`.
+    """
+    tomo = read_nm_tomo_details(path, energy_keV=energy_keV)
+    acquisition = tomo.acquisition
+    changes: dict[str, Any] = {}
+    if duration_s is not None:
+        changes["duration_s"] = duration_s
+    if sensitivity_cps_per_mbq is not None:
+        changes["sensitivity_cps_per_mbq"] = sensitivity_cps_per_mbq
+    spec, collimator_note = dicom_collimator(
+        tomo.collimator_name, tomo.collimator_type, collimator, tomo.source
+    )
+    changes["collimator"] = None if spec is None else spec.name
+    changes["collimator_spec"] = spec
+    acquisition = dataclasses.replace(acquisition, **changes)
+    grid = detector_grid(
+        acquisition.detector_shape,
+        acquisition.pixel_size_mm,
+        spacing_mm=spacing_mm,
+        transverse_size=grid_size,
+    )
+    facts = {
+        "source": "DICOM NM tomographic",
+        "file": tomo.source,
+        "detectors": json.dumps(sorted({int(d) for d in tomo.detectors})),
+        "grid": "covers the detector, centred on the rotation axis",
+        "collimator": collimator_note,
+    }
+    mu = hu = None
+    if ct is not None:
+        mu, hu, more = ct_on_grid(
+            ct, grid, acquisition.energy_keV, axis_position_mm=axis_position_mm
+        )
+        facts.update(more)
+    return Study(
+        projections=np.ascontiguousarray(tomo.projections, dtype=np.float32),
+        acquisition=acquisition,
+        grid=grid,
+        mu_per_mm=mu,
+        ct_hu=hu,
+        provenance=facts,
+    )

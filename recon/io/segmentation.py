@@ -10,12 +10,12 @@ or singular orientation, label values without a name, non-integer labels) raise 
 
 Resampling is nearest neighbour: each study voxel takes the label of the source voxel that holds
 its centre, found through the source's affine (NIfTI: RAS+, converted from our LPS as
-``RAS = (−x, −y, z)``, see `recon.importers.nifti`; DICOM: LPS directly).
+``RAS = (−x, −y, z)``, see `recon.io.nifti`; DICOM: LPS directly).
 
 The body outline comes from the segmentation when it has a body class (a segment named ``body``,
 ``body_trunc`` or ``body_extremities``: these become the outline, together with every labelled
 voxel, and are not kept as segments), else from the study's CT or μ by threshold
-(`recon.importers.seg_threshold`), else it is unknown (``None``).
+(`recon.io.segmentation_threshold`), else it is unknown (``None``).
 
 TotalSegmentator's names are renamed to the phantom's where the match is obvious
 (`TOTALSEGMENTATOR_TO_SPECT`: ``urinary_bladder`` → ``bladder``, the five lung lobes → ``lungs``,
@@ -357,7 +357,7 @@ def anatomy_from_labels(
     if body_values:
         body = labels > 0
     elif body is None:
-        from recon.importers.seg_threshold import body_from_threshold
+        from recon.io.segmentation_threshold import body_from_threshold
 
         body = body_from_threshold(study)
     if body is not None:
@@ -585,9 +585,9 @@ def import_anatomy(
     ----------
     source
         A NIfTI label map (`anatomy_from_nifti`), a folder of NIfTI masks
-        (`anatomy_from_nifti_folder`), a DICOM SEG (`recon.importers.seg_dicom`) or RTSTRUCT
+        (`anatomy_from_nifti_folder`), a DICOM SEG (`recon.io.segmentation_dicom`) or RTSTRUCT
         file (needs ``ct_dir``), or ``None`` with ``threshold`` for a CT/μ threshold
-        segmentation (`recon.importers.seg_threshold.anatomy_from_threshold`).
+        segmentation (`recon.io.segmentation_threshold.anatomy_from_threshold`).
     names
         For a NIfTI label map: a mapping or names file (default: TotalSegmentator's map).
     ct_dir
@@ -600,7 +600,7 @@ def import_anatomy(
     if threshold:
         if source is not None:
             raise ValueError(f"{source}: give a segmentation or threshold=True, not both")
-        from recon.importers.seg_threshold import anatomy_from_threshold
+        from recon.io.segmentation_threshold import anatomy_from_threshold
 
         return anatomy_from_threshold(study)
     if source is None:
@@ -612,7 +612,7 @@ def import_anatomy(
         raise FileNotFoundError(f"{p}: no such file or folder")
     if p.name.endswith((".nii", ".nii.gz")):
         return anatomy_from_nifti(study, p, names, rename=rename)
-    from recon.importers.seg_dicom import anatomy_from_dicom
+    from recon.io.segmentation_dicom import anatomy_from_dicom
 
     return anatomy_from_dicom(study, p, ct_dir=ct_dir, rename=rename)
 

@@ -14,6 +14,9 @@ A header (``.h33``, ``.hv``, ``.hs``) of ``key := value`` lines describes a raw 
 - angles: the Interfile camera angle of projection k is ``start + s·k·extent/N`` (s = +1 for CCW,
   −1 for CW), and β = (that angle + ``angle_offset_deg``) mod 360 with offset 0 by default
   (SIMIND's angle 0 is the anterior position, as in PyTomography's SIMIND reader).
+
+:func:`interfile_study` makes a `Study` of projections and a μ or CT volume
+(``spect convert interfile``).
 """
 
 from __future__ import annotations
@@ -28,17 +31,21 @@ from typing import Literal
 
 import numpy as np
 
+from recon.io._common import canonical_isotope, detector_grid
 from recon.io.atomic import atomic_output
-from spectproj import ImageGrid
+from recon.io.study import Acquisition, Study
+from spectproj import ImageGrid, hu_to_mu_per_mm
 
 __all__ = [
     "InterfileError",
     "InterfileImage",
+    "interfile_study",
     "parse_interfile_header",
     "read_interfile",
     "reorient_from_zyx",
     "reorient_spacing",
     "reorient_to_zyx",
+    "spacing_to_array_order",
     "write_interfile",
 ]
 
@@ -193,6 +200,38 @@ def reorient_spacing(spacing: Sequence[float], orientation: str) -> tuple[float,
     """Voxel sizes given per array axis (array order of ``orientation``) as ``(dz, dy, dx)``."""
     parts = _parse_orientation(orientation)
     return tuple(spacing[next(a for a, (o, _) in enumerate(parts) if o == m)] for m in range(3))  # type: ignore[return-value]  # one per axis m = 0..2
+
+
+def spacing_to_array_order(
+    spacing_zyx: Sequence[float], orientation: str
+) -> tuple[float, float, float]:
+    """Inverse of :func:`reorient_spacing`: voxel sizes ``(dz, dy, dx)`` along the patient axes,
+    reordered as the array's axes.
+
+    Parameters
+    ----------
+    spacing_zyx
+        Sizes (mm) along z (head–feet), y (anterior–posterior) and x (right–left).
+    orientation
+        Per array axis (array order), the patient direction in which its index increases: one
+        letter each of S/I, A/P, L/R (e.g. ``"PIL"``).
+
+    Returns
+    -------
+    tuple of float
+        The size along each array axis, in array order.
+
+    Raises
+    ------
+    ValueError
+        ``orientation`` is not three letters naming each patient axis once, or a size is not a
+        positive length.
+    """
+    parts = _parse_orientation(orientation)
+    spacing = tuple(float(s) for s in spacing_zyx)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive lengths (mm), got {tuple(spacing_zyx)}")
+    return (spacing[parts[0][0]], spacing[parts[1][0]], spacing[parts[2][0]])
 
 
 # -- header parsing ----------------------------------------------------------------------------
@@ -682,3 +721,111 @@ def _common_keys(data_path: Path, shape: tuple[int, ...], dtype: np.dtype) -> li
         f"!number format := {_FORMATS[dtype.kind]}",
         f"!number of bytes per pixel := {dtype.itemsize}",
     ]
+
+
+# -- projections + an attenuation volume → study ----------------------------------------------
+def interfile_study(
+    projections_header: PathLike,
+    *,
+    energy_keV: float,
+    mu_header: PathLike | None = None,
+    ct_header: PathLike | None = None,
+    ct_offset_hu: float = 0.0,
+    mu_unit: Literal["1/mm", "1/cm"] = "1/mm",
+    orientation: str = "LAI",
+    isotope: str | None = None,
+    radius_mm: float | None = None,
+) -> Study:
+    """A study from Interfile projections and, optionally, an attenuation volume.
+
+    Parameters
+    ----------
+    projections_header
+        Interfile projections (``process status := acquired`` or ``number of projections``):
+        their views, angles, pixel size and ``Radius`` make the acquisition.
+    energy_keV
+        Photon energy (keV) of the projections; μ is at this energy.
+    mu_header
+        A μ volume (unit ``mu_unit``) on the reconstruction grid.
+    ct_header
+        A CT volume in HU + ``ct_offset_hu`` (e.g. 1000 for files that store HU + 1000); μ is
+        computed with `spectproj.hu_to_mu_per_mm`. At most one of ``mu_header`` and ``ct_header``.
+    ct_offset_hu
+        Subtracted from the CT file's values to give HU.
+    mu_unit
+        Unit of the values of ``mu_header``.
+    orientation
+        Patient directions of the volume's column, row and slice indices (`read_interfile`).
+    isotope
+        Recorded in the acquisition (`canonical_isotope`).
+    radius_mm
+        Rotation radius (mm); default the projections' ``Radius``, if any.
+
+    Returns
+    -------
+    Study
+        The grid is the volume's (centred on the rotation axis). Without a volume it covers the
+        detector: voxels of (row height, bin width, bin width), rows × bins × bins of them
+        (`detector_grid`).
+
+    Raises
+    ------
+    ValueError
+        Both volumes given, a file of the wrong kind (volume/projections), bad values.
+    """
+    if mu_header is not None and ct_header is not None:
+        raise ValueError("give either a μ volume (--mu) or a CT (--ct), not both")
+    if mu_unit not in ("1/mm", "1/cm"):
+        raise ValueError(f"mu_unit must be '1/mm' or '1/cm', got {mu_unit!r}")
+    projections = read_interfile(projections_header, orientation=orientation)
+    if projections.kind != "projections" or projections.angles_deg is None:
+        raise ValueError(
+            f"{projections_header}: holds a volume, not projections (process status, number of "
+            "projections)"
+        )
+    radius = radius_mm if radius_mm is not None else projections.radius_mm
+    acquisition = Acquisition(
+        angles_deg=projections.angles_deg,
+        detector_shape=projections.data.shape[1:],
+        pixel_size_mm=projections.spacing_mm,  # type: ignore[arg-type]  # Acquisition checks the length
+        energy_keV=float(energy_keV),
+        radius_mm=radius,
+        isotope=canonical_isotope(isotope),
+    )
+    provenance = {
+        "source": "Interfile",
+        "projections_file": str(projections_header),
+        "volume_orientation": str(orientation).strip().upper(),
+    }
+    mu = ct_hu = None
+    volume_header = mu_header if mu_header is not None else ct_header
+    if volume_header is None:
+        grid = detector_grid(acquisition.detector_shape, acquisition.pixel_size_mm)
+        provenance["grid"] = "covers the detector (no attenuation volume given)"
+    else:
+        volume = read_interfile(volume_header, orientation=orientation)
+        if volume.kind != "volume":
+            raise ValueError(f"{volume_header}: holds projections, not a volume")
+        grid = volume.grid()
+        values = volume.data.astype(np.float32)
+        if mu_header is not None:
+            mu = values / np.float32(10.0) if mu_unit == "1/cm" else values
+            if not np.all(np.isfinite(mu)) or np.any(mu < 0):
+                raise ValueError(f"{mu_header}: μ must be finite and >= 0")
+            provenance["mu_file"] = f"{mu_header} ({mu_unit})"
+        else:
+            ct_hu = values - np.float32(ct_offset_hu)
+            if not np.all(np.isfinite(ct_hu)):
+                raise ValueError(f"{ct_header}: the CT holds NaN/Inf values")
+            mu = hu_to_mu_per_mm(ct_hu, acquisition.energy_keV).astype(np.float32)
+            provenance["ct_file"] = f"{ct_header} (HU + {ct_offset_hu:g})"
+        provenance["grid"] = f"the volume's ({volume_header}), centred on the rotation axis"
+    counts = projections.data.astype(np.float32)
+    return Study(
+        projections=np.ascontiguousarray(counts),
+        acquisition=acquisition,
+        grid=grid,
+        mu_per_mm=None if mu is None else np.ascontiguousarray(mu, dtype=np.float32),
+        ct_hu=None if ct_hu is None else np.ascontiguousarray(ct_hu, dtype=np.float32),
+        provenance=provenance,
+    )
