@@ -55,17 +55,31 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _interrupted(stop: BaseException | None) -> int:
+    """Report a stop signal in one line; the exit code ``128 + signal`` (130, 143, 129)."""
+    from recon.io.signals import exit_code, signal_name
+
+    code = exit_code(stop)
+    typer.echo(
+        f"Error: interrupted by {signal_name(code - 128)}; no output was left half-written",
+        err=True,
+    )
+    return code
+
+
 class SpectGroup(TyperGroup):
     """Top-level command group that turns user errors into one-line messages."""
 
     def invoke(self, ctx: Any) -> Any:
-        """Run the command; Ctrl-C becomes one line on stderr and exit code 130 (outputs are
-        written atomically, so an interrupted command leaves none half-written)."""
+        """Run the command; a stop signal (Ctrl-C, SIGTERM, SIGHUP) becomes one line on stderr
+        and exit code 128 + signal (outputs are written atomically, so an interrupted command
+        leaves none half-written and no temporary behind)."""
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            typer.echo("Error: interrupted (Ctrl-C); nothing more was written", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as stop:
+            raise typer.Exit(_interrupted(stop)) from None
+        except EOFError as error:  # click would turn it into a bare "Aborted!"
+            raise ValueError(f"unexpected end of a file (truncated?): {error}") from None
 
     def main(
         self,
@@ -79,17 +93,26 @@ class SpectGroup(TyperGroup):
         extra["windows_expand_args"] = windows_expand_args
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from recon.io.signals import install_handlers
+
         debug = os.environ.get("SPECT_DEBUG", "") not in ("", "0")
+        restore = install_handlers()  # SIGINT, SIGTERM, SIGHUP -> one exception, once
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except KeyboardInterrupt as stop:  # outside a command (while parsing, importing)
+            sys.exit(_interrupted(stop))
         except _ClickException as e:  # bad option, missing value, ...
             _fail(e.format_message(), getattr(e, "exit_code", 2))  # type: ignore[attr-defined]  # a ClickException
-        except typer.Abort:
+        except typer.Abort as e:  # click's wrapper of a KeyboardInterrupt outside the command
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                sys.exit(_interrupted(e.__cause__))
             _fail("aborted", 1)
         except USER_ERRORS as e:
             if debug:
                 raise
             _fail(str(e), 1)
+        finally:
+            restore()
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from recon.evaluation.report import FIGURES, REPORT_HTML, SUMMARY_JSON, SUMMARY_MD
+from recon.io.atomic import write_text
 from recon.support import SupportedField
 
 __all__ = [
@@ -215,17 +216,25 @@ class DemoSummary:
     cpu_time_s: float = 0.0
 
 
-def _check_outputs(folder: Path, overwrite: bool) -> None:
+#: Present in a demo folder while the demo writes it; a folder with it holds the remains of an
+#: interrupted demo, which the next run replaces without --force.
+IN_PROGRESS = ".spect-demo-in-progress"
+
+
+def _check_outputs(folder: Path, overwrite: bool) -> bool:
+    """Refuse a demo over existing outputs; returns whether the files may be replaced
+    (``overwrite``, or the folder holds an interrupted demo's files)."""
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder}: exists and is not a folder")
-    if overwrite:
-        return
+    if overwrite or (folder / IN_PROGRESS).exists():
+        return True
     existing = [str(folder / n) for n in DEMO_FILES if os.path.lexists(folder / n)]
     if existing:
         listed = ", ".join(existing[:3]) + (
             f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         )
         raise FileExistsError(f"{listed}: already exist(s); use --force to overwrite")
+    return False
 
 
 def run_demo(
@@ -265,7 +274,8 @@ def run_demo(
     ValueError
         Bad quality, size, steps or device (e.g. CUDA asked for but absent).
     FileExistsError
-        Outputs exist and ``overwrite`` is false.
+        Outputs exist and ``overwrite`` is false (unless they are the remains of an interrupted
+        demo: the folder then holds `IN_PROGRESS`, and they are replaced).
     """
     from recon.algorithms.mlem import EMConfig
     from recon.anatomy import reconstruct_organs
@@ -287,8 +297,9 @@ def run_demo(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available (torch {torch.__version__})")
     folder = Path(out_dir)
-    _check_outputs(folder, overwrite)
+    overwrite = _check_outputs(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / IN_PROGRESS, "spect demo writing this folder\n", overwrite=True)
 
     say: Progress = progress if progress is not None else (lambda message: None)
     timings: dict[str, float] = {}
@@ -429,6 +440,7 @@ def run_demo(
     runtime = time.perf_counter() - t_start
     cpu = time.process_time() - cpu_start
     _add_timings(files.summary_json, timings, runtime, cpu)
+    (folder / IN_PROGRESS).unlink(missing_ok=True)  # complete: a rerun needs --force again
 
     paths = {
         "study": study_path.resolve(),
@@ -457,12 +469,9 @@ def _add_timings(summary_json: Path, timings: dict[str, float], runtime: float, 
     """Put the final timings (the report stage included) into ``summary.json``."""
     import json
 
-    from recon.io import atomic_output
-
     data = json.loads(summary_json.read_text(encoding="utf-8"))
     demo = data.setdefault("demo", {})
     demo["timings_s"] = dict(timings)
     demo["runtime_s"] = round(runtime, 3)
     demo["cpu_time_s"] = round(cpu, 3)
-    with atomic_output(summary_json, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_text(summary_json, json.dumps(data, indent=2) + "\n", overwrite=True)

@@ -243,8 +243,8 @@ def test_info_broken_study_still_lists_it(study_file: Path, tmp_path: Path) -> N
         f["/projections/counts"][0, 0, 0] = -5.0
         del f["/acquisition"].attrs["energy_keV"]
     result = invoke("info", broken)
-    assert_ok(result)
     assert "FAILED" in result.stdout and "/projections/counts" in result.stdout
+    assert_one_line_error(result, 1, "broken.h5")  # listed, then exit code 1
 
 
 def test_info_not_hdf5_is_one_line_error(tmp_path: Path) -> None:

@@ -127,6 +127,6 @@ def test_ctrl_c_is_one_line_and_exit_130(
     run = invoke("recon", "organs", study_file, "-o", folder / "never.h5")
     assert run.exit_code == 130
     assert run.stderr.strip().splitlines() == [
-        "Error: interrupted (Ctrl-C); nothing more was written"
+        "Error: interrupted by SIGINT; no output was left half-written"
     ]
     assert not (folder / "never.h5").exists()

@@ -269,8 +269,11 @@ def test_checkpoints_are_weights_only(tmp_path) -> None:
         save_checkpoint({**payload, "bad": np.zeros(2)}, path)
     evil = tmp_path / "evil.pt"
     torch.save({"format": "spect-nerf-checkpoint", "version": 1, "x": _Evil()}, evil)
-    with pytest.raises(ValueError, match="not a loadable spect checkpoint"):
+    with pytest.raises(ValueError, match="refused: it holds Python objects") as refused:
         load_checkpoint(evil)
+    assert "weights_only" not in str(refused.value)  # no advice to turn the protection off
+    with pytest.raises(ValueError, match="not a loadable spect checkpoint"):
+        load_checkpoint(tmp_path / "c.pt" if (tmp_path / "c.pt").write_bytes(b"PK\x03") else None)
     other = tmp_path / "other.pt"
     torch.save({"format": "something"}, other)
     with pytest.raises(ValueError, match="not a spect NeRF checkpoint"):

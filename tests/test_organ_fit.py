@@ -22,7 +22,8 @@ from recon.anatomy import (
 from recon.anatomy.compartments import tissue_fraction
 from recon.anatomy.organ_fit import fisher_information, fit_organ_coefficients
 from recon.anatomy.quantify import quantify, rows_to_csv
-from recon.anatomy.sources import find_sources, opposed_pair
+from recon.anatomy.reconstruct import LESION_CONTRAST, SPILL_MARGIN_VOXELS, _host
+from recon.anatomy.sources import conjugate_activity, find_sources, opposed_pair
 from recon.io import Acquisition, Anatomy, Result, Study
 from spectproj import CollimatorResponse, ImageGrid, ParallelGeometry, SPECTProjector
 
@@ -288,6 +289,50 @@ def test_find_sources_puts_a_point_source_at_its_depth() -> None:
     assert abs(cy - y) <= study.grid.spacing_mm[1] + 1e-6  # depth: within one voxel
     assert opposed_pair((0.0, 90.0, 180.0)) == (0, 2)
     assert opposed_pair((0.0, 90.0)) is None
+
+
+def test_conjugate_activity_does_not_depend_on_the_fitted_depth() -> None:
+    """The geometric mean of the two views' excess gives the activity whatever depth the model
+    put the source at: a source placed nearer the AP detector (its AP response × f, PA ÷ f)
+    measures the same activity; a Poisson fit of the amplitude would not."""
+    gen = torch.Generator().manual_seed(3)
+    unit = torch.rand((2, 40), generator=gen, dtype=torch.float64) * 10.0  # counts per MBq
+    rest = torch.full((2, 40), 50.0, dtype=torch.float64)
+    activity = 7.0
+    for f in (1.0, 1.8, 0.4):  # the model's depth is wrong by a factor f in the view ratio
+        truth = unit.clone()
+        truth[0] *= f
+        truth[1] /= f
+        counts = rest + activity * truth
+        estimate, sd = conjugate_activity(counts, rest, unit, (0, 1), patch_fraction=0.05)
+        assert estimate == pytest.approx(activity, rel=1e-12)
+        patch = [unit[v] > 0.05 * unit[v].max() for v in (0, 1)]
+        n = [float((activity * truth[v])[patch[v]].sum()) for v in (0, 1)]
+        var = [float(counts[v][patch[v]].sum()) for v in (0, 1)]
+        assert sd == pytest.approx(
+            activity * 0.5 * math.sqrt(var[0] / n[0] ** 2 + var[1] / n[1] ** 2)
+        )
+        ml = float(((counts - rest) * unit).sum() / (unit * unit).sum())  # least-squares amplitude
+        assert (abs(ml - activity) > 0.05 * activity) == (f != 1.0)
+    assert conjugate_activity(rest, rest, unit, (0, 1)) == (0.0, 0.0)  # no excess
+    with pytest.raises(ValueError, match="patch_fraction"):
+        conjugate_activity(rest, rest, unit, (0, 1), patch_fraction=1.0)
+
+
+def test_a_source_beside_a_segment_is_that_organ_unless_it_is_hot() -> None:
+    """Activity just outside a segment (its segmentation missed it) is counted in the organ; a
+    source as hot as a lesion stays a lesion; far from every segment, the host is the region
+    the source lies in."""
+    distance = np.full((1, 1, 6), 9.0)
+    distance[0, 0, :3] = [0.0, 1.0, SPILL_MARGIN_VOXELS]  # voxels 0..2 within the margin
+    distances = {0: distance}
+    concentrations = torch.tensor([1000.0, 10.0])  # the organ, the background
+    assert _host(1, (0, 0, 2), 800.0, concentrations, distances) == (0, 0.8)
+    hot = 1000.0 * LESION_CONTRAST * 2.0
+    host, contrast = _host(1, (0, 0, 2), hot, concentrations, distances)
+    assert host == 0 and contrast >= LESION_CONTRAST  # the organ, but a lesion by contrast
+    assert _host(1, (0, 0, 5), 800.0, concentrations, distances) == (1, 80.0)  # beyond the margin
+    assert _host(-1, (0, 0, 5), 800.0, concentrations, distances) == (-1, math.inf)
 
 
 def test_organs_plus_residual_finds_an_unsegmented_lesion() -> None:

@@ -184,23 +184,47 @@ def help_text(function: Any) -> str:
     return "\n\n".join(p for p in paragraphs if p).replace("``", "'")
 
 
-def check_output(path: Path, force: bool) -> None:
+def check_output(path: Path, force: bool, outputs: tuple[str, ...] = ("output",)) -> None:
     """Refuse an output path early, before any work: it exists (without ``--force``), it is a
     folder, or its folder does not exist.
 
-    The write itself (`recon.io.atomic_output`) checks again, atomically.
+    The write itself (`recon.io.atomic_output`) checks again, atomically. An output that is
+    one of the command's input files (the same file by path, link or inode) is refused even
+    with ``--force``: the measured study must never be replaced by a result. ``outputs`` names
+    the command's output options (not inputs).
 
     Raises
     ------
-    FileExistsError, IsADirectoryError, FileNotFoundError
+    FileExistsError, IsADirectoryError, FileNotFoundError, NotADirectoryError
         Reported by the CLI as a one-line ``Error: ...``.
+    ValueError
+        The output is also an input.
     """
+    for name, value in bound_options().items():
+        if name in outputs:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, os.PathLike) and _same_file(item, path):
+                raise ValueError(
+                    f"{path}: is also the input {name.replace('_', '-')} ({item}); write the "
+                    "output to another file"
+                )
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"{path}: {path.parent} is a file, not a folder")
     if not force and os.path.lexists(path):
         raise FileExistsError(f"{path}: already exists; use --force to overwrite it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
+
+
+def _same_file(a: os.PathLike[str], b: os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one existing file (same device and inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def resolve_device(choice: str) -> Any:

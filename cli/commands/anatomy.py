@@ -147,11 +147,12 @@ def quantify(
 
     from recon.anatomy.quantify import quantify as table_of
     from recon.anatomy.quantify import rows_to_csv
-    from recon.io import atomic_output, read_result, read_study
+    from recon.io import read_result, read_study
+    from recon.io.atomic import write_text
 
     for path in (csv, json_file):
         if path is not None:
-            check_output(path, force)
+            check_output(path, force, outputs=("csv", "json_file"))
     study = read_study(study_file)
     results = [read_result(p) for p in result_files]
     names = _labels(results, result_files)
@@ -160,14 +161,10 @@ def quantify(
     if report is not None:
         print_patient_report(study, results, names, report, force, f"Report of {study_file.name}")
     if csv is not None:
-        with atomic_output(csv, overwrite=force) as tmp:
-            Path(tmp).write_text(rows_to_csv(rows), encoding="utf-8")
+        write_text(csv, rows_to_csv(rows), overwrite=force)
         typer.echo(f"wrote {csv}")
     if json_file is not None:
-        with atomic_output(json_file, overwrite=force) as tmp:
-            Path(tmp).write_text(
-                json.dumps([r.to_dict() for r in rows], indent=1), encoding="utf-8"
-            )
+        write_text(json_file, json.dumps([r.to_dict() for r in rows], indent=1), overwrite=force)
         typer.echo(f"wrote {json_file}")
 
 

@@ -132,6 +132,7 @@ def train_cohort(
     from recon.cohort.distributed import resolve_device
     from recon.cohort.training import CohortConfig
     from recon.cohort.training import train_cohort as run_training
+    from recon.io import signals
     from recon.nerf.config import TrainConfig
     from recon.nerf.training import TrainingDiverged, TrainingInterrupted
 
@@ -167,7 +168,7 @@ def train_cohort(
         except TrainingInterrupted as stop:
             if main:
                 typer.echo(f"Interrupted: {stop}", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(signals.exit_code(stop)) from None
         except TrainingDiverged as error:
             raise ValueError(str(error)) from None
     if not main:

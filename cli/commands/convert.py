@@ -413,6 +413,13 @@ def interfile(
             help="Rotation radius (mm); default the projections' Radius.",
         ),
     ] = None,
+    allow_outside_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-data",
+            help="Let a header name a data file outside its own folder (refused by default).",
+        ),
+    ] = False,
     force: ForceOption = False,
 ) -> None:
     """Convert Interfile projections and an attenuation volume (GATE, SIMIND, STIR) to a study.
@@ -420,7 +427,8 @@ def interfile(
     The acquisition (views, angles, pixel size, radius) comes from the projections; the image
     grid, centred on the rotation axis, from the --mu or --ct volume (CT: μ = hu_to_mu_per_mm at
     --energy-kev, and the CT is kept). Without a volume the grid covers the detector and the study
-    has no μ.
+    has no μ. A header's data file must sit in or under the header's folder unless
+    --allow-outside-data is given.
     """
     from recon.io.interfile import interfile_study
 
@@ -438,6 +446,7 @@ def interfile(
             orientation=orientation,
             isotope=isotope,
             radius_mm=radius_mm,
+            allow_outside_data=allow_outside_data,
         )
     study = add_provenance(
         study,

@@ -439,7 +439,8 @@ def info(
 ) -> None:
     """Show what a study or result file holds: a summary, then every dataset and attribute.
 
-    Works on damaged or invalid files too: the summary's "check" line says what is wrong.
+    Works on damaged or invalid files too: the summary's "check" line says what is wrong, and
+    the command then ends with that error (exit code 1) after listing the file.
     """
     from rich.console import Console
     from rich.table import Table
@@ -449,10 +450,14 @@ def info(
     from recon.io.summary import summarize
 
     rows = describe(file)  # StudyFileError if not HDF5 at all
-    print_rows(str(file), summarize(file))
+    summary = summarize(file)
+    print_rows(str(file), summary)
     table = Table(title="Contents", title_justify="left")
     for column in ("path", "shape", "dtype", "description"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     Console().print(table)
+    check = dict(summary).get("check", "")
+    if check.startswith("FAILED: "):  # listed above; the exit code says it is not valid
+        raise ValueError(check.removeprefix("FAILED: "))

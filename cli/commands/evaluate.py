@@ -132,7 +132,7 @@ def evaluate(
 
     for path in (output, csv_file):
         if path is not None:
-            check_output(path, force)
+            check_output(path, force, outputs=("output", "csv_file"))
     if output is not None and csv_file is not None and output.resolve() == csv_file.resolve():
         raise ValueError("--output and --csv name the same file")
     with status(f"Reading {truth} and {result_file}..."):
@@ -199,16 +199,14 @@ def evaluate(
         console.print(organs)
 
     if output is not None:
-        from recon.io import atomic_output
+        from recon.io.atomic import write_text
 
-        with atomic_output(output, overwrite=force) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_text(output, json.dumps(report, indent=2) + "\n", overwrite=force)
         console.print(f"wrote {output}", highlight=False, markup=False)
     if csv_file is not None:
-        from recon.io import atomic_output
+        from recon.io.atomic import write_text
 
-        with atomic_output(csv_file, overwrite=force) as tmp:
-            tmp.write_text(evaluation_csv(report), encoding="utf-8")
+        write_text(csv_file, evaluation_csv(report), overwrite=force)
         console.print(f"wrote {csv_file}", highlight=False, markup=False)
 
 

@@ -305,7 +305,7 @@ def nerf(
     """
     import torch
 
-    from recon.io import read_study, write_result
+    from recon.io import read_study, signals, write_result
     from recon.nerf.checkpoint import LAST_CHECKPOINT
     from recon.nerf.config import TrainConfig
     from recon.nerf.training import TrainingDiverged, TrainingInterrupted
@@ -349,7 +349,7 @@ def nerf(
                 else ""
             )
             typer.echo(f"Interrupted after step {stop.step}{where}", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(signals.exit_code(stop)) from None
         except TrainingDiverged as error:
             raise ValueError(str(error)) from None
     with status(f"Writing {output}..."):

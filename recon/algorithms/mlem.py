@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recon.algorithms.filters import gaussian_filter
+from recon.algorithms.numerics import check_finite
 from recon.algorithms.poisson import measurement_ratio, poisson_log_likelihood
 from recon.algorithms.priors import prior_value, quadratic_gradient, relative_difference_gradient
 from spectproj import (
@@ -225,6 +226,8 @@ def em_reconstruct_operator(
 
     def record(iteration: int, estimate: torch.Tensor, expected: torch.Tensor) -> None:
         ll = float(poisson_log_likelihood(y, expected))
+        check_finite(config.method.upper(), iteration, "log-likelihood", ll, allow_minus_inf=True)
+        check_finite(config.method.upper(), iteration, "activity estimate", estimate)
         result.log_likelihood.append(ll)
         penalty = 0.0
         if config.prior is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recon.algorithms.numerics import check_finite
 from recon.anatomy.compartments import Compartments
 from recon.io.study import Study
 from spectproj import CollimatorResponse, SPECTProjector
@@ -273,7 +274,9 @@ def fit_organs(
     if study.background is not None:
         b = torch.as_tensor(np.asarray(study.background, dtype=np.float64)).reshape(-1)
     c, steps = fit_organ_coefficients(basis, y, b, config)
+    check_finite("organ fit", steps, "concentrations", c)
     expected = c @ basis + (0.0 if b is None else b)
+    check_finite("organ fit", steps, "expected counts", expected)
     covariance = _covariance(fisher_information(basis, expected))
     deviance = _deviance(y, expected)
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3

@@ -44,7 +44,7 @@ from recon.anatomy.organ_fit import (
     study_projector,
 )
 from recon.anatomy.residual import OrganResidualModel, ResidualSource
-from recon.anatomy.sources import find_sources
+from recon.anatomy.sources import conjugate_activity, find_sources, opposed_pair
 from recon.io.hdf5 import software_version
 from recon.io.study import Anatomy, Result, Study
 
@@ -53,6 +53,11 @@ __all__ = ["OrgansConfig", "OrgansOutcome", "reconstruct_conjugate", "reconstruc
 #: A residual source whose peak concentration is below this multiple of the concentration of the
 #: compartment it lies in is counted in that compartment (uneven uptake, not a lesion).
 LESION_CONTRAST = 3.0
+
+#: A residual source whose centre lies within this many voxels of a segment (a one-voxel
+#: segmentation error, plus one voxel of the source's own extent) may be that segment's activity
+#: outside its outline; `LESION_CONTRAST` decides.
+SPILL_MARGIN_VOXELS = 2.0
 
 #: The first round of the residual model seeds only sources this many times more significant
 #: than `OrgansConfig.source_threshold`.
@@ -210,7 +215,10 @@ def reconstruct_organs(
     if config.residual:
         model, history = _train_residual(study, organ_fit, mask, config, device, callback)
     table = _table(study, compartments, organ_fit, model, collimator, device)
-    activity = organ_fit.activity_volume() if model is None else _volume(model)
+    if model is None:
+        activity = organ_fit.activity_volume()
+    else:  # the sources at the activities the table gives them
+        activity = _volume(model, table["source_activities"])
     parameters: dict[str, Any] = {
         "representation": "organs+residual" if model is not None else "organs",
         "support": support_note,
@@ -390,9 +398,12 @@ def _expected(
     return expected_counts(study, volume, collimator=collimator, device=device)
 
 
-def _volume(model: OrganResidualModel) -> np.ndarray:
+def _volume(model: OrganResidualModel, source_activities: list[float]) -> np.ndarray:
+    """The model's activity volume with its sources at ``source_activities`` (unit · mL)."""
     with torch.no_grad():
-        return model.volume().detach().cpu().numpy().astype(np.float32)
+        sources = torch.as_tensor(source_activities, dtype=torch.float32)
+        volume = model.organ_volume() + model.source_volume(sources.to(model.support.device))
+        return volume.detach().cpu().numpy().astype(np.float32)
 
 
 def _table(
@@ -439,27 +450,40 @@ def _table(
         totals = organ_parts.sum(dim=(1, 2, 3)).double().cpu().numpy() * voxel_ml  # mL per unit
     activity = (c.double().cpu().numpy() * totals).tolist()  # activity unit · mL
     variance = ((sd[:k] * totals) ** 2).tolist()
-    # A source that is not clearly hotter than the compartment it lies in is that compartment's
-    # own uneven uptake: its activity is counted there, not as a lesion.
+    # A source that is not clearly hotter than the compartment it lies in, or than a segment whose
+    # boundary is within `SPILL_MARGIN_VOXELS` of it, is that compartment's own activity (uneven
+    # uptake, or the part of an organ its segmentation misses): counted there, not as a lesion.
+    # A source's activity is measured by the geometric mean of its excess counts in the opposed
+    # views (`conjugate_activity`: independent of the depth the fit gave it).
     lesions = []
-    index = compartments.index
+    source_activities = []
+    distances = _segment_distances(study, compartments)
+    pair = opposed_pair(study.acquisition.angles_deg)
+    views = y.reshape(study.projections.shape[0], -1)
     for j, s in enumerate(model.sources()):
-        host = int(index[_nearest_voxel(study, s.centre_mm)])
-        peak = s.activity / ((2.0 * math.pi) ** 1.5 * (s.sigma_mm * 0.1) ** 3)  # unit (per mL)
-        host_level = float(c[host]) if host >= 0 else 0.0
-        contrast = peak / host_level if host_level > 0 else math.inf
+        source_activity, source_sd = s.activity, float(sd[k + j])
+        if pair is not None:
+            unit = basis[k + j].reshape(views.shape)
+            rest = expected.reshape(views.shape) - amplitudes[k + j] * unit
+            source_activity, source_sd = conjugate_activity(views, rest, unit, pair)
+        source_activities.append(source_activity)
+        peak = source_activity / ((2.0 * math.pi) ** 1.5 * (s.sigma_mm * 0.1) ** 3)  # per mL
+        voxel = _nearest_voxel(study, s.centre_mm)
+        inside = int(compartments.index[voxel])
+        host, contrast = _host(inside, voxel, peak, c, distances)
         row: dict[str, Any] = {
             "name": f"source_{j + 1}",
             "centre_mm": list(s.centre_mm),
             "sigma_mm": s.sigma_mm,
-            "activity_mbq": s.activity * to_mbq,
-            "activity_sd_mbq": float(sd[k + j]) * to_mbq,
+            "activity_mbq": source_activity * to_mbq,
+            "activity_sd_mbq": source_sd * to_mbq,
+            "model_activity_mbq": s.activity * to_mbq,
             "contrast": contrast,
-            "in": compartments.names[host] if host >= 0 else None,
+            "in": compartments.names[inside] if inside >= 0 else None,
         }
         if host >= 0 and contrast < LESION_CONTRAST:
-            activity[host] += s.activity
-            variance[host] += float(sd[k + j]) ** 2
+            activity[host] += source_activity
+            variance[host] += source_sd**2
             row["counted_in"] = compartments.names[host]
         lesions.append(row)
     for i, name in enumerate(compartments.names):
@@ -483,7 +507,45 @@ def _table(
         "sources": sources,
         "uptake_sources": merged,
         "deviance_per_pixel": deviance,
+        "source_activities": source_activities,
     }
+
+
+def _segment_distances(study: Study, compartments: Compartments) -> dict[int, np.ndarray]:
+    """Distance (voxels, ``[Z, Y, X]``) to each segment (not the background regions)."""
+    from scipy import ndimage
+
+    spacing = np.asarray(study.grid.spacing_mm, dtype=np.float64)
+    sampling = spacing / spacing.max()
+    return {
+        i: ndimage.distance_transform_edt(compartments.index != i, sampling=sampling)
+        for i, background in enumerate(compartments.background)
+        if not background
+    }
+
+
+def _host(
+    inside: int,
+    voxel: tuple[int, int, int],
+    peak: float,
+    concentrations: torch.Tensor,
+    distances: Mapping[int, np.ndarray],
+) -> tuple[int, float]:
+    """The compartment a source belongs to, and its contrast against it.
+
+    The candidates are the compartment the source's centre lies in (``inside``, −1: none) and
+    every segment within `SPILL_MARGIN_VOXELS` of that centre; the host is the candidate with
+    the lowest contrast ``peak / concentration`` (the most likely origin of the activity).
+    Returns ``(-1, inf)`` when no candidate holds activity.
+    """
+    candidates = {inside} if inside >= 0 else set()
+    candidates |= {i for i, d in distances.items() if d[voxel] <= SPILL_MARGIN_VOXELS}
+    best, best_contrast = -1, math.inf
+    for i in sorted(candidates):
+        level = float(concentrations[i])
+        if level > 0 and peak / level < best_contrast:
+            best, best_contrast = i, peak / level
+    return best, best_contrast
 
 
 def _nearest_voxel(study: Study, centre_xyz: tuple[float, float, float]) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ from recon.anatomy.residual import ResidualSource
 from recon.io.study import Study
 from spectproj import CollimatorResponse
 
-__all__ = ["find_sources", "opposed_pair"]
+__all__ = ["conjugate_activity", "find_sources", "opposed_pair"]
 
 
 def opposed_pair(angles_deg: tuple[float, ...]) -> tuple[int, int] | None:
@@ -149,6 +149,63 @@ def find_sources(
         unit = scale * float(r0[depth] + r1[depth])  # counts per unit concentration there
         found.append(ResidualSource(xyz, width, total / max(unit, 1e-300) * voxel_ml))
     return tuple(found)
+
+
+def conjugate_activity(
+    counts: torch.Tensor,
+    rest: torch.Tensor,
+    unit: torch.Tensor,
+    pair: tuple[int, int],
+    patch_fraction: float = 0.5,
+) -> tuple[float, float]:
+    """A source's activity from its opposed views, by the geometric mean of its excess counts.
+
+    The model places a source at some depth; the Poisson fit of its amplitude then weighs the two
+    views by the counts the model expects in each, so a depth error (the AP/PA ratio is the only
+    depth information, and the model around the source biases it) biases the amplitude: a source
+    placed nearer a detector than it is gets too little activity, one placed too deep too much.
+    The geometric mean of the two views does not depend on the depth for a source in a uniform
+    attenuator (the conjugate-view principle), so the activity is measured as
+
+        A = sqrt(n_1 · n_2 / (r_1 · r_2)),
+
+    with ``n_v`` the measured counts minus everything else of the model (``rest``) over the
+    source's patch in view ``v`` (the pixels where its own projection exceeds ``patch_fraction``
+    of its peak: by default its full width at half maximum, where the source dominates what the
+    rest of the model gets wrong around it), and ``r_v`` the counts a unit of activity at the
+    fitted place puts into that patch (attenuation, blur, count scale: ``unit``).
+
+    Parameters
+    ----------
+    counts, rest, unit:
+        ``[V, P]`` measured counts, expected counts of the rest of the model (with
+        background), and the source's counts per unit activity.
+    pair:
+        The opposed views ``(i, j)``.
+    patch_fraction:
+        In (0, 1). The default, 0.5, was chosen on six phantom cases other than those of
+        ``benchmarks/bench_anatomy.py`` (seeds 31–36): 12 of 17 lesions within ±30 % at 0.5,
+        10 of 17 at 0.05 and 0.1.
+
+    Returns
+    -------
+    (activity, sd)
+        In the unit of ``unit``'s activity; ``sd`` from the Poisson variance of the counts in
+        the two patches (first order). ``(0, 0)`` when either view has no excess.
+    """
+    if not 0.0 < patch_fraction < 1.0:
+        raise ValueError(f"patch_fraction must lie in (0, 1), got {patch_fraction}")
+    n, r, var = [], [], []
+    for v in pair:
+        patch = unit[v] > patch_fraction * unit[v].max()
+        n.append(float((counts[v] - rest[v])[patch].sum()))
+        r.append(float(unit[v][patch].sum()))
+        var.append(float(counts[v][patch].sum()))
+    if min(n) <= 0 or min(r) <= 0:
+        return 0.0, 0.0
+    activity = math.sqrt(n[0] * n[1] / (r[0] * r[1]))
+    relative = 0.5 * math.sqrt(var[0] / n[0] ** 2 + var[1] / n[1] ** 2)
+    return activity, activity * relative
 
 
 def _ray_axis(angle_deg: float) -> int:

@@ -188,7 +188,9 @@ def read_manifest(
 
 
 def _read_csv(path: Path) -> tuple[ManifestEntry, ...]:
-    text = path.read_text(encoding="utf-8-sig")
+    from recon.io.text import read_text
+
+    text = read_text(path)
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ValueError(f"{path}: the manifest is empty")

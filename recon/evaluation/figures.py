@@ -16,13 +16,14 @@ global state, any backend); `save_png` writes one atomically. Axes are physical,
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -603,5 +604,6 @@ def save_png(
 
     text = {"Software": f"spect {software_version()}"}
     text.update(metadata or {})
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata=text)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata=text)
+    write_bytes(path, buffer.getvalue(), overwrite=overwrite)

@@ -14,7 +14,8 @@
 
 The page is rendered from ``recon/templates/report.html.j2`` (package data, found with
 `importlib.resources`) with autoescaping: every value it shows is plain text. Nothing here prints;
-every file is written atomically (`recon.io.atomic_output`).
+the files are written into a hidden staging folder and moved into place together
+(`recon.io.atomic.staged_folder`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from recon.evaluation.report_figures import (
     report_point,
 )
 from recon.evaluation.scoring import SETTINGS, json_safe, method_settings
-from recon.io.atomic import atomic_output
+from recon.io.atomic import staged_folder, write_text
 from recon.io.hdf5 import software_version
 
 if TYPE_CHECKING:
@@ -137,13 +138,8 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
     names = [REPORT_HTML, SUMMARY_JSON, SUMMARY_MD, *FIGURES.values()]
-    if not overwrite:
-        existing = [str(out / n) for n in names if os.path.lexists(out / n)]
-        if existing:
-            raise FileExistsError(
-                f"{', '.join(existing)}: already exist(s); use --force (overwrite=True) to replace"
-            )
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
 
     study = comparison.study
     truth = np.asarray(study.truth_activity)
@@ -162,41 +158,40 @@ def write_report(
     curves = convergence_figure(comparison.methods)
     if curves is not None:
         figures["convergence"] = curves
-    elif os.path.lexists(out / FIGURES["convergence"]) and overwrite:
-        (out / FIGURES["convergence"]).unlink()
-
-    paths: dict[str, Path] = {}
-    for key, fig in figures.items():
-        path = out / FIGURES[key]
-        save_png(fig, path, overwrite=overwrite, dpi=dpi)
-        paths[key] = path
 
     summary = comparison.to_dict()
     summary["title"] = title
     summary["created_utc"] = _now()
     summary["software"] = f"spect {software_version()}"
     summary["slice_point_voxel"] = list(point)
-    summary["figures"] = {k: p.name for k, p in paths.items()}
+    summary["figures"] = {k: FIGURES[k] for k in figures}
     if extra:
         summary.update(json_safe(dict(extra)))
+    # Every file is written into a hidden staging folder and moved into place as a whole: an
+    # interrupted report leaves nothing (and no half set of figures that refuses the rerun).
+    with staged_folder(out, names, overwrite=overwrite) as stage:
+        staged: dict[str, Path] = {}
+        for key, fig in figures.items():
+            staged[key] = stage / FIGURES[key]
+            save_png(fig, staged[key], overwrite=True, dpi=dpi)
+        write_text(stage / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n", overwrite=True)
+        write_text(stage / SUMMARY_MD, summary_markdown(comparison, title=title), overwrite=True)
+        page = render_report_html(
+            comparison,
+            staged,
+            folder=out,
+            title=title,
+            software=str(summary["software"]),
+            created_utc=str(summary["created_utc"]),
+            point=point,
+            intro=intro,
+            extra_rows=extra_rows,
+        )
+        write_text(stage / REPORT_HTML, page, overwrite=True)
+    if curves is None and overwrite and os.path.lexists(out / FIGURES["convergence"]):
+        (out / FIGURES["convergence"]).unlink()  # a previous report's, not this one's
+    paths = {key: out / FIGURES[key] for key in figures}
     json_path, md_path, html_path = out / SUMMARY_JSON, out / SUMMARY_MD, out / REPORT_HTML
-    with atomic_output(json_path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    with atomic_output(md_path, overwrite=overwrite) as tmp:
-        tmp.write_text(summary_markdown(comparison, title=title), encoding="utf-8")
-    page = render_report_html(
-        comparison,
-        paths,
-        folder=out,
-        title=title,
-        software=str(summary["software"]),
-        created_utc=str(summary["created_utc"]),
-        point=point,
-        intro=intro,
-        extra_rows=extra_rows,
-    )
-    with atomic_output(html_path, overwrite=overwrite) as tmp:
-        tmp.write_text(page, encoding="utf-8")
     return ReportFiles(
         folder=out.resolve(),
         html=html_path.resolve(),

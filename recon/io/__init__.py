@@ -16,7 +16,13 @@ FieldError, FieldValueError, FieldTypeError
 MAX_COUNTS
     The largest count (or background) a study may hold (the likelihood stays finite in float32).
 atomic_output
-    Write any file atomically (temporary file in the same folder, then rename).
+    Write any file atomically (temporary file in the same folder, then rename);
+    `recon.io.atomic` also has `write_bytes`, `write_text` and `staged_folder` (a folder of files
+    moved into place as a whole).
+
+Modules for failing cleanly (``docs/faults.md``): `recon.io.signals` (SIGINT/SIGTERM/SIGHUP as one
+exception, critical sections), `recon.io.limits` (declared sizes checked before allocation,
+``SPECT_MAX_MEMORY_GB``), `recon.io.text` (user text files with one-line errors).
 """
 
 from recon.io.atomic import atomic_output

@@ -16,6 +16,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from recon.io.limits import check_array_size
+
 PathLike = str | os.PathLike[str]
 Source = PathLike | Dataset
 
@@ -78,6 +80,26 @@ def read_dataset(path: Source, *, stop_before_pixels: bool = False) -> Dataset:
         return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as err:
         raise ValueError(f"{p}: not a DICOM file ({err})") from None
+    except Exception as err:  # a damaged or truncated file: pydicom raises many types
+        text = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(f"{p}: not a readable DICOM file; truncated or damaged ({text})") from None
+
+
+def check_pixel_size(ds: Dataset) -> None:
+    """Refuse pixel data whose declared size (Rows × Columns × NumberOfFrames × samples ×
+    bits) is above the memory budget (`recon.io.limits`) before decoding it."""
+    try:
+        shape = (
+            int(ds.get("NumberOfFrames", 1) or 1),
+            int(ds.get("Rows", 0) or 0),
+            int(ds.get("Columns", 0) or 0),
+            int(ds.get("SamplesPerPixel", 1) or 1),
+        )
+        itemsize = max(int(ds.get("BitsAllocated", 16) or 16) // 8, 1)
+    except (TypeError, ValueError) as err:
+        raise attribute_error(ds, "Rows", f"size attributes are not integers ({err})") from None
+    # float64 in memory after the rescale
+    check_array_size(getattr(ds, "filename", None) or "DICOM", "PixelData", shape, max(itemsize, 8))
 
 
 def list_files(source: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -98,6 +120,7 @@ def list_files(source: PathLike | Sequence[PathLike]) -> list[Path]:
 
 def frames(ds: Dataset) -> np.ndarray:
     """Pixel data ``[frames, rows, columns]`` as float64, Rescale Slope/Intercept applied."""
+    check_pixel_size(ds)
     try:
         pixels = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as err:  # pydicom raises several types for absent/undecodable pixel data

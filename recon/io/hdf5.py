@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +35,10 @@ from typing import Any, Literal, NoReturn, TypeVar
 import h5py
 import numpy as np
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import check_target, write_bytes
 from recon.io.errors import FieldError, StudyFileError
+from recon.io.limits import MAX_DEFLATE_RATIO, array_size_problem
+from recon.io.signals import deferred_signals
 from recon.io.study import (
     Acquisition,
     Anatomy,
@@ -391,7 +394,7 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
     StudyFileError
         The study breaks one of its own rules (`Study` checks them when made; checked again
         here because arrays can be changed in place: shapes, dtypes, NaN/Inf, negative or
-        above-1e30 counts, ...); the message says ``cannot write``. Nothing is written.
+        above-MAX_COUNTS (1e15) counts, ...); the message says ``cannot write``. Nothing is written.
     TypeError
         ``study`` is not a `Study`.
     FileExistsError
@@ -410,7 +413,7 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
         except (TypeError, ValueError) as error:
             chk.fail("/anatomy/labels", _short(error))
 
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f: h5py.File) -> None:
         _write_root(f, STUDY_FORMAT, software_version(), _now_utc())
         f.attrs["activity_unit"] = activity_unit
         _write_fixed(f, "/projections/counts", _float32(study.projections), activity_unit)
@@ -478,6 +481,8 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
         for key, value in study.provenance.items():
             p.attrs[key] = value
 
+    write_hdf5(path, fill, overwrite=overwrite)
+
 
 _ACQUISITION_NUMBERS = (
     "radius_mm", "duration_s", "sensitivity_cps_per_mbq", "half_life_s", "dead_time_s",
@@ -538,7 +543,7 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
     history = {_check_name(chk, "/history", k): v for k, v in result.history.items()}
     extras = {_check_name(chk, "/extras", k): v for k, v in result.extras.items()}
 
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f: h5py.File) -> None:
         _write_root(
             f,
             RESULT_FORMAT,
@@ -566,6 +571,39 @@ def write_result(path: PathLike, result: Result, *, overwrite: bool = False) -> 
                 axes="",
                 compress=values.size >= 1024,
             )
+
+    write_hdf5(path, fill, overwrite=overwrite)
+
+
+def write_hdf5(
+    path: PathLike, fill: Callable[[h5py.File], None], *, overwrite: bool = False
+) -> None:
+    """Write an HDF5 file atomically: ``fill(f)`` builds it in memory, then its bytes go to disk.
+
+    The file is built by HDF5's in-memory (``core``) driver with SIGINT/SIGTERM/SIGHUP deferred
+    (an interrupt inside the HDF5 library would be swallowed by it, or leave it in a state that
+    crashes the interpreter at exit), and its image is written by `recon.io.atomic.write_bytes`
+    with plain Python I/O: a full disk or a read-only folder is an ``OSError`` naming ``path``,
+    the previous file is untouched and no temporary is left. Studies and results are megabytes
+    to a few hundred megabytes, so the image fits in memory beside the arrays.
+
+    Raises
+    ------
+    FileExistsError, FileNotFoundError, IsADirectoryError
+        Checked before anything is built (`recon.io.atomic.atomic_output`'s rules).
+    OSError
+        The disk write failed (full disk, quota, permissions, read-only file system).
+    """
+    check_target(path, overwrite)
+    with deferred_signals():
+        f = h5py.File(f"spect-{secrets.token_hex(8)}.h5", "w", driver="core", backing_store=False)
+        try:
+            fill(f)
+            f.flush()
+            image = f.id.get_file_image()
+        finally:
+            f.close()
+    write_bytes(path, image, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,6 +716,9 @@ class _Reader:
             got_axes = self.string(obj, where, "axes")
             if got_axes != axes:
                 self.fail(where, f"axes are '{got_axes}', expected '{axes}'")
+        problem = dataset_size_problem(self.chk.file, obj)
+        if problem is not None:
+            self.fail(where, problem)
         try:
             if h5py.check_string_dtype(obj.dtype) is not None:
                 data = np.asarray(obj.asstr()[()], dtype=str)  # refused by the dtype checks
@@ -714,6 +755,9 @@ class _Reader:
         g = self.group(where)
         assert g is not None
         shape = self.integers(g, where, "shape", 3)
+        problem = array_size_problem(shape, 4)  # every method allocates float32 volumes of it
+        if problem is not None:
+            self.fail(where, problem)
         spacing = self.numbers(g, where, "spacing_mm", 3)
         offset = self.numbers(g, where, "offset_mm", 3, required=False) or (0.0, 0.0, 0.0)
         for name, expected in (("axes", VOLUME_AXES), ("frame", FRAME), ("units", "mm")):
@@ -774,6 +818,34 @@ class _Reader:
             return CollimatorSpec.from_mapping(values)
         except (TypeError, ValueError) as error:
             self.fail(where, _short(error))
+
+
+#: HDF5 filters whose compression is bounded by deflate's (shuffle and checksums add nothing).
+_DEFLATE_LIKE = {
+    h5py.h5z.FILTER_DEFLATE,
+    h5py.h5z.FILTER_SHUFFLE,
+    h5py.h5z.FILTER_FLETCHER32,
+    32000,
+}
+
+
+def dataset_size_problem(file: PathLike, ds: h5py.Dataset) -> str | None:
+    """Why the dataset ``ds`` of ``file`` must not be read into memory (`recon.io.limits`:
+    larger than the memory budget, or than the file could hold), or ``None``."""
+    try:
+        shape = tuple(int(n) for n in (ds.shape or ()))
+        itemsize = int(ds.dtype.itemsize)
+        plist = ds.id.get_create_plist()
+        filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        return f"cannot be read; the file is damaged ({_short(error)})"
+    if not filters:
+        ratio: float | None = 1.0
+    elif filters <= _DEFLATE_LIKE:  # 32000: LZF
+        ratio = float(MAX_DEFLATE_RATIO)
+    else:
+        ratio = None
+    return array_size_problem(shape, itemsize, file_bytes=os.path.getsize(file), compression=ratio)
 
 
 def _open(path: PathLike) -> h5py.File:
@@ -1052,7 +1124,7 @@ def read_study(path: PathLike) -> Study:
         One line, ``"<file>: <dataset>: <problem>"``: not an HDF5 file or a truncated one, not a
         study file, a newer format version, a missing dataset or attribute, a wrong shape, dtype
         or unit, NaN/Inf or negative counts, background, μ or activity, counts or background
-        above `recon.io.study.MAX_COUNTS` (1e30), an inconsistent grid.
+        above `recon.io.study.MAX_COUNTS` (1e15), an inconsistent grid.
     FileNotFoundError
         ``path`` does not exist.
     """

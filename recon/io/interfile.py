@@ -33,6 +33,7 @@ import numpy as np
 
 from recon.io._common import canonical_isotope, detector_grid
 from recon.io.atomic import atomic_output
+from recon.io.limits import check_array_size
 from recon.io.study import Acquisition, Study
 from spectproj import ImageGrid, hu_to_mu_per_mm
 
@@ -235,6 +236,10 @@ def spacing_to_array_order(
 
 
 # -- header parsing ----------------------------------------------------------------------------
+#: Largest header file read (bytes): headers are text of a few kB.
+MAX_HEADER_BYTES = 1 << 20
+
+
 def _normalise_key(key: str) -> str:
     key = key.strip().lstrip("!").strip().lower()
     key = re.sub(r"\s+", " ", key)
@@ -254,6 +259,13 @@ def parse_interfile_header(header_path: PathLike) -> dict[str, str]:
         The file holds no ``key := value`` line.
     """
     path = Path(header_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_HEADER_BYTES:
+        raise InterfileError(
+            path, "header", f"{size} bytes: not an Interfile header (a text file of a few kB)"
+        )
     text = path.read_bytes().decode("latin-1")
     header: dict[str, str] = {}
     for raw in text.splitlines():
@@ -381,11 +393,19 @@ def _slice_thickness_mm(h: _Header, dx: float) -> float:
     return dx
 
 
-def _data_path(h: _Header) -> Path:
+def _data_path(h: _Header, allow_outside: bool = False) -> Path:
     name = h.text("name of data file")
     path = Path(name)
     if not path.is_absolute():
         path = h.path.parent / path
+    folder = h.path.parent.resolve()
+    if not allow_outside and not path.resolve().is_relative_to(folder):
+        raise InterfileError(
+            h.path,
+            "name of data file",
+            f"{name!r} is outside the header's folder {folder} (allow it with "
+            "allow_outside_data=True, on the command line --allow-outside-data)",
+        )
     if not path.is_file():
         raise InterfileError(h.path, "name of data file", f"data file {path} not found")
     return path
@@ -423,6 +443,7 @@ def read_interfile(
     angle_offset_deg: float = 0.0,
     radius_unit: Literal["mm", "cm"] = "mm",
     kind: Literal["volume", "projections"] | None = None,
+    allow_outside_data: bool = False,
 ) -> InterfileImage:
     """Read an Interfile 3.3 header and its data file.
 
@@ -449,6 +470,10 @@ def read_interfile(
         Force ``"volume"`` or ``"projections"``; by default decided from ``process status``
         (reconstructed/acquired), then from ``matrix size [3]``/``number of slices`` (volume) or
         ``number of projections``.
+    allow_outside_data
+        Read a data file outside the header's folder (``../x``, an absolute path elsewhere).
+        By default it must sit in or under the header's folder, so that a header cannot make
+        spect read an unrelated file.
 
     Returns
     -------
@@ -459,7 +484,9 @@ def read_interfile(
     ------
     InterfileError
         (a ``ValueError``) naming the header and the key: a missing or invalid key, an
-        unsupported number format, a missing data file or one whose size does not match.
+        unsupported number format, a missing data file, one outside the header's folder, one
+        whose size does not match, a declared size above the memory budget
+        (`recon.io.limits`), NaN/Inf values.
     """
     array_code = _array_orientation(orientation)
     if radius_unit not in ("mm", "cm"):
@@ -489,8 +516,9 @@ def read_interfile(
         n3 = h.first_count(
             ["number of projections", "total number of images", "number of images/energy window"]
         )
-    data_path = _data_path(h)
+    data_path = _data_path(h, allow_outside_data)
     offset = _offset_bytes(h)
+    check_array_size(path, "matrix size", (n3, n2, n1), dtype.itemsize)
     expected = n1 * n2 * n3 * dtype.itemsize
     size = data_path.stat().st_size
     if size != offset + expected:
@@ -503,6 +531,9 @@ def read_interfile(
         )
     raw = np.fromfile(data_path, dtype=dtype, count=n1 * n2 * n3, offset=offset)
     raw = raw.astype(dtype.newbyteorder("="), copy=False).reshape(n3, n2, n1)
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+        raise InterfileError(path, "data file", f"{data_path.name} holds {bad} NaN/Inf values")
     radius = None
     if h.has("radius"):
         radius = h.positive("radius") * (10.0 if radius_unit == "cm" else 1.0)
@@ -735,6 +766,7 @@ def interfile_study(
     orientation: str = "LAI",
     isotope: str | None = None,
     radius_mm: float | None = None,
+    allow_outside_data: bool = False,
 ) -> Study:
     """A study from Interfile projections and, optionally, an attenuation volume.
 
@@ -760,6 +792,8 @@ def interfile_study(
         Recorded in the acquisition (`canonical_isotope`).
     radius_mm
         Rotation radius (mm); default the projections' ``Radius``, if any.
+    allow_outside_data
+        Let the headers name data files outside their folders (`read_interfile`).
 
     Returns
     -------
@@ -777,7 +811,9 @@ def interfile_study(
         raise ValueError("give either a μ volume (--mu) or a CT (--ct), not both")
     if mu_unit not in ("1/mm", "1/cm"):
         raise ValueError(f"mu_unit must be '1/mm' or '1/cm', got {mu_unit!r}")
-    projections = read_interfile(projections_header, orientation=orientation)
+    projections = read_interfile(
+        projections_header, orientation=orientation, allow_outside_data=allow_outside_data
+    )
     if projections.kind != "projections" or projections.angles_deg is None:
         raise ValueError(
             f"{projections_header}: holds a volume, not projections (process status, number of "
@@ -803,7 +839,9 @@ def interfile_study(
         grid = detector_grid(acquisition.detector_shape, acquisition.pixel_size_mm)
         provenance["grid"] = "covers the detector (no attenuation volume given)"
     else:
-        volume = read_interfile(volume_header, orientation=orientation)
+        volume = read_interfile(
+            volume_header, orientation=orientation, allow_outside_data=allow_outside_data
+        )
         if volume.kind != "volume":
             raise ValueError(f"{volume_header}: holds projections, not a volume")
         grid = volume.grid()

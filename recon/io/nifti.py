@@ -20,22 +20,25 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
 from nibabel.spatialimages import SpatialImage
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import write_bytes
+from recon.io.limits import MAX_DEFLATE_RATIO, check_array_size
 from recon.io.study import Result
 from spectproj import ImageGrid
 
 __all__ = [
     "NIFTI_DATASETS",
+    "checked_affine",
     "grid_affine_ras",
+    "load_nifti",
     "nifti_result",
     "nifti_volume",
     "read_nifti",
@@ -49,6 +52,71 @@ PathLike = str | os.PathLike[str]
 
 #: Largest off-diagonal part of a direction (relative) accepted as axis-aligned.
 _OBLIQUE_TOLERANCE = 1e-4
+
+
+def load_nifti(path: PathLike) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The data array and the image of a NIfTI file, with one-line errors for a bad file.
+
+    The header is read first and its declared shape checked against the file's size and the
+    memory budget (`recon.io.limits`) before the data are read.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        ``"<file>: <problem>"``: empty, not NIfTI (random bytes, another format), a header
+        declaring more data than the file holds or than the memory budget, truncated or damaged
+        data (also a truncated ``.nii.gz``).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    size = p.stat().st_size
+    if size == 0:
+        raise ValueError(f"{p}: empty file (0 bytes), not a NIfTI image")
+    try:
+        image = nib.load(p)
+    except Exception as error:  # nibabel raises many types for bad files (and gzip/zlib its own)
+        raise ValueError(f"{p}: not a readable NIfTI file ({_short(error)})") from None
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise ValueError(f"{p}: not a NIfTI image ({type(image).__name__})")
+    header = image.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    itemsize = int(header.get_data_dtype().itemsize)
+    if p.name.lower().endswith(".gz"):
+        check_array_size(p, "image data", shape, itemsize,
+                         file_bytes=size, compression=MAX_DEFLATE_RATIO)  # fmt: skip
+    else:
+        offset = int(header.get("vox_offset", 0) or 0)
+        check_array_size(p, "image data", shape, itemsize, file_bytes=max(size - offset, 0))
+    try:
+        data = np.asanyarray(image.dataobj)
+    except (EOFError, OSError, ValueError, zlib.error) as error:
+        raise ValueError(
+            f"{p}: image data cannot be read; the file is truncated or damaged ({_short(error)})"
+        ) from None
+    return data, image
+
+
+def checked_affine(path: PathLike, image: SpatialImage) -> np.ndarray:
+    """The ``[4, 4]`` voxel-to-RAS affine of ``image``; ``ValueError`` if it has NaN/Inf or is
+    singular (no orientation can be read from it)."""
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"{os.fspath(path)}: orientation unknown: the affine holds NaN/Inf")
+    linear = affine[:3, :3]
+    scale = float(np.abs(linear).max())
+    if scale == 0 or abs(np.linalg.det(linear)) <= 1e-9 * scale**3:
+        raise ValueError(
+            f"{os.fspath(path)}: orientation unknown: the affine is singular "
+            f"(a zero voxel size or repeated axes) {linear.tolist()}"
+        )
+    return affine
+
+
+def _short(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 def grid_affine_ras(grid: ImageGrid) -> np.ndarray:
@@ -109,8 +177,7 @@ def write_nifti(
     payload = image.to_bytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_bytes(payload)
+    write_bytes(path, payload, overwrite=overwrite)
     return path
 
 
@@ -138,14 +205,12 @@ def read_nifti(path: PathLike) -> tuple[np.ndarray, ImageGrid]:
         Not 3D (after dropping trailing length-1 axes), or an oblique affine.
     """
     path = Path(path)
-    # nib.load is typed as returning a FileBasedImage; a NIfTI file gives a SpatialImage.
-    image = cast(SpatialImage, nib.load(path))
-    data = np.asanyarray(image.dataobj)
+    data, image = load_nifti(path)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    affine = np.asarray(image.affine, dtype=np.float64)
+    affine = checked_affine(path, image)
     current = orientations.io_orientation(affine)
     transform = orientations.ornt_transform(current, orientations.axcodes2ornt(("L", "P", "S")))
     data = orientations.apply_orientation(data, transform)

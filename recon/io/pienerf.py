@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -36,7 +37,9 @@ import numpy as np
 
 from recon.io._common import canonical_isotope
 from recon.io.interfile import reorient_spacing, reorient_to_zyx, spacing_to_array_order
+from recon.io.limits import check_array_size
 from recon.io.study import Acquisition, Study
+from recon.io.text import read_text
 from spectproj import ImageGrid, ParallelGeometry, hu_to_mu_per_mm
 
 __all__ = [
@@ -135,7 +138,7 @@ def read_pienerf_entries(csv_path: PathLike) -> list[PieNeRFEntry]:
         The CSV cannot be read.
     """
     path = Path(csv_path)
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in PIENERF_COLUMNS if c not in columns]
@@ -205,7 +208,36 @@ def read_pienerf_manifest(csv_path: PathLike) -> list[PieNeRFRow]:
 
 
 def _load(path: Path, ndim: int, what: str) -> np.ndarray:
-    array = np.load(path, allow_pickle=False)
+    """A numeric ``.npy`` array, its header checked (`recon.io.limits`) before it is read."""
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as fh:
+            try:
+                version = npy.read_magic(fh)
+            except ValueError:
+                raise ValueError(
+                    f"{path}: {what}: not a NumPy .npy file (no \\x93NUMPY signature; "
+                    "a text or other file?)"
+                ) from None
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            try:
+                shape, _, dtype = read(fh)
+            except ValueError as error:
+                raise ValueError(f"{path}: {what}: damaged .npy header ({error})") from None
+            offset = fh.tell()
+    except OSError as error:
+        raise OSError(f"{path}: cannot read ({error.strerror or error})") from None
+    if dtype.hasobject:
+        raise ValueError(
+            f"{path}: {what}: holds Python objects (pickled data), which spect never loads; "
+            "save a numeric array"
+        )
+    check_array_size(path, what, shape, dtype.itemsize, file_bytes=path.stat().st_size - offset)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path}: {what}: cannot be read ({error})") from None
     if array.ndim != ndim:
         raise ValueError(f"{path}: {what} must be {ndim}D, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):

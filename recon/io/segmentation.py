@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from recon.io.study import Anatomy, Study
+from recon.io.text import read_text
 from spectproj import ImageGrid
 
 __all__ = [
@@ -132,7 +133,7 @@ def read_names(path: PathLike) -> dict[int, str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such names file")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p)
     suffix = p.suffix.lower()
     if suffix in (".json", ".toml"):
         try:
@@ -246,16 +247,9 @@ def _nifti_index_of_lps(path: Path, image: nib.Nifti1Image) -> np.ndarray:
 
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(data [i, j, k], index_of_lps [4, 4])`` of a 3D NIfTI label map or mask."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        image = nib.load(path)
-    except Exception as error:  # nibabel raises several types for bad files
-        message = " ".join(str(error).split())
-        raise ValueError(f"{path}: not a readable NIfTI file ({message})") from None
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise ValueError(f"{path}: not a NIfTI image ({type(image).__name__})")
-    data = np.asanyarray(image.dataobj)
+    from recon.io.nifti import load_nifti
+
+    data, image = load_nifti(path)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:

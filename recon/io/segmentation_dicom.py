@@ -28,6 +28,7 @@ from recon.io._dicom_common import (
     PathLike,
     as_floats,
     attribute_error,
+    check_pixel_size,
     pixel_spacing,
     read_dataset,
     require,
@@ -117,6 +118,7 @@ def anatomy_from_dicom_seg(
         )
         for item in require(ds, "SegmentSequence", "to name the segments")
     }
+    check_pixel_size(ds)
     try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as err:  # pydicom raises several types

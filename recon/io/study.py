@@ -41,9 +41,15 @@ from spectproj.collimator_table import table as collimator_table
 ML_PER_MM3 = 1e-3
 MBQ_PER_BQ = 1e-6
 
-MAX_COUNTS = 1e30
-"""Largest projection or background value accepted (counts): far below float32's 3.4e38, so
-the Poisson likelihood (sums, logs and ratios in float32) cannot overflow."""
+MAX_COUNTS = 1e15
+"""Largest projection or background value accepted (counts in one pixel).
+
+Real pixels hold at most ~1e7 counts; the bound keeps every float32 quantity of the Poisson
+likelihood finite with a wide margin: even 2³¹ pixels at the bound give
+Σ y·log λ ≈ 2³¹ × 1e15 × 35 ≈ 8e25, far below float32's 3.4e38 (a bound of 1e30 would
+not: 1e30 × 1e8 pixels × log 1e30 ≈ 7e39 overflows), and ratios y/λ and their
+backprojections stay below 1e20.
+"""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from recon.io.hdf5 import read_result, read_study
+from recon.io.hdf5 import dataset_size_problem, read_result, read_study
 from recon.io.study import Result, Study
 from spectproj import CollimatorSpec
 
@@ -260,6 +260,14 @@ def summarize(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return rows
 
 
+def _data(ds: h5py.Dataset) -> Any:
+    """All of ``ds``, unless it is larger than the file or the memory budget (``ValueError``)."""
+    problem = dataset_size_problem(ds.file.filename, ds)
+    if problem is not None:
+        raise ValueError(problem)
+    return ds[()]
+
+
 def _get_attr(obj: Any, name: str) -> Any:
     try:
         return obj.attrs[name] if name in obj.attrs else None
@@ -322,7 +330,7 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         angles = None
         if isinstance(angles_ds, h5py.Dataset):
             try:
-                angles = _numbers(angles_ds[()])
+                angles = _numbers(_data(angles_ds))
             except (OSError, RuntimeError, ValueError, TypeError):
                 angles = None
         rows.append(("views (β)", views_text(tuple(angles)) if angles else "?"))
@@ -357,7 +365,7 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         counts = _get(f, "/projections/counts")
         if isinstance(counts, h5py.Dataset):
             try:
-                total = float(np.asarray(counts[()], dtype=np.float64).sum())
+                total = float(np.asarray(_data(counts), dtype=np.float64).sum())
                 rows.append(("total counts", f"{total:.6g}"))
             except (OSError, RuntimeError, ValueError, TypeError):
                 rows.append(("total counts", "? (unreadable)"))
@@ -402,7 +410,7 @@ def _summary_rows(f: Any, rows: list[tuple[str, str]]) -> None:
         act = _get(f, "/activity")
         if isinstance(act, h5py.Dataset):
             try:
-                values = np.asarray(act[()], dtype=np.float64)
+                values = np.asarray(_data(act), dtype=np.float64)
                 rows.append(("activity max", f"{values.max():.6g} {unit or ''}".rstrip()))
                 spacing = _numbers(_get_attr(g, "spacing_mm")) if g is not None else None
                 if unit == "Bq/mL" and spacing and len(spacing) == 3:
@@ -425,7 +433,7 @@ def _anatomy_rows(f: Any, spacing: list[float] | None, rows: list[tuple[str, str
     voxel_ml = math.prod(spacing) * 1e-3 if spacing and len(spacing) == 3 else None
     source = _text(_get_attr(ds, "source")) or "source not given"
     try:
-        labels = np.asarray(ds[()])
+        labels = np.asarray(_data(ds))
         values, counts = np.unique(labels, return_counts=True)
     except (OSError, RuntimeError, ValueError, TypeError):
         rows.append(("anatomy", f"{source}; labels unreadable"))
@@ -445,7 +453,7 @@ def _anatomy_rows(f: Any, spacing: list[float] | None, rows: list[tuple[str, str
     body = _get(f, "/anatomy/body")
     if isinstance(body, h5py.Dataset):
         try:
-            inside = int(np.count_nonzero(np.asarray(body[()])))
+            inside = int(np.count_nonzero(np.asarray(_data(body))))
             rows.append(("  body outline", _volume_text(inside, voxel_ml)))
         except (OSError, RuntimeError, ValueError, TypeError):
             rows.append(("  body outline", "? (unreadable)"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import write_bytes
 from spectproj import ImageGrid
 
 __all__ = [
@@ -96,8 +97,7 @@ def save_checkpoint(payload: Mapping[str, Any], *paths: str | os.PathLike[str]) 
     torch.save(dict(payload), buffer)
     data = buffer.getvalue()
     for path in paths:
-        with atomic_output(path, overwrite=True) as tmp:
-            Path(tmp).write_bytes(data)
+        write_bytes(path, data, overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -115,9 +115,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"{p}: no such checkpoint file")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, a refused global, a truncated zip, ...
-        text = " ".join(str(error).split())[:300]
-        raise ValueError(f"{p}: not a loadable spect checkpoint ({text})") from None
+    except Exception as error:  # a refused global, a truncated zip, not a torch file, ...
+        text = " ".join(str(error).split())
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in text:
+            raise ValueError(
+                f"{p}: refused: it holds Python objects other than tensors, numbers and "
+                "strings, which spect never loads (loading them could run code from the "
+                "file); a spect checkpoint holds none"
+            ) from None
+        raise ValueError(
+            f"{p}: not a loadable spect checkpoint (truncated or not a torch file: "
+            f"{text.split('. ')[0][:200]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{p}: not a spect NeRF checkpoint (format {CHECKPOINT_FORMAT!r})")
     version = payload.get("version")

@@ -314,11 +314,12 @@ class TrainConfig:
         """
         import tomllib
 
-        with open(path, "rb") as f:
-            try:
-                values = tomllib.load(f)
-            except tomllib.TOMLDecodeError as error:
-                raise ValueError(f"{os.fspath(path)}: not valid TOML ({error})") from None
+        from recon.io.text import read_text
+
+        try:
+            values = tomllib.loads(read_text(path))
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{os.fspath(path)}: not valid TOML ({error})") from None
         try:
             return cls.from_dict(values, base)
         except ValueError as error:

@@ -12,6 +12,7 @@ field and a study's `recon.nerf.rays.RayData` during training.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.io.atomic import atomic_output
+from recon.io.atomic import write_bytes
 from recon.nerf.rays import RayData, RecordingField
 from spectproj.display import to_viewer
 
@@ -38,8 +39,9 @@ def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
 
 
 def _save(fig, path: str | os.PathLike[str]) -> None:
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    write_bytes(path, buffer.getvalue(), overwrite=True)
 
 
 def projection_preview(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from recon.algorithms.numerics import NonFiniteError
 from recon.nerf.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -57,9 +58,10 @@ __all__ = [
 Callback = Callable[[int, int, Mapping[str, float]], None]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(NonFiniteError):
     """The loss or the gradients became NaN/Inf. ``step``: where; ``checkpoint``: the last good
-    checkpoint on disk (``None`` if none was written)."""
+    checkpoint on disk (``None`` if none was written). A `recon.algorithms.numerics.NonFiniteError`
+    (a ``ValueError``), like MLEM's and the organ fit's."""
 
     def __init__(self, message: str, step: int, checkpoint: Path | None) -> None:
         super().__init__(message)

@@ -1,9 +1,12 @@
 """Process-level settings of a training run, done once: determinism, stop signals, AMP.
 
-Stopping: SIGINT or SIGTERM (Ctrl-C, ``scancel``, a pre-emption) or `request_stop` set a flag
-that `recon.training.loop.Trainer` reads at the end of the step in progress (with several ranks
-the flag travels with the step's all-reduce, so all ranks stop at the same step). A second
-signal raises ``KeyboardInterrupt`` at once (`stop_forced`: no checkpoint is written then).
+Stopping: SIGINT, SIGTERM or SIGHUP (Ctrl-C, ``scancel``, a pre-emption, a closed terminal) or
+`request_stop` set a flag that `recon.training.loop.Trainer` reads at the end of the step in
+progress (with several ranks the flag travels with the step's all-reduce, so all ranks stop at
+the same step). A second
+signal raises `recon.io.signals.Interrupted` at once (`stop_forced`: no checkpoint is written
+then); later ones are ignored while it cleans up. The signal is recorded
+(`recon.io.signals.received`), so the CLI exits with its code (130, 143, 129).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import torch
 
+from recon.io import signals
 from recon.nerf.config import TrainConfig
 
 __all__ = [
@@ -55,8 +59,8 @@ def stop_forced() -> bool:
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[bool]:
-    """Over the body, SIGINT/SIGTERM → `request_stop` (a second signal raises
-    ``KeyboardInterrupt``); yields whether this is the outermost run, the one that stops.
+    """Over the body, SIGINT/SIGTERM/SIGHUP → `request_stop` (a second signal raises
+    `recon.io.signals.Interrupted`); yields whether this is the outermost run, the one that stops.
 
     The outermost call clears the stop flag and, in the main thread, installs the handlers
     (the previous ones are restored on exit). A nested run (e.g. the code fits of a cohort's
@@ -76,12 +80,15 @@ def stop_signals() -> Iterator[bool]:
             return
 
         def handler(signum: int, frame: object) -> None:
+            signals.note(signum)
+            if _FORCED.is_set():
+                return  # a third signal: the forced stop is already cleaning up
             if _STOP.is_set():
                 _FORCED.set()
-                raise KeyboardInterrupt
+                raise signals.Interrupted(signum)
             _STOP.set()
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, handler) for sig in signals.STOP_SIGNALS}
         try:
             yield True
         finally:
