@@ -231,6 +231,7 @@ def reconstruct_mlem(
             "support_note": support_note,
             "radius_mm": acq.radius_mm,
             "background": study.background is not None,
+            **study.counts_model(),
             "n_views": geometry.n_views,
             "initial": "uniform, projection matches the measured total",
         }

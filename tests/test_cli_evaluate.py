@@ -122,7 +122,7 @@ def test_eval_refuses_to_overwrite_then_force(folder: Path, study_file: Path, ml
     assert json.loads(out_json.read_text())["method"] == "mlem"
 
 
-def test_eval_rejects_other_grids_and_missing_truth(
+def test_eval_rejects_other_grids_and_scores_a_study_without_truth(
     folder: Path, study_file: Path, mlem_files
 ) -> None:
     result = read_result(mlem_files[0])
@@ -136,7 +136,12 @@ def test_eval_rejects_other_grids_and_missing_truth(
     study = read_study(study_file)
     no_truth = folder / "no-truth.h5"
     write_study(no_truth, dataclasses.replace(study, truth_activity=None))
-    assert_one_line_error(invoke("eval", mlem_files[0], "--truth", no_truth), "truth")
+    patient = invoke("eval", mlem_files[0], "--truth", no_truth, "--csv", folder / "p.csv")
+    assert_ok(patient)  # a study without truth: the organ table and the fit, no errors
+    assert "holds no truth" in patient.stdout and "liver" in patient.stdout
+    assert "error" not in patient.stdout.split("note:")[0]
+    assert "truth_mbq" in (folder / "p.csv").read_text()
+    assert_one_line_error(invoke("eval", other_file, "--truth", no_truth), "grid")
     run = invoke("eval", mlem_files[0])  # --truth is required
     assert run.exit_code == 2 and run.stderr.startswith("Error: ")
 

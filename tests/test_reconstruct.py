@@ -206,7 +206,10 @@ def test_study_rows(study_path: Path) -> None:
     assert rows["collimator"] == "LEHR: D 1.11, L 24.05, septa 0.16 mm, hex"
     assert rows["radius"] == "250 mm"
     assert rows["total counts"] == f"{float(study.projections.sum(dtype=np.float64)):.6g}"
-    assert rows["of which scatter (expected)"] == f"{float(study.background.sum()):.6g}"
+    share = 100 * float(study.background.sum()) / float(study.projections.sum(dtype=np.float64))
+    assert rows["of which scatter (expected)"] == (
+        f"{float(study.background.sum()):.6g} ({share:.1f} %, simulated)"
+    )
     voxel_ml = (400.0 / 12) ** 3 * 1e-3
     truth = float(study.truth_activity.sum(dtype=np.float64)) * voxel_ml * 1e-6
     assert rows["truth activity"].endswith(f"; {truth:.6g} MBq in all")

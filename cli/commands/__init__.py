@@ -152,7 +152,7 @@ SupportOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add the sub-commands to the top-level ``spect`` app."""
-    from cli.commands import anatomy, cohort, convert, data, recon, show
+    from cli.commands import anatomy, cohort, convert, corrections, data, recon, show
 
     for name, function in (
         ("phantom", data.phantom),
@@ -162,6 +162,8 @@ def register(app: typer.Typer) -> None:
         ("show", show.show),
         ("train-cohort", cohort.train_cohort),
         ("quantify", anatomy.quantify),
+        ("calibrate", corrections.calibrate),
+        ("scatter", corrections.scatter),
     ):
         app.command(name, help=help_text(function))(function)
     recon.app.command("batch", help=help_text(cohort.batch))(cohort.batch)
@@ -171,6 +173,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(convert.app, name="convert")
     cohort.app.command("make", help=help_text(cohort.make))(cohort.make)
     app.add_typer(cohort.app, name="cohort")
+    app.add_typer(corrections.demo_app, name="demo-data")
 
 
 def help_text(function: Any) -> str:

@@ -126,11 +126,22 @@ def quantify(
     ],
     csv: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write it as JSON.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="FOLDER",
+            help="Also write a report (organ table, fit to the counts, study, images).",
+        ),
+    ] = None,
     force: ForceOption = False,
 ) -> None:
     """The organ and lesion table of one or more results of a study: MBq, concentration,
     % of the total and uncertainty per segment of the study's anatomy, and the truth and error
-    when the study has a truth (phantoms). Works on patient studies (no truth needed).
+    when the study has a truth (phantoms). Works on patient studies (no truth needed); --report
+    writes FOLDER/report.html, report.md, summary.json and patient.png with the table, each
+    result's fit to the measured counts and the study's counts model (calibration, decay,
+    scatter).
     """
     import json
 
@@ -147,6 +158,8 @@ def quantify(
     names = _labels(results, result_files)
     rows = table_of(study, results, names)
     _print_rows(rows)
+    if report is not None:
+        print_patient_report(study, results, names, report, force, f"Report of {study_file.name}")
     if csv is not None:
         write_text(csv, rows_to_csv(rows), overwrite=force)
         typer.echo(f"wrote {csv}")
@@ -156,6 +169,24 @@ def quantify(
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def print_patient_report(
+    study: Study, results: list[Result], names: list[str], folder: Path, force: bool, title: str
+) -> None:
+    """Write `recon.evaluation.patient_report.write_patient_report` into ``folder`` and print
+    each result's fit to the measured counts and ``wrote FOLDER/report.html``."""
+    from recon.evaluation.patient_report import write_patient_report
+
+    done, html = write_patient_report(folder, study, results, names, title=title, overwrite=force)
+    for name, fit in done.fits.items():
+        text = (
+            "not computable"
+            if fit is None
+            else (f"deviance / pixel {fit['deviance_per_pixel']:.3f}, PSNR {fit['psnr']:.2f} dB")
+        )
+        typer.echo(f"fit to the counts, {name}: {text}")
+    typer.echo(f"wrote {html}")
 
 
 def load_study_anatomy(study: Study, path: Path) -> Anatomy:

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatasetChoice",
+    "DeadTimeChoice",
     "MuUnitChoice",
+    "ScatterChoice",
     "anatomy",
     "app",
     "dicom_planar",
@@ -72,6 +74,23 @@ class MuUnitChoice(str, Enum):
 
     PER_MM = "1/mm"
     PER_CM = "1/cm"
+
+
+class ScatterChoice(str, Enum):
+    """Scatter estimate of ``spect convert dicom-planar``."""
+
+    AUTO = "auto"
+    TEW = "tew"
+    TEW_LOWER = "tew-lower"
+    DEW = "dew"
+    NONE = "none"
+
+
+class DeadTimeChoice(str, Enum):
+    """Dead-time model."""
+
+    PARALYZABLE = "paralyzable"
+    NON_PARALYZABLE = "non-paralyzable"
 
 
 class DatasetChoice(str, Enum):
@@ -144,6 +163,89 @@ AxisOption = Annotated[
         ),
     ),
 ]
+
+
+ScatterOption = Annotated[
+    ScatterChoice,
+    typer.Option(
+        "--scatter",
+        case_sensitive=False,
+        help=(
+            "Scatter background from the energy windows: auto (TEW when the file has windows "
+            "on both sides of the photopeak), tew, tew-lower (lower window only), dew (needs "
+            "--dew-k) or none."
+        ),
+    ),
+]
+ScatterSmoothingOption = Annotated[
+    float,
+    typer.Option(
+        "--scatter-smoothing-mm", min=0.0, help="Gaussian FWHM (mm) smoothing the scatter."
+    ),
+]
+DewKOption = Annotated[
+    float | None,
+    typer.Option("--dew-k", callback=positive, help="The DEW factor k (S = k · lower window)."),
+]
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration",
+        metavar="CALIBRATION.json",
+        help="Sensitivity from 'spect calibrate' (instead of --sensitivity).",
+    ),
+]
+ReferenceTimeOption = Annotated[
+    str,
+    typer.Option(
+        "--reference-time",
+        metavar="acquisition|injection|none|ISO",
+        help=(
+            "Decay-correct the activities to this time: the acquisition start (default; "
+            "corrects the decay during the frame), the injection, none, or an ISO 8601 "
+            "date-time."
+        ),
+    ),
+]
+HalfLifeOption = Annotated[
+    float | None,
+    typer.Option(
+        "--half-life-h",
+        callback=positive,
+        help="Half-life (h); default the file's, else the nuclide table's.",
+    ),
+]
+DeadTimeOption = Annotated[
+    float | None,
+    typer.Option(
+        "--dead-time-us",
+        callback=positive,
+        help="Dead time τ of the camera (µs): turns on the dead-time correction.",
+    ),
+]
+DeadTimeModelOption = Annotated[
+    DeadTimeChoice,
+    typer.Option("--dead-time-model", case_sensitive=False, help="Dead-time model."),
+]
+CountRateOption = Annotated[
+    float | None,
+    typer.Option(
+        "--count-rate-cps",
+        callback=positive,
+        help="Observed count rate (cps) for the dead time; default all windows' counts / time.",
+    ),
+]
+
+
+def _sensitivity(sensitivity: float | None, calibration: Path | None) -> float | None:
+    """The sensitivity of --sensitivity or of a --calibration file (not both)."""
+    if calibration is None:
+        return sensitivity
+    if sensitivity is not None:
+        raise ValueError("give --sensitivity or --calibration, not both")
+    from recon.corrections.calibration import read_calibration
+
+    return read_calibration(calibration).sensitivity_cps_per_mbq
 
 
 def _print_study(
@@ -417,11 +519,27 @@ def dicom_planar(
     energy_kev: DicomEnergyOption = None,
     duration_s: DurationOption = None,
     sensitivity: SensitivityOption = None,
+    calibration: CalibrationOption = None,
     axis_position_mm: AxisOption = None,
     collimator: CollimatorOption = None,
+    scatter: ScatterOption = ScatterChoice.AUTO,
+    scatter_smoothing_mm: ScatterSmoothingOption = 0.0,
+    dew_k: DewKOption = None,
+    reference_time: ReferenceTimeOption = "acquisition",
+    half_life_h: HalfLifeOption = None,
+    dead_time_us: DeadTimeOption = None,
+    dead_time_model: DeadTimeModelOption = DeadTimeChoice.PARALYZABLE,
+    count_rate_cps: CountRateOption = None,
     force: ForceOption = False,
 ) -> None:
     """Convert DICOM NM planar anterior/posterior images (+ a CT) to an AP/PA study.
+
+    Every energy window of the file is read: the photopeak window (the one holding the
+    isotope's main photopeak) gives the projections, the others are kept in the study, and a
+    triple- (or dual-) energy-window scatter estimate from them becomes the background
+    (--scatter). The activities are decay-corrected to --reference-time with the file's
+    half-life (or the nuclide table's), and optionally corrected for dead time (--dead-time-us).
+    See docs/scatter-calibration.md.
 
     The image grid is centred on the rotation axis and the detector's centre row; it covers the
     detector height (z) and, across y and x, the detector width (or --grid-size voxels), with
@@ -446,9 +564,17 @@ def dicom_planar(
             spacing_mm=spacing_mm,
             energy_keV=energy_kev,
             duration_s=duration_s,
-            sensitivity_cps_per_mbq=sensitivity,
+            sensitivity_cps_per_mbq=_sensitivity(sensitivity, calibration),
             axis_position_mm=axis_position_mm,
             collimator=collimator,
+            scatter=scatter.value,
+            scatter_smoothing_mm=scatter_smoothing_mm,
+            dew_k=dew_k,
+            reference_time=reference_time,
+            half_life_s=None if half_life_h is None else half_life_h * 3600.0,
+            dead_time_s=None if dead_time_us is None else dead_time_us * 1e-6,
+            dead_time_model=dead_time_model.value,
+            count_rate_cps=count_rate_cps,
         )
     study = add_provenance(study, "convert dicom-planar")
     _write(study, output, force)
@@ -465,6 +591,7 @@ def dicom_tomo(
     energy_kev: DicomEnergyOption = None,
     duration_s: DurationOption = None,
     sensitivity: SensitivityOption = None,
+    calibration: CalibrationOption = None,
     axis_position_mm: AxisOption = None,
     collimator: CollimatorOption = None,
     force: ForceOption = False,
@@ -490,7 +617,7 @@ def dicom_tomo(
             spacing_mm=spacing_mm,
             energy_keV=energy_kev,
             duration_s=duration_s,
-            sensitivity_cps_per_mbq=sensitivity,
+            sensitivity_cps_per_mbq=_sensitivity(sensitivity, calibration),
             axis_position_mm=axis_position_mm,
             collimator=collimator,
         )

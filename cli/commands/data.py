@@ -142,6 +142,7 @@ def _run_simulation(
     seed: int,
     noise: bool,
     title: str,
+    scatter_windows: bool = False,
 ) -> Study:
     """``spect phantom`` and ``spect simulate``: `recon.data.torso_study.torso_study`, written, and
     its
@@ -161,6 +162,7 @@ def _run_simulation(
             collimator=collimator.value,
             radius_mm=radius_mm,
             scatter_fraction=scatter_fraction,
+            scatter_windows=scatter_windows,
             total_counts=total_counts,
             duration_s=duration_s,
             sensitivity_cps_per_mbq=sensitivity,
@@ -178,6 +180,7 @@ def _run_simulation(
         collimator=made.collimator,
         radius_mm=radius_mm,
         scatter_fraction=scatter_fraction,
+        scatter_windows=scatter_windows,
         counts=total_counts,
         duration_s=duration_s,
         sensitivity_cps_per_mbq=sensitivity,
@@ -298,6 +301,13 @@ def simulate(
             help="Scatter-to-primary ratio of a smooth scatter term (stored as background).",
         ),
     ] = 0.0,
+    scatter_windows: Annotated[
+        bool,
+        typer.Option(
+            "--scatter-windows",
+            help="Also simulate lower and upper scatter windows (for 'spect scatter').",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson noise.")] = 0,
     noise: Annotated[
         bool,
@@ -342,6 +352,7 @@ def simulate(
         seed=seed,
         noise=noise,
         title=f"Simulated {n_text} acquisition of the torso phantom ({size}³ voxels)",
+        scatter_windows=scatter_windows,
     )
 
 

@@ -113,6 +113,9 @@ def evaluate(
 ) -> None:
     """Score a reconstruction against the truth of its study.
 
+    A study without truth (a patient) gets the organ table (no errors) and the result's fit to
+    the measured counts instead; --output and --csv write those.
+
     Prints the volume metrics (NRMSE over the whole volume and inside the body, PSNR, 3D SSIM,
     total activity and activity outside the body), the projection-domain fit of the result's
     expected counts (the study's forward model) and one row per organ (true and estimated
@@ -135,6 +138,9 @@ def evaluate(
     with status(f"Reading {truth} and {result_file}..."):
         study = read_study(truth)
         result = read_result(result_file)
+    if study.truth_activity is None:  # a patient: the organ table and the fit, no errors
+        _evaluate_patient(study, result, result_file, truth, output, csv_file, force)
+        return
     with status("Evaluating..."):
         report = evaluate_result(study, result, study_file=truth, result_file=result_file)
     metrics, fit = report["metrics"], report["projection_fit"]
@@ -204,6 +210,42 @@ def evaluate(
         console.print(f"wrote {csv_file}", highlight=False, markup=False)
 
 
+def _evaluate_patient(
+    study: Any,
+    result: Result,
+    result_file: Path,
+    study_file: Path,
+    output: Path | None,
+    csv_file: Path | None,
+    force: bool,
+) -> None:
+    """``spect eval`` of a study without truth: the organ table and the fit to the counts."""
+    from cli.commands.anatomy import _print_rows
+    from recon.anatomy.quantify import rows_to_csv
+    from recon.evaluation.patient_report import patient_report
+    from recon.io import atomic_output
+
+    done = patient_report(study, [result], [result.method])
+    _print_rows(done.rows)
+    fit = done.fits[result.method]
+    if fit is not None:
+        typer.echo(
+            f"fit to the counts: deviance / pixel {fit['deviance_per_pixel']:.3f}, "
+            f"PSNR {fit['psnr']:.2f} dB"
+        )
+    typer.echo(f"note: {study_file} holds no truth: estimates only, no errors")
+    if output is not None:
+        payload = {"result_file": str(result_file), "study_file": str(study_file)}
+        payload.update(done.to_dict())
+        with atomic_output(output, overwrite=force) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {output}")
+    if csv_file is not None:
+        with atomic_output(csv_file, overwrite=force) as tmp:
+            tmp.write_text(rows_to_csv(done.rows), encoding="utf-8")
+        typer.echo(f"wrote {csv_file}")
+
+
 # -- spect compare -------------------------------------------------------------------------------
 
 
@@ -233,6 +275,10 @@ def compare(
 ) -> None:
     """Compare reconstructions of a study side by side, in a report folder.
 
+    For a study without truth (a patient) the report has the organ table (no errors), each
+    result's fit to the measured counts, the study's counts model and images, as
+    'spect quantify --report'.
+
     Writes FOLDER/report.html (one self-contained page: images embedded, opens in any
     browser), the PNG figures (slices and MIPs of the truth and every result on one colour
     scale, line profiles, organ-activity errors, the projection-domain fit, convergence
@@ -251,6 +297,17 @@ def compare(
     with status(f"Reading {study_file} and {len(result_files)} result(s)..."):
         study = read_study(study_file)
         results = [read_result(path) for path in result_files]
+    if study.truth_activity is None:  # a patient: organ table and fit, no errors
+        from cli.commands.anatomy import _labels, _print_rows, print_patient_report
+        from recon.anatomy.quantify import quantify
+
+        labels = _labels(results, result_files)
+        _print_rows(quantify(study, results, labels))
+        typer.echo(f"note: {study_file} holds no truth: estimates only, no errors")
+        print_patient_report(
+            study, results, labels, output, force, f"Report of {study_file.name} (no truth)"
+        )
+        return
     for path, result in zip(result_files, results, strict=True):
         check_comparable(study, result, path, study_file)
     names = _method_names(results, result_files)

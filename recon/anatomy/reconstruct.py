@@ -231,6 +231,7 @@ def reconstruct_organs(
         "uptake_sources": table.get("uptake_sources", []),
         "deviance_per_pixel": table["deviance_per_pixel"],
         "elapsed_s": time.perf_counter() - t0,
+        **study.counts_model(),
     }
     result = Result(
         activity=activity,
@@ -297,7 +298,12 @@ def reconstruct_conjugate(
         activity=activity,
         grid=study.grid,
         method="conjugate-view",
-        parameters={"anatomy": source, "organ_table": table, "sources": []},
+        parameters={
+            "anatomy": source,
+            "organ_table": table,
+            "sources": [],
+            **study.counts_model(),
+        },
         activity_unit=study.activity_unit,
         software_version=software_version(),
         study_file=study_file,

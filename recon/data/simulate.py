@@ -10,7 +10,19 @@ The model (units in ``docs/phantoms.md``)::
 ``A`` is `spectproj.SPECTProjector` with the phantom's μ (and optionally a collimator blur), its
 output a line integral in (Bq/mL)·mm; ``count_scale`` is the expected counts per unit of it in one
 pixel, one number for every view (``recon.io.study.Acquisition.count_scale``); ``G_σ`` is a wide
-Gaussian blur of every view and ``f`` the scatter fraction (scatter counts / primary counts).
+Gaussian blur of every view and ``f`` the scatter-to-primary ratio (the scatter fraction of the
+window, scatter / (primary + scatter), is ``f / (1 + f)``).
+
+With ``scatter_windows=True`` two more energy windows are simulated next to the photopeak window
+(width ``W_p``), each ``W_s`` = `SCATTER_WINDOW_WIDTH` × ``W_p`` wide: their scatter has the
+spatial distribution of the photopeak's and a count density per keV that falls linearly from
+``s_l`` below the photopeak to ``s_u = r · s_l`` above it (``r`` = ``scatter_upper_ratio``)::
+
+    s_l = 2 S / (W_p (1 + r)),   lower = s_l · W_s,   upper = r · s_l · W_s
+
+so that the trapezoid assumption of the triple-energy-window estimate holds exactly in
+expectation. This is a *model* of the scatter spectrum for testing the pipeline, not a Monte Carlo
+simulation: real scatter differs in shape between the windows (``docs/scatter-calibration.md``).
 """
 
 from __future__ import annotations
@@ -28,15 +40,34 @@ from recon.data.phantoms.torso import (
     Phantom,
     nuclide_name,
 )
-from recon.io.study import MBQ_PER_BQ, ML_PER_MM3, Acquisition, Study
+from recon.io.study import (
+    MBQ_PER_BQ,
+    ML_PER_MM3,
+    Acquisition,
+    BackgroundSource,
+    EnergyWindow,
+    Study,
+)
 from spectproj import CollimatorResponse, CollimatorSpec, ParallelGeometry, SPECTProjector
 from spectproj.collimator import gaussian_blur_matrices
 from spectproj.collimator_table import lookup
 
-__all__ = ["DEFAULT_SCATTER_SIGMA_MM", "scatter_projections", "simulate_acquisition"]
+__all__ = [
+    "DEFAULT_SCATTER_SIGMA_MM",
+    "DEFAULT_SCATTER_UPPER_RATIO",
+    "SCATTER_WINDOW_WIDTH",
+    "scatter_projections",
+    "scatter_window_counts",
+    "simulate_acquisition",
+]
 
 #: Standard deviation (mm) of the Gaussian that spreads the primary projections into scatter.
 DEFAULT_SCATTER_SIGMA_MM = 25.0
+#: Width of each simulated scatter window, as a fraction of the photopeak window's width.
+SCATTER_WINDOW_WIDTH = 0.5
+#: Scatter count density per keV above the photopeak window / below it (the model's ``r``):
+#: illustrative; the spectrum of down-scattered photons falls toward the photopeak.
+DEFAULT_SCATTER_UPPER_RATIO = 0.25
 
 
 def scatter_projections(
@@ -84,6 +115,33 @@ def scatter_projections(
     return (blurred * (scatter_fraction * total / total_blurred)).to(primary.dtype)
 
 
+def scatter_window_counts(
+    scatter: torch.Tensor, peak_keV: tuple[float, float], upper_ratio: float
+) -> tuple[tuple[float, float, torch.Tensor], tuple[float, float, torch.Tensor]]:
+    """Expected counts of the lower and upper scatter windows of the model (module docstring).
+
+    Parameters
+    ----------
+    scatter: ``[V, rows, bins]`` expected scatter counts in the photopeak window.
+    peak_keV: the photopeak window ``(low, high)`` in keV.
+    upper_ratio: ``r`` >= 0, the count density above the window / below it.
+
+    Returns
+    -------
+    ``((low, high, counts), (low, high, counts))`` of the lower and the upper window.
+    """
+    if not (math.isfinite(upper_ratio) and upper_ratio >= 0):
+        raise ValueError(f"scatter_upper_ratio must be >= 0, got {upper_ratio!r}")
+    lo, hi = (float(v) for v in peak_keV)
+    width = hi - lo
+    w_s = SCATTER_WINDOW_WIDTH * width
+    density_low = scatter * (2.0 / (width * (1.0 + upper_ratio)))
+    return (
+        (lo - w_s, lo, density_low * w_s),
+        (hi, hi + w_s, density_low * (upper_ratio * w_s)),
+    )
+
+
 def simulate_acquisition(
     phantom: Phantom,
     geometry: ParallelGeometry,
@@ -91,6 +149,8 @@ def simulate_acquisition(
     collimator: str | CollimatorSpec | CollimatorResponse | None = None,
     scatter_fraction: float = 0.0,
     scatter_sigma_mm: float = DEFAULT_SCATTER_SIGMA_MM,
+    scatter_windows: bool = False,
+    scatter_upper_ratio: float = DEFAULT_SCATTER_UPPER_RATIO,
     total_counts: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
     duration_s: float | None = None,
@@ -119,6 +179,12 @@ def simulate_acquisition(
         counts is added (see `scatter_projections`) and returned as the study's ``background``.
     scatter_sigma_mm : float
         Width (σ, mm) of the scatter blur.
+    scatter_windows : bool
+        Also simulate the lower and upper scatter windows (`scatter_window_counts`, Poisson
+        counts when ``noise``) as the study's ``windows`` ``"lower"`` and ``"upper"``; needs an
+        isotope with a photopeak window.
+    scatter_upper_ratio : float
+        The model's ``r`` (module docstring).
     total_counts : float, optional
         Expected total counts (primary + scatter) over **all** views. The one count scale for
         every view is chosen to give it; the acquisition's sensitivity (or duration) is then
@@ -217,11 +283,21 @@ def simulate_acquisition(
 
     background = scale * scatter
     expected = scale * primary + background
-    if noise:
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        counts = torch.poisson(expected, generator=generator)
-    else:
-        counts = expected
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    counts = torch.poisson(expected, generator=generator) if noise else expected
+    windows: list[EnergyWindow] = []
+    if scatter_windows:
+        if acquisition.energy_window_keV is None:
+            raise ValueError(
+                f"scatter windows need the photopeak window of a known isotope, got {isotope!r}"
+            )
+        for name, (low, high, mean) in zip(
+            ("lower", "upper"),
+            scatter_window_counts(background, acquisition.energy_window_keV, scatter_upper_ratio),
+            strict=True,
+        ):
+            drawn = torch.poisson(mean, generator=generator) if noise else mean
+            windows.append(EnergyWindow(name, low, high, drawn.to(torch.float32).numpy()))
 
     provenance = {
         "software": f"spect {_version()} (recon.data.simulate.simulate_acquisition)",
@@ -255,6 +331,19 @@ def simulate_acquisition(
         grid=phantom.grid,
         mu_per_mm=phantom.mu.detach().cpu().to(torch.float32).numpy(),
         background=background.to(torch.float32).numpy() if scatter_fraction > 0 else None,
+        background_source=(
+            BackgroundSource(
+                "simulated",
+                {
+                    "model": "expected scatter: primary blurred by a Gaussian, scaled",
+                    "scatter_to_primary": float(scatter_fraction),
+                    "sigma_mm": float(scatter_sigma_mm),
+                },
+            )
+            if scatter_fraction > 0
+            else None
+        ),
+        windows=tuple(windows),
         truth_activity=phantom.activity.detach().cpu().to(torch.float32).numpy(),
         labels=phantom.labels.detach().cpu().numpy(),
         label_names=dict(phantom.label_names),

@@ -53,6 +53,7 @@ def torso_study(
     collimator: str = "auto",
     radius_mm: float | None = 250.0,
     scatter_fraction: float = 0.0,
+    scatter_windows: bool = False,
     total_counts: float | None = None,
     duration_s: float | None = None,
     sensitivity_cps_per_mbq: float | None = None,
@@ -75,7 +76,8 @@ def torso_study(
         One of `COLLIMATOR_CHOICES`.
     radius_mm:
         Distance from the rotation axis to the collimator face (mm), or ``None``.
-    scatter_fraction, total_counts, duration_s, sensitivity_cps_per_mbq, seed, noise:
+    scatter_fraction, scatter_windows, total_counts, duration_s, sensitivity_cps_per_mbq, seed,
+    noise:
         As `recon.data.simulate.simulate_acquisition`.
 
     Raises
@@ -111,6 +113,7 @@ def torso_study(
         geometry,
         collimator=name,
         scatter_fraction=scatter_fraction,
+        scatter_windows=scatter_windows,
         total_counts=total_counts,
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
         duration_s=duration_s,

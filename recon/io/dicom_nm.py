@@ -18,6 +18,8 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
@@ -38,7 +40,7 @@ from recon.io._dicom_common import (
     tag_text,
 )
 from recon.io.dicom_ct import ct_on_grid
-from recon.io.study import Acquisition, Study
+from recon.io.study import Acquisition, EnergyWindow, Study
 from spectproj import CollimatorSpec, ImageGrid
 from spectproj.collimator_table import collimator_spec, match_dicom_collimator
 
@@ -48,10 +50,12 @@ __all__ = [
     "PlanarImages",
     "dicom_angle_to_beta",
     "dicom_collimator",
+    "dicom_datetime",
     "dicom_planar_study",
     "dicom_tomo_study",
     "nm_planar_study",
     "parse_isotope",
+    "photopeak_window_index",
     "read_nm_planar",
     "read_nm_tomo",
     "read_nm_tomo_details",
@@ -171,6 +175,83 @@ def _isotope(ds: Dataset) -> str | None:
     return None
 
 
+def photopeak_window_index(ds: Dataset) -> int:
+    """0-based index of the window holding the isotope's main photopeak (the first of
+    `PHOTOPEAKS_KEV` that a window holds; the narrowest such window), else 0."""
+    windows = ds.get("EnergyWindowInformationSequence") or []
+    peaks = PHOTOPEAKS_KEV.get(_isotope(ds) or "", ())
+    for peak in peaks:
+        holding = []
+        for k in range(len(windows)):
+            ranges = _energy_ranges(ds, k)
+            if ranges and any(lo <= peak <= hi for lo, hi in ranges):
+                width = max(r[1] for r in ranges) - min(r[0] for r in ranges)
+                holding.append((width, k))
+        if holding:
+            return min(holding)[1]
+    return 0
+
+
+def dicom_datetime(date: object, time: object) -> str | None:
+    """ISO 8601 ``"YYYY-MM-DDTHH:MM:SS[.ffffff]"`` from a DICOM DA (``"20240502"``) and TM
+    (``"103000.25"``, ``"1030"``), or from a DT in ``date`` with ``time = None``
+    (``"20240502103000.25+0100"``); ``None`` when missing or unreadable."""
+    text = "" if date is None else str(date).strip()
+    if time is not None:
+        if not text or not str(time).strip():
+            return None
+        text += str(time).strip()
+    match = re.fullmatch(r"(\d{8})(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?", text)
+    if match is None:
+        return None
+    day, hh, mm, ss, frac, zone = match.groups()
+    try:
+        value = datetime.strptime(day + (hh or "00") + (mm or "00") + (ss or "00"), "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    iso = value.isoformat()
+    if frac:
+        iso += frac.ljust(7, "0")
+    if zone:
+        iso += f"{zone[:3]}:{zone[3:]}"
+    return iso
+
+
+def _acquisition_start(ds: Dataset) -> str | None:
+    """AcquisitionDateTime, else AcquisitionDate + AcquisitionTime (else the series' or
+    study's date and time)."""
+    found = dicom_datetime(ds.get("AcquisitionDateTime"), None)
+    if found:
+        return found
+    for date, time in (
+        ("AcquisitionDate", "AcquisitionTime"),
+        ("SeriesDate", "SeriesTime"),
+        ("StudyDate", "StudyTime"),
+    ):
+        found = dicom_datetime(ds.get(date), ds.get(time))
+        if found:
+            return found
+    return None
+
+
+def _radiopharmaceutical(ds: Dataset) -> tuple[str | None, float | None, float | None]:
+    """``(injection time ISO 8601, half-life s, injected MBq)`` from the
+    RadiopharmaceuticalInformationSequence, each ``None`` when absent."""
+    for item in ds.get("RadiopharmaceuticalInformationSequence") or []:
+        when = dicom_datetime(item.get("RadiopharmaceuticalStartDateTime"), None)
+        if when is None and item.get("RadiopharmaceuticalStartTime") is not None:
+            date = ds.get("AcquisitionDate") or ds.get("SeriesDate") or ds.get("StudyDate")
+            when = dicom_datetime(date, item.get("RadiopharmaceuticalStartTime"))
+        half = item.get("RadionuclideHalfLife")
+        dose = item.get("RadionuclideTotalDose")
+        return (
+            when,
+            float(half) if half is not None and float(half) > 0 else None,
+            float(dose) if dose is not None and float(dose) > 0 else None,
+        )
+    return None, None, None
+
+
 def _window_and_energy(
     ds: Dataset, energy_window: int, energy_keV: float | None
 ) -> tuple[tuple[float, float] | None, str | None, float | None]:
@@ -262,6 +343,19 @@ class PlanarImages:
     collimator_name, collimator_type:
         CollimatorGridName (0018,1180) and CollimatorType (0018,1181), if recorded
         (`spectproj.collimator_table.match_dicom_collimator` maps them to the table).
+    windows:
+        The file's other energy windows (scatter windows, other photopeaks), each an
+        `recon.io.study.EnergyWindow` of ``[2, rows, bins]`` counts oriented as ``images``.
+    energy_window_index:
+        0-based index of the photopeak window in EnergyWindowInformationSequence.
+    acquisition_start:
+        ISO 8601 start of the acquisition (AcquisitionDate/Time), if recorded.
+    injection_time:
+        ISO 8601 RadiopharmaceuticalStartDateTime (or StartTime), if recorded.
+    half_life_s:
+        RadionuclideHalfLife (s), if recorded.
+    injected_mbq:
+        RadionuclideTotalDose (MBq), if recorded.
     """
 
     images: np.ndarray
@@ -278,6 +372,12 @@ class PlanarImages:
     sources: tuple[str, str] = ("", "")
     collimator_name: str | None = None
     collimator_type: str | None = None
+    windows: tuple[EnergyWindow, ...] = ()
+    energy_window_index: int = 0
+    acquisition_start: str | None = None
+    injection_time: str | None = None
+    half_life_s: float | None = None
+    injected_mbq: float | None = None
 
     @property
     def anterior(self) -> np.ndarray:
@@ -374,12 +474,17 @@ def _planar_orientation(
 def read_nm_planar(
     source: PathLike | Sequence[PathLike],
     *,
-    energy_window: int = 0,
+    energy_window: int | None = None,
     views: Sequence[str] | None = None,
     use_orientation: bool = True,
     energy_keV: float | None = None,
 ) -> PlanarImages:
-    """Read an anterior and a posterior planar NM image (static or whole body).
+    """Read an anterior and a posterior planar NM image (static or whole body), every window.
+
+    Cameras write the frames of a planar acquisition ordered by energy window and detector, with
+    EnergyWindowVector and DetectorVector saying which frame is which; every window of
+    EnergyWindowInformationSequence with limits is read: the photopeak into ``images``, the others
+    into ``windows`` (for scatter estimates, `recon.corrections.scatter`).
 
     Parameters
     ----------
@@ -387,8 +492,9 @@ def read_nm_planar(
         One multi-frame file holding both detectors (DetectorVector 1/2, e.g. a dual-head whole
         body scan), two single-frame files, or a folder holding them.
     energy_window:
-        0-based index into EnergyWindowInformationSequence; frames whose EnergyWindowVector is
-        ``energy_window + 1`` are read.
+        0-based index into EnergyWindowInformationSequence of the photopeak window (frames whose
+        EnergyWindowVector is ``energy_window + 1``); default the window holding the isotope's
+        main photopeak (`photopeak_window_index`), else the first.
     views:
         ``"anterior"``/``"posterior"`` for each selected frame in reading order (files in the given
         or sorted order, frames in file order). Needed only when ViewCodeSequence is absent or
@@ -411,6 +517,49 @@ def read_nm_planar(
         mismatched pixel size or shape, or unreadable pixel data.
     """
     files = list_files(source)
+    first = read_dataset(files[0])
+    index = photopeak_window_index(first) if energy_window is None else int(energy_window)
+    images = _read_planar_window(files, index, views, use_orientation, energy_keV)
+    others: list[EnergyWindow] = []
+    names: set[str] = set()
+    for k in range(len(first.get("EnergyWindowInformationSequence") or [])):
+        if k == index or not _energy_ranges(first, k):
+            continue
+        other = _read_planar_window(files, k, views, use_orientation, 1.0)
+        assert other.energy_window_keV is not None
+        name = _window_name(first, k, names)
+        names.add(name)
+        others.append(EnergyWindow(name, *other.energy_window_keV, other.images))
+    injection, half_life, dose = _radiopharmaceutical(first)
+    return dataclasses.replace(
+        images,
+        windows=tuple(others),
+        energy_window_index=index,
+        acquisition_start=_acquisition_start(first),
+        injection_time=injection,
+        half_life_s=half_life,
+        injected_mbq=dose,
+    )
+
+
+def _window_name(ds: Dataset, index: int, taken: set[str]) -> str:
+    """A unique plain name for window ``index``: its EnergyWindowName, else ``window<k>``."""
+    windows = ds.get("EnergyWindowInformationSequence") or []
+    raw = str(windows[index].get("EnergyWindowName") or "").strip() if index < len(windows) else ""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw).strip("._") or f"window{index + 1}"
+    if name in taken:
+        name = f"{name}_{index + 1}"
+    return name
+
+
+def _read_planar_window(
+    files: Sequence[Path],
+    energy_window: int,
+    views: Sequence[str] | None,
+    use_orientation: bool,
+    energy_keV: float | None,
+) -> PlanarImages:
+    """The anterior and posterior images of one energy window (`read_nm_planar`'s rules)."""
     selected: list[_Frame] = []
     for path in files:
         ds = read_dataset(path)
@@ -535,8 +684,17 @@ def nm_planar_study(
     sensitivity_cps_per_mbq: float | None = None,
     collimator: str | CollimatorSpec | None = None,
     provenance: Mapping[str, str] | None = None,
+    half_life_s: float | None = None,
+    reference_time: str | None = None,
+    dead_time_s: float | None = None,
+    dead_time_model: str | None = None,
+    observed_rate_cps: float | None = None,
 ) -> Study:
     """A two-view study (β = 0 anterior, β = 180 posterior) from planar images.
+
+    The images' other energy windows become the study's ``windows``; the acquisition start, and
+    the half-life (given, else the file's RadionuclideHalfLife, else `recon.corrections.nuclides`)
+    are recorded in the acquisition, where a ``reference_time`` turns on the decay correction.
 
     Parameters
     ----------
@@ -557,11 +715,16 @@ def nm_planar_study(
         per point is not the frame duration.
     radius_mm:
         Default: the mean recorded RadialPosition of the two detectors, if any.
-    sensitivity_cps_per_mbq, provenance:
+    sensitivity_cps_per_mbq, provenance, reference_time, dead_time_s, dead_time_model,
+    observed_rate_cps:
         Passed to the :class:`~recon.io.study.Acquisition` / :class:`~recon.io.study.Study`.
     collimator:
         A collimator name (of the table) or its parameters (`spectproj.CollimatorSpec`).
+    half_life_s:
+        Overrides the file's / the table's half-life (s).
     """
+    from recon.corrections.nuclides import half_life_s as table_half_life
+
     energy = energy_keV if energy_keV is not None else images.energy_keV
     if energy is None:
         raise ValueError(
@@ -584,6 +747,15 @@ def nm_planar_study(
         radii = [r for r in images.radius_mm if r is not None and r > 0]
         radius_mm = float(np.mean(radii)) if radii else None
     rows, bins = images.images.shape[1:]
+    half_life_source = "given"
+    if half_life_s is None and images.half_life_s is not None:
+        half_life_s, half_life_source = images.half_life_s, "DICOM RadionuclideHalfLife"
+    if half_life_s is None and images.isotope is not None:
+        try:
+            half_life_s = table_half_life(images.isotope)
+            half_life_source = "recon.corrections.nuclides (NNDC NuDat 3)"
+        except ValueError:
+            half_life_s = None
     acquisition = Acquisition(
         angles_deg=(0.0, 180.0),
         detector_shape=(rows, bins),
@@ -596,6 +768,12 @@ def nm_planar_study(
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
         collimator=collimator if isinstance(collimator, str) else None,
         collimator_spec=collimator if isinstance(collimator, CollimatorSpec) else None,
+        half_life_s=half_life_s,
+        acquisition_start=images.acquisition_start,
+        reference_time=reference_time,
+        dead_time_s=dead_time_s,
+        dead_time_model=dead_time_model,
+        observed_rate_cps=observed_rate_cps,
     )
     facts = {
         "source": "DICOM NM planar",
@@ -603,7 +781,14 @@ def nm_planar_study(
         "posterior_file": images.sources[1],
         "anterior_orientation": images.orientation[0],
         "posterior_orientation": images.orientation[1],
+        "photopeak_window": f"window {images.energy_window_index + 1} of the file",
     }
+    if half_life_s is not None:
+        facts["half_life_source"] = half_life_source
+    if images.injection_time is not None:
+        facts["injection_time"] = images.injection_time
+    if images.injected_mbq is not None:
+        facts["injected_mbq"] = f"{images.injected_mbq:g}"
     facts.update(provenance or {})
     return Study(
         projections=np.ascontiguousarray(images.images, dtype=np.float32),
@@ -612,6 +797,7 @@ def nm_planar_study(
         mu_per_mm=None if mu is None else np.asarray(mu, dtype=np.float32),
         ct_hu=None if ct_hu is None else np.asarray(ct_hu, dtype=np.float32),
         provenance=facts,
+        windows=images.windows,
     )
 
 
@@ -895,8 +1081,17 @@ def dicom_planar_study(
     sensitivity_cps_per_mbq: float | None = None,
     axis_position_mm: Sequence[float] | None = None,
     collimator: str | os.PathLike[str] | CollimatorSpec | None = None,
+    scatter: str = "auto",
+    scatter_smoothing_mm: float = 0.0,
+    dew_k: float | None = None,
+    reference_time: str | None = "acquisition",
+    half_life_s: float | None = None,
+    dead_time_s: float | None = None,
+    dead_time_model: str = "paralyzable",
+    count_rate_cps: float | None = None,
 ) -> Study:
-    """An AP/PA study from DICOM NM planar images (+ a CT series for μ).
+    """An AP/PA study from DICOM NM planar images (+ a CT series for μ), with every energy
+    window, a scatter background from them, and the decay and dead-time corrections.
 
     Parameters
     ----------
@@ -917,11 +1112,33 @@ def dicom_planar_study(
         A collimator of the table (name or alias), a TOML file of one, or a
         `spectproj.CollimatorSpec`; default: the files' CollimatorGridName matched to the table
         (`dicom_collimator`).
+    scatter
+        ``"auto"`` (TEW when the file has scatter windows on both sides of the photopeak
+        window, else none), ``"tew"``, ``"tew-lower"`` (TEW with the lower window only, a
+        triangle), ``"dew"`` (needs ``dew_k``) or ``"none"``: `recon.corrections.scatter`.
+    scatter_smoothing_mm
+        Gaussian FWHM (mm) smoothing the scatter estimate; 0 for none.
+    dew_k
+        The DEW factor k.
+    reference_time
+        Activities are decay-corrected to it: ``"acquisition"`` (default; the acquisition start,
+        so only the decay during the frame is corrected), ``"injection"``, an ISO 8601 date-time
+        or ``None``/``"none"`` (no decay correction): `recon.corrections.timing.reference_time_of`.
+        Without a half-life or an acquisition time in the file, ``"acquisition"`` silently means
+        none (nothing to correct with); the others raise.
+    half_life_s
+        Overrides the half-life of the file (RadionuclideHalfLife) or the nuclide table.
+    dead_time_s, dead_time_model, count_rate_cps
+        Dead time τ (s) of the camera (``None``: no correction), ``"paralyzable"`` or
+        ``"non-paralyzable"``, and the observed count rate (cps); default rate: the counts of
+        every window of the file per view, over the duration (mean of the views), a lower bound
+        of the camera's whole-spectrum rate.
 
     Returns
     -------
     Study
-        β = 0 (anterior), 180 (posterior), μ and HU if a CT is given.
+        β = 0 (anterior), 180 (posterior), μ and HU if a CT is given, the other windows, the
+        scatter background and its source.
 
     Warns
     -----
@@ -929,6 +1146,8 @@ def dicom_planar_study(
         The files name a collimator the table does not know (or none, or not a parallel-hole
         one) and ``collimator`` is not given: the study then names no collimator.
     """
+    if scatter not in ("auto", "tew", "tew-lower", "dew", "none"):
+        raise ValueError(f"scatter must be one of auto, tew, tew-lower, dew, none; got {scatter!r}")
     source: PathLike | Sequence[PathLike] = sources
     if not isinstance(sources, (str, os.PathLike)) and len(sources) == 1:
         source = sources[0]  # one file or one folder
@@ -954,7 +1173,7 @@ def dicom_planar_study(
         images.collimator_name, images.collimator_type, collimator, images.sources[0]
     )
     facts["collimator"] = note
-    return nm_planar_study(
+    study = nm_planar_study(
         images,
         grid,
         mu,
@@ -964,7 +1183,80 @@ def dicom_planar_study(
         sensitivity_cps_per_mbq=sensitivity_cps_per_mbq,
         collimator=spec,
         provenance=facts,
+        half_life_s=half_life_s,
     )
+    return _planar_corrections(
+        study, images, scatter, scatter_smoothing_mm, dew_k, reference_time, dead_time_s,
+        dead_time_model, count_rate_cps,
+    )  # fmt: skip
+
+
+def _planar_corrections(
+    study: Study,
+    images: PlanarImages,
+    scatter: str,
+    scatter_smoothing_mm: float,
+    dew_k: float | None,
+    reference_time: str | None,
+    dead_time_s: float | None,
+    dead_time_model: str,
+    count_rate_cps: float | None,
+) -> Study:
+    """`dicom_planar_study`'s decay, dead-time and scatter corrections of a planar study."""
+    from recon.corrections.scatter import estimate_scatter, find_scatter_windows
+    from recon.corrections.timing import reference_time_of
+
+    acq = study.acquisition
+    changes: dict[str, Any] = {}
+    choice = "none" if reference_time is None else str(reference_time)
+    if choice == "acquisition" and (acq.half_life_s is None or acq.acquisition_start is None):
+        choice = "none"
+    reference = reference_time_of(
+        choice, acquisition_start=acq.acquisition_start, injection_time=images.injection_time
+    )
+    if reference is not None:
+        if acq.half_life_s is None:
+            raise ValueError(
+                f"a decay correction to {reference} needs the half-life: the file has none and "
+                f"the isotope {acq.isotope!r} is not in the table; give --half-life-h"
+            )
+        if acq.acquisition_start is None:
+            raise ValueError(
+                f"a decay correction to {reference} needs the acquisition time: "
+                f"{images.sources[0]} has no AcquisitionDate/AcquisitionTime"
+            )
+        changes["reference_time"] = reference
+    if dead_time_s is not None:
+        rate = count_rate_cps
+        if rate is None:
+            if acq.duration_s is None:
+                raise ValueError(
+                    "the dead-time correction needs the count rate: give --count-rate-cps or "
+                    "the duration (--duration-s)"
+                )
+            per_view = np.asarray(images.images, dtype=np.float64).sum(axis=(1, 2))
+            for w in images.windows:
+                per_view = per_view + np.asarray(w.counts, dtype=np.float64).sum(axis=(1, 2))
+            rate = float(per_view.mean()) / acq.duration_s
+        changes.update(
+            dead_time_s=dead_time_s, dead_time_model=dead_time_model, observed_rate_cps=rate
+        )
+    if changes:
+        study = dataclasses.replace(study, acquisition=dataclasses.replace(acq, **changes))
+    if scatter != "none":
+        window = acq.energy_window_keV
+        lower, upper = find_scatter_windows(window, study.windows) if window else (None, None)
+        if scatter == "auto":
+            scatter = "tew" if lower is not None and upper is not None else "none"
+        if scatter != "none":
+            study = estimate_scatter(
+                study,
+                "dew" if scatter == "dew" else "tew",
+                k=dew_k,
+                smoothing_fwhm_mm=scatter_smoothing_mm,
+                use_upper=scatter != "tew-lower",
+            )
+    return study
 
 
 def dicom_tomo_study(

@@ -42,6 +42,8 @@ from recon.io.signals import deferred_signals
 from recon.io.study import (
     Acquisition,
     Anatomy,
+    BackgroundSource,
+    EnergyWindow,
     Result,
     Study,
     as_numpy,
@@ -64,12 +66,15 @@ __all__ = [
     "write_study",
 ]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Layout version written by this ``spect``; files with a higher version are refused.
 
 Version 2 added the optional ``/anatomy`` group (a segmentation given as an input); version 3 the
-optional ``/collimator`` group (the collimator's parameters, not only its name). Older files still
-read: their collimator name is looked up in the collimator table (docs/collimators.md).
+optional ``/collimator`` group (the collimator's parameters, not only its name); version 4 the
+optional ``/windows`` group (other energy windows), the ``method``/``parameters`` of
+``/background/counts`` and the decay and dead-time attributes of ``/acquisition``. Older files
+still read: their collimator name is looked up in the collimator table (docs/collimators.md);
+they have no windows and no decay or dead-time correction.
 """
 
 STUDY_FORMAT = "spect-study"
@@ -114,6 +119,14 @@ _ATTRIBUTES: dict[tuple[str, str], str] = {
     ("/acquisition", "duration_s"): "s — acquisition time per view",
     ("/acquisition", "sensitivity_cps_per_mbq"): "cps/MBq — planar system sensitivity",
     ("/acquisition", "collimator"): "collimator name",
+    ("/acquisition", "half_life_s"): "s — physical half-life of the isotope",
+    ("/acquisition", "acquisition_start"): "ISO 8601 — start of the acquisition",
+    ("/acquisition", "reference_time"): "ISO 8601 — time the activities are decay-corrected to",
+    ("/acquisition", "dead_time_s"): "s — dead time τ of the camera",
+    ("/acquisition", "dead_time_model"): "paralyzable or non-paralyzable",
+    ("/acquisition", "observed_rate_cps"): "cps — observed count rate of the dead-time factor",
+    ("/background/counts", "method"): "how the background was made: tew, dew, simulated, given",
+    ("/background/counts", "parameters"): "JSON object: windows, smoothing, k... of the method",
     ("/collimator", "name"): "collimator name (the table's row, or the user's file)",
     ("/collimator", "hole_diameter_mm"): "mm — hole diameter D",
     ("/collimator", "hole_length_mm"): "mm — hole (bore) length L",
@@ -185,6 +198,8 @@ _FIELD_DATASETS: dict[tuple[str, str], str] = {
     ("Study", "grid"): "/grid",
     ("Study", "provenance"): "/provenance",
     ("Study", "anatomy"): "/anatomy/labels",
+    ("Study", "windows"): "/windows",
+    ("Study", "background_source"): "/background/counts",
     ("Result", "activity"): "/activity",
     ("Result", "activity_unit"): "/activity",
     ("Result", "grid"): "/grid",
@@ -409,13 +424,13 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
         a.attrs["detector_shape"] = np.asarray(acq.detector_shape, dtype=np.int64)
         a.attrs["pixel_size_mm"] = np.asarray(acq.pixel_size_mm, dtype=np.float64)
         a.attrs["energy_keV"] = float(acq.energy_keV)
-        for name in ("radius_mm", "duration_s", "sensitivity_cps_per_mbq"):
+        for name in _ACQUISITION_NUMBERS:
             value = getattr(acq, name)
             if value is not None:
                 a.attrs[name] = float(value)
         if acq.energy_window_keV is not None:
             a.attrs["energy_window_keV"] = np.asarray(acq.energy_window_keV, dtype=np.float64)
-        for name in ("isotope", "collimator"):
+        for name in _ACQUISITION_TEXTS:
             value = getattr(acq, name)
             if value is not None:
                 a.attrs[name] = value
@@ -433,7 +448,23 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
             ct = np.ascontiguousarray(ct) if ct.dtype.kind in "iu" else _float32(ct)
             _write_fixed(f, "/attenuation/ct_hu", ct, activity_unit)
         if study.background is not None:
-            _write_fixed(f, "/background/counts", _float32(study.background), activity_unit)
+            ds = _write_fixed(f, "/background/counts", _float32(study.background), activity_unit)
+            if study.background_source is not None:
+                ds.attrs["method"] = study.background_source.method
+                ds.attrs["parameters"] = json.dumps(
+                    dict(study.background_source.parameters), default=json_default
+                )
+        for window in study.windows:
+            ds = _write_array(
+                f.require_group("windows"),
+                window.name,
+                _float32(window.counts),
+                units="counts",
+                axes=PROJECTION_AXES,
+                compress=True,
+            )
+            ds.attrs["low_keV"] = float(window.low_keV)
+            ds.attrs["high_keV"] = float(window.high_keV)
         if study.truth_activity is not None:
             _write_fixed(f, "/truth/activity", _float32(study.truth_activity), activity_unit)
         if study.labels is not None:
@@ -451,6 +482,15 @@ def write_study(path: PathLike, study: Study, *, overwrite: bool = False) -> Non
             p.attrs[key] = value
 
     write_hdf5(path, fill, overwrite=overwrite)
+
+
+_ACQUISITION_NUMBERS = (
+    "radius_mm", "duration_s", "sensitivity_cps_per_mbq", "half_life_s", "dead_time_s",
+    "observed_rate_cps",
+)  # fmt: skip
+_ACQUISITION_TEXTS = (
+    "isotope", "collimator", "acquisition_start", "reference_time", "dead_time_model",
+)  # fmt: skip
 
 
 def _write_anatomy(f: h5py.File, anatomy: Anatomy, activity_unit: str) -> None:
@@ -746,9 +786,9 @@ class _Reader:
             "energy_keV": self.number(a, where, "energy_keV"),
             "energy_window_keV": self.numbers(a, where, "energy_window_keV", 2, required=False),
         }
-        for name in ("radius_mm", "duration_s", "sensitivity_cps_per_mbq"):
+        for name in _ACQUISITION_NUMBERS:
             values[name] = self.number(a, where, name, required=False)
-        for name in ("isotope", "collimator"):
+        for name in _ACQUISITION_TEXTS:
             values[name] = self.string(a, where, name, required=False)
         values["collimator_spec"] = self.collimator()
         try:
@@ -863,6 +903,10 @@ def _read_study(r: _Reader) -> Study:
     if labels is not None:
         label_names = _read_label_names(r)
     anatomy = _read_anatomy(r, grid)
+    windows = _read_windows(r)
+    background_source = None
+    if background is not None:
+        background_source = _read_background_source(r)
 
     if energy_of_mu is not None and not math.isclose(energy_of_mu, acq.energy_keV, rel_tol=1e-6):
         r.fail(
@@ -894,9 +938,58 @@ def _read_study(r: _Reader) -> Study:
             activity_unit=activity_unit or DEFAULT_ACTIVITY_UNIT,
             provenance=provenance,
             anatomy=anatomy,
+            windows=windows,
+            background_source=background_source,
         )
     except FieldError as error:
         r.chk.field(error)
+
+
+def _read_windows(r: _Reader) -> tuple[EnergyWindow, ...]:
+    """``/windows/<name>`` (format version 3) as `EnergyWindow` s, in name order; () if absent."""
+    g = r.group("/windows", required=False)
+    if g is None:
+        return ()
+    windows = []
+    for name in sorted(g):
+        where = f"/windows/{name}"
+        counts = r.dataset(where)
+        assert counts is not None
+        obj = r.f[where]
+        for attr, expected in (("units", "counts"), ("axes", PROJECTION_AXES)):
+            got = r.string(obj, where, attr)
+            if got != expected:
+                r.fail(where, f"{attr} are '{got}', expected '{expected}'")
+        low = r.number(obj, where, "low_keV")
+        high = r.number(obj, where, "high_keV")
+        assert low is not None and high is not None
+        try:
+            windows.append(EnergyWindow(name, low, high, _read_float32(counts)))
+        except FieldError as error:
+            r.fail(where, error.problem)
+    return tuple(windows)
+
+
+def _read_background_source(r: _Reader) -> BackgroundSource | None:
+    """The ``method`` and ``parameters`` of ``/background/counts`` (version 3), if written."""
+    where = "/background/counts"
+    obj = r.f[where]
+    method = r.string(obj, where, "method", required=False)
+    if method is None:
+        return None
+    text = r.string(obj, where, "parameters", required=False)
+    parameters: object = {}
+    if text is not None:
+        try:
+            parameters = json.loads(text)
+        except json.JSONDecodeError as error:
+            r.fail(where, f"attribute 'parameters' is not valid JSON ({_short(error)})")
+        if not isinstance(parameters, dict):
+            r.fail(where, "attribute 'parameters' is not a JSON object")
+    try:
+        return BackgroundSource(method, parameters)  # type: ignore[arg-type]  # a dict (checked)
+    except FieldError as error:
+        r.fail(where, error.problem)
 
 
 def _read_anatomy(r: _Reader, grid: ImageGrid) -> Anatomy | None:

@@ -6,8 +6,11 @@ times s, activity concentration in ``activity_unit`` (Bq/mL unless a file says o
 
 Expected counts in a pixel = ``count_scale`` × (projector line integral), where
 ``count_scale = pixel area (mm²) × 1e-3 (mL/mm³) × sensitivity (cps/MBq) × 1e-6 (MBq/Bq) ×
-duration (s)``. When the sensitivity or the duration is unknown the scale is 1 and activities are
-in "counts per (mm · pixel area)", still one common scale for all views.
+duration (s) × decay factor × dead-time factor``. When the sensitivity or the duration is
+unknown the first five factors are replaced by 1 and activities are in "counts per (mm · pixel
+area)", still one common scale for all views. The decay factor (activities at a reference time)
+and the dead-time factor (observed / true counts) are 1 unless the acquisition gives them
+(`recon.corrections.timing`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from recon.corrections.timing import (
+    DEAD_TIME_MODELS,
+    dead_time_factor,
+    decay_factor,
+    parse_time,
+    seconds_between,
+)
 from recon.io.errors import FieldTypeError, FieldValueError
 from spectproj import CollimatorResponse, CollimatorSpec, ImageGrid, ParallelGeometry
 from spectproj.collimator_table import normalise_name
@@ -191,6 +201,15 @@ class _Rules:
                 self.bad_type(name, f"keys must be non-empty strings, got {key!r}")
         return dict(items)
 
+    def json_keys(self, name: str, value: object) -> dict[str, Any]:
+        """`keys`, and ``json.dumps`` (with `json_default`) must be able to write it."""
+        items = self.keys(name, value)
+        try:
+            json.dumps(items, default=json_default)
+        except (TypeError, ValueError) as error:
+            self.bad_type(name, f"are not JSON-serialisable ({error})")
+        return items
+
     def instance(self, name: str, value: object, kind: type) -> None:
         if not isinstance(value, kind):
             self.bad_type(name, f"must be of type {kind.__name__}, got {type(value).__name__}")
@@ -226,6 +245,14 @@ class Acquisition:
         both are given the name must be the spec's name (or a table alias of it), and a spec
         alone sets the name. A name the table does not know leaves it ``None`` (modelling the
         blur then fails with a message naming the collimator).
+    half_life_s: physical half-life of the isotope (s), if known.
+    acquisition_start: ISO 8601 date-time the acquisition started, if known.
+    reference_time: ISO 8601 date-time the activities refer to (decay-corrected to it), or
+        ``None`` for no decay correction. Needs ``half_life_s`` and ``acquisition_start``.
+    dead_time_s: the camera's dead time τ (s), or ``None`` for no dead-time correction.
+    dead_time_model: ``"paralyzable"`` or ``"non-paralyzable"`` (with ``dead_time_s``).
+    observed_rate_cps: the observed count rate (cps) the dead-time factor is computed from
+        (with ``dead_time_s``).
     """
 
     angles_deg: tuple[float, ...]
@@ -239,6 +266,12 @@ class Acquisition:
     sensitivity_cps_per_mbq: float | None = None
     collimator: str | None = None
     collimator_spec: CollimatorSpec | None = None
+    half_life_s: float | None = None
+    acquisition_start: str | None = None
+    reference_time: str | None = None
+    dead_time_s: float | None = None
+    dead_time_model: str | None = None
+    observed_rate_cps: float | None = None
 
     def __post_init__(self) -> None:
         rules = _Rules("Acquisition")
@@ -266,10 +299,13 @@ class Acquisition:
                 "energy_keV",
                 f"energy_keV must be a positive energy (keV), got {self.energy_keV!r}",
             )
-        for name in ("radius_mm", "duration_s", "sensitivity_cps_per_mbq"):
+        for name in (
+            "radius_mm", "duration_s", "sensitivity_cps_per_mbq", "half_life_s", "dead_time_s",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 rules.bad_value(name, f"{name} must be positive or None, got {value!r}")
+        self._check_times(rules)
         window = self.energy_window_keV
         if window is not None:
             try:
@@ -309,13 +345,161 @@ class Acquisition:
         # collimator=...)): the name picks the row; a name the table does not know, none.
         object.__setattr__(self, "collimator_spec", table.find(name) if name else None)
 
+    def _check_times(self, rules: _Rules) -> None:
+        """Rules of the decay and dead-time fields (they come in groups)."""
+        for name in ("acquisition_start", "reference_time"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                rules.bad_type(name, f"{name} must be an ISO 8601 string, got {value!r}")
+            try:
+                parse_time(value, name)
+            except ValueError as error:
+                rules.bad_value(name, str(error))
+        if self.reference_time is not None:
+            missing = [n for n in ("half_life_s", "acquisition_start") if getattr(self, n) is None]
+            if missing:
+                rules.bad_value(
+                    "reference_time",
+                    f"a decay correction to {self.reference_time} needs {' and '.join(missing)}",
+                )
+            try:
+                assert self.acquisition_start is not None
+                seconds_between(self.reference_time, self.acquisition_start)
+            except ValueError as error:
+                rules.bad_value("reference_time", str(error))
+        dead = (self.dead_time_s, self.dead_time_model, self.observed_rate_cps)
+        if any(v is not None for v in dead):
+            if any(v is None for v in dead):
+                rules.bad_value(
+                    "dead_time_s",
+                    f"dead_time_s, dead_time_model and observed_rate_cps go together, got {dead}",
+                )
+            if self.dead_time_model not in DEAD_TIME_MODELS:
+                rules.bad_value(
+                    "dead_time_model",
+                    f"must be one of {list(DEAD_TIME_MODELS)}, got {self.dead_time_model!r}",
+                )
+            try:
+                self.dead_time_factor  # noqa: B018  (checks the rate is below the maximum)
+            except ValueError as error:
+                rules.bad_value("observed_rate_cps", str(error))
+
+    @property
+    def decay_factor(self) -> float:
+        """Mean fraction of the reference-time activity present during the acquisition
+        (`recon.corrections.timing.decay_factor`); 1 without a ``reference_time``."""
+        if self.reference_time is None:
+            return 1.0
+        assert self.half_life_s is not None and self.acquisition_start is not None
+        elapsed = seconds_between(self.reference_time, self.acquisition_start)
+        return decay_factor(self.half_life_s, elapsed, self.duration_s)
+
+    @property
+    def dead_time_factor(self) -> float:
+        """Observed / true counts at ``observed_rate_cps``
+        (`recon.corrections.timing.dead_time_factor`); 1 without a dead time."""
+        if self.dead_time_s is None or self.dead_time_model is None:
+            return 1.0
+        assert self.observed_rate_cps is not None
+        return dead_time_factor(self.observed_rate_cps, self.dead_time_s, self.dead_time_model)
+
     @property
     def count_scale(self) -> float:
-        """Expected counts per unit of projector output (activity·mm) in one pixel."""
-        if self.sensitivity_cps_per_mbq is None or self.duration_s is None:
-            return 1.0
-        area = self.pixel_size_mm[0] * self.pixel_size_mm[1]
-        return area * ML_PER_MM3 * self.sensitivity_cps_per_mbq * MBQ_PER_BQ * self.duration_s
+        """Expected counts per unit of projector output (activity·mm) in one pixel: pixel area ×
+        1e-3 × sensitivity × 1e-6 × duration (1 when either is unknown) × `decay_factor` ×
+        `dead_time_factor`. The one place where counts meet activity: every method uses it."""
+        scale = 1.0
+        if self.sensitivity_cps_per_mbq is not None and self.duration_s is not None:
+            area = self.pixel_size_mm[0] * self.pixel_size_mm[1]
+            scale = area * ML_PER_MM3 * self.sensitivity_cps_per_mbq * MBQ_PER_BQ * self.duration_s
+        return scale * self.decay_factor * self.dead_time_factor
+
+    def quantification(self) -> dict[str, object]:
+        """How counts become activity, for a result's parameters: the count scale and every
+        factor in it (sensitivity, duration, decay, dead time) with their inputs."""
+        return {
+            "count_scale": self.count_scale,
+            "sensitivity_cps_per_mbq": self.sensitivity_cps_per_mbq,
+            "duration_s": self.duration_s,
+            "decay_factor": self.decay_factor,
+            "half_life_s": self.half_life_s,
+            "acquisition_start": self.acquisition_start,
+            "reference_time": self.reference_time,
+            "dead_time_factor": self.dead_time_factor,
+            "dead_time_s": self.dead_time_s,
+            "dead_time_model": self.dead_time_model,
+            "observed_rate_cps": self.observed_rate_cps,
+        }
+
+
+@dataclass(frozen=True)
+class EnergyWindow:
+    """The counts of one more energy window, acquired with the projections (same views, pixels).
+
+    Parameters
+    ----------
+    name: a short name, unique in the study (``"lower"``, ``"upper"``, ``"peak2"``...; no ``/``).
+    low_keV, high_keV: the window's limits (keV), ``0 < low < high``.
+    counts: ``[V, rows, bins]`` counts, on the conventions of the projections (float32 or
+        float64 after construction, finite, 0 ≤ counts ≤ `MAX_COUNTS`).
+    """
+
+    name: str
+    low_keV: float
+    high_keV: float
+    counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        rules = _Rules("EnergyWindow")
+        name = rules.text("name", self.name)
+        if "/" in name or name in (".", ".."):
+            rules.bad_value("name", f"must be a plain name without '/', got {name!r}")
+        lo, hi = float(self.low_keV), float(self.high_keV)
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+            rules.bad_value(
+                "low_keV", f"window must be two energies 0 < low < high (keV), got ({lo}, {hi})"
+            )
+        counts = rules.array("counts", self.counts, "iuf", "counts")
+        if counts.ndim != 3:
+            rules.bad_value("counts", f"shape {tuple(counts.shape)} is not 3D [view, row, bin]")
+        object.__setattr__(self, "low_keV", lo)
+        object.__setattr__(self, "high_keV", hi)
+        object.__setattr__(self, "counts", rules.counts("counts", counts, "counts"))
+
+    @property
+    def width_keV(self) -> float:
+        """``high − low`` (keV)."""
+        return self.high_keV - self.low_keV
+
+
+#: How a study's background can have been made (`BackgroundSource.method`).
+BACKGROUND_METHODS = ("tew", "dew", "simulated", "given")
+
+
+@dataclass(frozen=True)
+class BackgroundSource:
+    """How a study's background (the additive scatter term) was made.
+
+    Parameters
+    ----------
+    method: one of `BACKGROUND_METHODS`: ``"tew"`` / ``"dew"`` (triple / dual energy window,
+        `recon.corrections.scatter`), ``"simulated"`` (the expected scatter of a simulation),
+        ``"given"`` (from elsewhere).
+    parameters: the windows, smoothing, k... (JSON-serialisable values).
+    """
+
+    method: str
+    parameters: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rules = _Rules("BackgroundSource")
+        if self.method not in BACKGROUND_METHODS:
+            rules.bad_value(
+                "method", f"must be one of {list(BACKGROUND_METHODS)}, got {self.method!r}"
+            )
+        object.__setattr__(self, "parameters", rules.json_keys("parameters", self.parameters))
 
 
 @dataclass(frozen=True)
@@ -417,6 +601,10 @@ class Study:
     activity_unit: unit of activity concentrations (default ``"Bq/mL"``).
     provenance: free-text facts about the origin (source file, software, seed, ...).
     anatomy: a segmentation on ``grid`` (an input of anatomy-guided methods), if any.
+    windows: the other energy windows acquired with the projections (scatter windows, other
+        photopeaks), each `EnergyWindow` of the projections' shape; names unique.
+    background_source: how ``background`` was made (`BackgroundSource`), if known; ``None``
+        (dropped) when there is no background.
     """
 
     projections: np.ndarray
@@ -431,6 +619,8 @@ class Study:
     activity_unit: str = "Bq/mL"
     provenance: Mapping[str, str] = field(default_factory=dict)
     anatomy: Anatomy | None = None
+    windows: tuple[EnergyWindow, ...] = ()
+    background_source: BackgroundSource | None = None
 
     def __post_init__(self) -> None:
         """Check every rule of a study and normalise dtypes (no copy when already right).
@@ -518,6 +708,51 @@ class Study:
                     "anatomy",
                     f"labels shape {self.anatomy.shape} does not match grid.shape {grid.shape}",
                 )
+        self._check_windows(rules, tuple(projections.shape))
+
+    def _check_windows(self, rules: _Rules, shape: tuple[int, ...]) -> None:
+        windows = self.windows
+        if isinstance(windows, (EnergyWindow, str, bytes)) or not hasattr(windows, "__iter__"):
+            rules.bad_type("windows", f"must be a sequence of EnergyWindow, got {windows!r}")
+        windows = tuple(windows)
+        names = []
+        for w in windows:
+            rules.instance("windows", w, EnergyWindow)
+            if tuple(w.counts.shape) != shape:
+                rules.bad_value(
+                    "windows",
+                    f"window {w.name!r} has shape {tuple(w.counts.shape)}, the projections {shape}",
+                )
+            names.append(w.name)
+        if len(set(names)) != len(names):
+            rules.bad_value("windows", f"window names repeat: {names}")
+        object.__setattr__(self, "windows", windows)
+        if self.background_source is not None:
+            rules.instance("background_source", self.background_source, BackgroundSource)
+            if self.background is None:  # replace(study, background=None) drops its origin too
+                object.__setattr__(self, "background_source", None)
+
+    def counts_model(self) -> dict[str, object]:
+        """How this study's counts relate to activity, for every result's parameters (one record,
+        the same for every method): ``quantification`` (`Acquisition.quantification`: count
+        scale, sensitivity, decay and dead-time factors) and ``background_source`` (method and
+        parameters of the scatter background, ``None`` without one or when unknown)."""
+        source = self.background_source
+        return {
+            "quantification": self.acquisition.quantification(),
+            "background_source": (
+                None
+                if source is None
+                else {"method": source.method, "parameters": dict(source.parameters)}
+            ),
+        }
+
+    def window(self, name: str) -> EnergyWindow:
+        """The energy window called ``name`` (``KeyError`` naming the known ones otherwise)."""
+        for w in self.windows:
+            if w.name == name:
+                return w
+        raise KeyError(f"no energy window named {name!r}; have {[w.name for w in self.windows]}")
 
     def geometry(self) -> ParallelGeometry:
         """The projector geometry of this study."""
@@ -615,12 +850,7 @@ class Result:
         activity = rules.volume("activity", self.activity, self.grid, "activity", nonnegative=True)
         object.__setattr__(self, "activity", floating(activity))
         rules.text("method", self.method)
-        parameters = rules.keys("parameters", self.parameters)
-        try:
-            json.dumps(parameters, default=json_default)
-        except (TypeError, ValueError) as error:
-            rules.bad_type("parameters", f"are not JSON-serialisable ({error})")
-        object.__setattr__(self, "parameters", parameters)
+        object.__setattr__(self, "parameters", rules.json_keys("parameters", self.parameters))
         history = rules.keys("history", self.history)
         for key, values in history.items():
             a = rules.array("history", values, "iuf", "history values", key)

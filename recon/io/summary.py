@@ -105,13 +105,49 @@ def study_rows(study: Study) -> list[tuple[str, str]]:
         rows.append(("duration per view", f"{acq.duration_s:.6g} s"))
     if acq.sensitivity_cps_per_mbq is not None:
         rows.append(("sensitivity", f"{acq.sensitivity_cps_per_mbq:.6g} cps/MBq"))
+    if acq.acquisition_start is not None:
+        rows.append(("acquisition start", acq.acquisition_start))
+    if acq.reference_time is not None:
+        assert acq.half_life_s is not None
+        rows.append(
+            (
+                "decay correction",
+                f"to {acq.reference_time} (T½ {acq.half_life_s / 3600:.6g} h): "
+                f"factor {acq.decay_factor:.6g}",
+            )
+        )
+    if acq.dead_time_s is not None:
+        rows.append(
+            (
+                "dead time",
+                f"τ {acq.dead_time_s * 1e6:.6g} µs {acq.dead_time_model} at "
+                f"{acq.observed_rate_cps:.6g} cps: factor {acq.dead_time_factor:.6g}",
+            )
+        )
     rows.append(
         ("count scale", f"{acq.count_scale:.6g} counts per ({study.activity_unit})·mm per pixel")
     )
     rows.append(("total counts", f"{float(study.projections.sum(dtype=np.float64)):.6g}"))
     if study.background is not None:
         expected = float(study.background.sum(dtype=np.float64))
-        rows.append(("of which scatter (expected)", f"{expected:.6g}"))
+        how = ""
+        if study.background_source is not None:
+            source = study.background_source
+            how = f", {source.method}"
+            smoothing = source.parameters.get("smoothing_fwhm_mm")
+            if isinstance(smoothing, (int, float)) and smoothing > 0:
+                how += f", smoothed {smoothing:g} mm"
+        counted = float(study.projections.sum(dtype=np.float64))
+        share = f" ({100.0 * expected / counted:.1f} %{how})" if counted > 0 else ""
+        rows.append(("of which scatter (expected)", f"{expected:.6g}{share}"))
+    for w in study.windows:
+        rows.append(
+            (
+                f"window {w.name}",
+                f"{w.low_keV:g}–{w.high_keV:g} keV, "
+                f"{float(w.counts.sum(dtype=np.float64)):.6g} counts",
+            )
+        )
     rows.append(
         ("μ", range_text(study.mu_per_mm, "1/mm") if study.mu_per_mm is not None else "none")
     )

@@ -175,6 +175,7 @@ def to_result(
         "elapsed_s": fit_result.elapsed_s,
         "attenuation": study.mu_per_mm is not None,
         "background": study.background is not None,
+        **study.counts_model(),
         **fit_result.physics,
         "sampling": "voxel centres" if subsamples == 1 else f"mean of {subsamples}^3 sub-voxels",
         "torch_version": torch.__version__,
