@@ -5,13 +5,12 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import pytest
+import yaml  # pyyaml, in the test extra
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_citation_file_is_cff_1_2_0():
-    yaml = pytest.importorskip("yaml")
     cff = yaml.safe_load((REPO / "CITATION.cff").read_text(encoding="utf-8"))
     assert cff["cff-version"] == "1.2.0"
     for key in ("message", "title", "authors"):  # required by the CFF 1.2.0 schema
