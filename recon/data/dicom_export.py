@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset, FileDataset
 
 from recon.io.atomic import atomic_output
 from recon.io.study import Anatomy, Study
@@ -61,8 +62,8 @@ def _dicom_dt(iso: str) -> tuple[str, str]:
     )
 
 
-def _new(sop_class: str, modality: str, ids: Mapping[str, str]) -> object:
-    from pydicom.dataset import FileDataset, FileMetaDataset
+def _new(sop_class: str, modality: str, ids: Mapping[str, str]) -> FileDataset:
+    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
@@ -90,31 +91,29 @@ def _ids(ids: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def _pixels(ds: object, frames: np.ndarray, *, signed: bool = False, bits: int = 16) -> None:
+def _pixels(ds: Dataset, frames: np.ndarray, *, signed: bool = False, bits: int = 16) -> None:
     arr = np.asarray(frames)
-    ds.Rows, ds.Columns = int(arr.shape[-2]), int(arr.shape[-1])  # type: ignore[attr-defined]
-    ds.SamplesPerPixel = 1  # type: ignore[attr-defined]
-    ds.PhotometricInterpretation = "MONOCHROME2"  # type: ignore[attr-defined]
-    ds.BitsAllocated = ds.BitsStored = bits  # type: ignore[attr-defined]
-    ds.HighBit = bits - 1  # type: ignore[attr-defined]
-    ds.PixelRepresentation = 1 if signed else 0  # type: ignore[attr-defined]
+    ds.Rows, ds.Columns = int(arr.shape[-2]), int(arr.shape[-1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 1 if signed else 0
     if bits == 1:
         packed = np.packbits(arr.astype(bool).reshape(-1), bitorder="little").tobytes()
-        ds.PixelData = packed + (b"\0" if len(packed) % 2 else b"")  # type: ignore[attr-defined]
+        ds.PixelData = packed + (b"\0" if len(packed) % 2 else b"")
     else:
         dtype = np.int16 if signed else np.uint16
-        ds.PixelData = np.ascontiguousarray(arr.astype(dtype)).tobytes()  # type: ignore[attr-defined]
+        ds.PixelData = np.ascontiguousarray(arr.astype(dtype)).tobytes()
 
 
-def _save(ds: object, path: PathLike, overwrite: bool) -> Path:
+def _save(ds: FileDataset, path: PathLike, overwrite: bool) -> Path:
     with atomic_output(path, overwrite=overwrite) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)  # type: ignore[attr-defined]
+        ds.save_as(tmp, enforce_file_format=True)
     return Path(path)
 
 
-def _item(**values: object) -> object:
-    from pydicom.dataset import Dataset
-
+def _item(**values: object) -> Dataset:
     item = Dataset()
     for key, value in values.items():
         setattr(item, key, value)
@@ -195,18 +194,18 @@ def write_nm_planar(
     ds = _new(_NM_STORAGE, "NM", ids)
     from pydicom.uid import generate_uid
 
-    ds.SeriesInstanceUID = generate_uid()  # type: ignore[attr-defined]
-    ds.SeriesDescription = "Planar AP/PA, triple energy window"  # type: ignore[attr-defined]
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "STATIC", "EMISSION"]  # type: ignore[attr-defined]
-    ds.PixelSpacing = [float(acq.pixel_size_mm[0]), float(acq.pixel_size_mm[1])]  # type: ignore[attr-defined]
-    ds.ActualFrameDuration = round(acq.duration_s * 1000.0)  # type: ignore[attr-defined]
-    ds.NumberOfEnergyWindows = len(windows)  # type: ignore[attr-defined]
-    ds.EnergyWindowInformationSequence = window_items  # type: ignore[attr-defined]
-    ds.NumberOfDetectors = 2  # type: ignore[attr-defined]
-    ds.EnergyWindowVector = window_vector  # type: ignore[attr-defined]
-    ds.DetectorVector = detector_vector  # type: ignore[attr-defined]
-    ds.NumberOfFrames = len(frames)  # type: ignore[attr-defined]
-    ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # type: ignore[attr-defined]  # window, detector
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesDescription = "Planar AP/PA, triple energy window"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "STATIC", "EMISSION"]
+    ds.PixelSpacing = [float(acq.pixel_size_mm[0]), float(acq.pixel_size_mm[1])]
+    ds.ActualFrameDuration = round(acq.duration_s * 1000.0)
+    ds.NumberOfEnergyWindows = len(windows)
+    ds.EnergyWindowInformationSequence = window_items
+    ds.NumberOfDetectors = 2
+    ds.EnergyWindowVector = window_vector
+    ds.DetectorVector = detector_vector
+    ds.NumberOfFrames = len(frames)
+    ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # window, detector
     detectors = []
     for view in ("ANTERIOR", "POSTERIOR"):
         item = _item(
@@ -219,15 +218,15 @@ def write_nm_planar(
             ]
         )
         if acq.radius_mm is not None:
-            item.RadialPosition = float(acq.radius_mm)  # type: ignore[attr-defined]
+            item.RadialPosition = float(acq.radius_mm)
         if acq.collimator:
-            item.CollimatorGridName = acq.collimator  # type: ignore[attr-defined]
+            item.CollimatorGridName = acq.collimator
         detectors.append(item)
-    ds.DetectorInformationSequence = detectors  # type: ignore[attr-defined]
+    ds.DetectorInformationSequence = detectors
     if acquisition_start is not None:
         date, time = _dicom_dt(acquisition_start)
-        ds.AcquisitionDate = ds.SeriesDate = ds.StudyDate = date  # type: ignore[attr-defined]
-        ds.AcquisitionTime = ds.SeriesTime = ds.StudyTime = time  # type: ignore[attr-defined]
+        ds.AcquisitionDate = ds.SeriesDate = ds.StudyDate = date
+        ds.AcquisitionTime = ds.SeriesTime = ds.StudyTime = time
     if acq.isotope is not None:
         code = _NUCLIDE_CODES.get(acq.isotope, ("99SPECT", acq.isotope))
         radio = _item(
@@ -236,14 +235,14 @@ def write_nm_planar(
             ]
         )
         if acq.isotope in HALF_LIVES_S:
-            radio.RadionuclideHalfLife = round(HALF_LIVES_S[acq.isotope], 1)  # type: ignore[attr-defined]
+            radio.RadionuclideHalfLife = round(HALF_LIVES_S[acq.isotope], 1)
         if injection_time is not None:
             date, time = _dicom_dt(injection_time)
-            radio.RadiopharmaceuticalStartDateTime = date + time  # type: ignore[attr-defined]
-            radio.RadiopharmaceuticalStartTime = time  # type: ignore[attr-defined]
+            radio.RadiopharmaceuticalStartDateTime = date + time
+            radio.RadiopharmaceuticalStartTime = time
         if injected_mbq is not None:
-            radio.RadionuclideTotalDose = float(injected_mbq)  # type: ignore[attr-defined]
-        ds.RadiopharmaceuticalInformationSequence = [radio]  # type: ignore[attr-defined]
+            radio.RadionuclideTotalDose = float(injected_mbq)
+        ds.RadiopharmaceuticalInformationSequence = [radio]
     _pixels(ds, np.stack(frames))
     return _save(ds, path, overwrite)
 
@@ -289,16 +288,16 @@ def write_ct_series(
     for k in range(grid.shape[0]):
         ds = _new(_CT_STORAGE, "CT", ids)
         ipp, z = _plane(grid, k)
-        ds.SeriesInstanceUID = series  # type: ignore[attr-defined]
-        ds.SeriesDescription = "CT for attenuation correction"  # type: ignore[attr-defined]
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # type: ignore[attr-defined]
-        ds.InstanceNumber = k + 1  # type: ignore[attr-defined]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # type: ignore[attr-defined]
-        ds.ImagePositionPatient = ipp  # type: ignore[attr-defined]
-        ds.SliceLocation = z  # type: ignore[attr-defined]
-        ds.PixelSpacing = [float(grid.spacing_mm[1]), float(grid.spacing_mm[2])]  # type: ignore[attr-defined]
-        ds.SliceThickness = float(grid.spacing_mm[0])  # type: ignore[attr-defined]
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0  # type: ignore[attr-defined]
+        ds.SeriesInstanceUID = series
+        ds.SeriesDescription = "CT for attenuation correction"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = ipp
+        ds.SliceLocation = z
+        ds.PixelSpacing = [float(grid.spacing_mm[1]), float(grid.spacing_mm[2])]
+        ds.SliceThickness = float(grid.spacing_mm[0])
+        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
         _pixels(ds, values[k])
         paths.append(_save(ds, out / f"CT{k + 1:04d}.dcm", overwrite))
     return paths
@@ -319,19 +318,19 @@ def write_seg(
     ds = _new(_SEG_STORAGE, "SEG", ids)
     from pydicom.uid import generate_uid
 
-    ds.SeriesInstanceUID = generate_uid()  # type: ignore[attr-defined]
-    ds.SeriesDescription = "Organ segmentation"  # type: ignore[attr-defined]
-    ds.SegmentationType = "BINARY"  # type: ignore[attr-defined]
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesDescription = "Organ segmentation"
+    ds.SegmentationType = "BINARY"
     masks: list[tuple[str, np.ndarray]] = [
         (name, anatomy.labels == value) for value, name in sorted(anatomy.names.items())
     ]
     if anatomy.body is not None:
         masks.append(("body", np.asarray(anatomy.body, dtype=bool)))
-    ds.SegmentSequence = [  # type: ignore[attr-defined]
+    ds.SegmentSequence = [
         _item(SegmentNumber=n + 1, SegmentLabel=name, SegmentAlgorithmType="MANUAL")
         for n, (name, _) in enumerate(masks)
     ]
-    ds.SharedFunctionalGroupsSequence = [  # type: ignore[attr-defined]
+    ds.SharedFunctionalGroupsSequence = [
         _item(
             PlaneOrientationSequence=[_item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])],
             PixelMeasuresSequence=[
@@ -357,8 +356,8 @@ def write_seg(
             )
     if not frames:
         raise ValueError("write_seg: the segmentation is empty")
-    ds.PerFrameFunctionalGroupsSequence = per_frame  # type: ignore[attr-defined]
-    ds.NumberOfFrames = len(frames)  # type: ignore[attr-defined]
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.NumberOfFrames = len(frames)
     _pixels(ds, np.stack(frames), bits=1)
     return _save(ds, path, overwrite)
 
