@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.commands.data import CollimatorChoice, NuclideChoice
+from cli.commands.data import NuclideChoice
 from cli.main import app, package_version
 from recon.data.phantoms import NUCLIDES, TYPICAL_SENSITIVITY_CPS_PER_MBQ
 from recon.io import read_study, write_study
@@ -88,9 +88,30 @@ def test_top_level_help_lists_the_commands() -> None:
 
 def test_choices_match_the_library() -> None:
     assert [c.value for c in NuclideChoice] == list(NUCLIDES)
-    for choice in CollimatorChoice:
-        if choice not in (CollimatorChoice.NONE, CollimatorChoice.AUTO):
-            CollimatorResponse.preset(choice.value, 140.5)  # a known preset
+
+
+def test_simulate_takes_any_collimator_of_the_table_or_a_file(tmp_path: Path) -> None:
+    """--collimator takes a table name (recorded with its parameters) or a TOML file; an
+    unknown name is one line naming it."""
+    path = tmp_path / "sim.h5"
+    common = ("--size", "16", "--counts", "1e4", "--nuclide", "Lu-177")
+    assert_ok(invoke("simulate", "-o", path, *common, "--collimator", "SY-ME"))
+    study = read_study(path)
+    assert study.acquisition.collimator == "SY-ME"
+    expected = CollimatorResponse.from_table("SY-ME", study.acquisition.energy_keV)
+    assert study.collimator_response() == expected
+    toml = tmp_path / "mine.toml"
+    toml.write_text(
+        'name = "MINE"\nhole_diameter_mm = 3.0\nhole_length_mm = 40.0\n'
+        'septal_thickness_mm = 1.0\nhole_shape = "hex"\n',
+        encoding="utf-8",
+    )
+    mine = tmp_path / "mine.h5"
+    assert_ok(invoke("simulate", "-o", mine, *common, "--collimator", str(toml)))
+    assert read_study(mine).acquisition.collimator == "MINE"
+    bad = invoke("simulate", "-o", tmp_path / "bad.h5", *common, "--collimator", "FOO")
+    assert bad.exit_code != 0 and "unknown collimator 'FOO'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad.h5").exists()
 
 
 # -- phantom -------------------------------------------------------------------------------------

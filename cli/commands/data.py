@@ -34,7 +34,6 @@ __all__ = [
     "DEFAULT_RADIUS_MM",
     "DEFAULT_TOTAL_COUNTS",
     "PHANTOM_DURATION_S",
-    "CollimatorChoice",
     "NuclideChoice",
     "PresetChoice",
     "info",
@@ -68,14 +67,18 @@ class PresetChoice(str, Enum):
     LU177_DOTATATE = "lu177-dotatate"
 
 
-class CollimatorChoice(str, Enum):
-    """Collimator blur of a simulation: none, the nuclide's usual one, or a named preset."""
+def _known_collimator(value: str) -> str:
+    """``--collimator`` of a simulation: none, auto, a table name or a TOML file (a usage error
+    naming the option otherwise)."""
+    from spectproj.collimator_table import collimator_spec
 
-    NONE = "none"
-    AUTO = "auto"
-    LEHR = "LEHR"
-    MEGP = "MEGP"
-    HE = "HE"
+    if value in ("none", "auto"):
+        return value
+    try:
+        collimator_spec(value)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 # -- shared options ------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def _run_simulation(
     nuclide: NuclideChoice,
     preset: PresetChoice,
     views: str | int,
-    collimator: CollimatorChoice,
+    collimator: str,
     radius_mm: float | None,
     scatter_fraction: float,
     total_counts: float | None,
@@ -159,7 +162,7 @@ def _run_simulation(
             nuclide=nuclide.value,
             preset=preset.value,
             views=views,
-            collimator=collimator.value,
+            collimator=collimator,
             radius_mm=radius_mm,
             scatter_fraction=scatter_fraction,
             scatter_windows=scatter_windows,
@@ -221,7 +224,7 @@ def phantom(
         nuclide=nuclide,
         preset=preset,
         views="ap-pa",
-        collimator=CollimatorChoice.NONE,
+        collimator="none",
         radius_mm=None,
         scatter_fraction=0.0,
         total_counts=None,
@@ -278,13 +281,15 @@ def simulate(
     nuclide: NuclideOption = NuclideChoice.TC99M,
     preset: PresetOption = PresetChoice.AUTO,
     collimator: Annotated[
-        CollimatorChoice,
+        str,
         typer.Option(
             "--collimator",
-            case_sensitive=False,
-            help="Collimator blur; auto: the nuclide's usual one (LEHR, MEGP, HE).",
+            metavar="none|auto|NAME|FILE.toml",
+            callback=_known_collimator,
+            help="Collimator blur: none; auto, the nuclide's usual one (LEHR, MEGP, HE); a name "
+            "of the collimator table (docs/collimators.md); or a FILE.toml describing one.",
         ),
-    ] = CollimatorChoice.AUTO,
+    ] = "auto",
     radius_mm: Annotated[
         float,
         typer.Option(

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 from recon.io import Study
 
-__all__ = ["COLLIMATOR_CHOICES", "PRESETS", "TorsoStudy", "torso_study"]
+__all__ = ["PRESETS", "TorsoStudy", "torso_study"]
 
 #: Activity presets: ``auto`` (``lu177-dotatate`` for Lu-177, ``tc99m`` otherwise) or one of them.
 PRESETS = ("auto", "tc99m", "lu177-dotatate")
-#: Collimator choices: none, the nuclide's usual one (``auto``), or a preset name.
-COLLIMATOR_CHOICES = ("none", "auto", "LEHR", "MEGP", "HE")
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,8 @@ def torso_study(
     views:
         ``"ap-pa"`` or a number of views equally spaced over 360° from β = 0.
     collimator:
-        One of `COLLIMATOR_CHOICES`.
+        ``"none"``, ``"auto"`` (the nuclide's usual one: LEHR, MEGP, HE), a name of the
+        collimator table (docs/collimators.md) or a ``FILE.toml`` describing one.
     radius_mm:
         Distance from the rotation axis to the collimator face (mm), or ``None``.
     scatter_fraction, scatter_windows, total_counts, duration_s, sensitivity_cps_per_mbq, seed,
@@ -88,21 +87,23 @@ def torso_study(
     from recon.data.phantoms import COLLIMATORS, NUCLIDES, TorsoPhantom, default_grid, make_torso
     from recon.data.simulate import simulate_acquisition
     from spectproj import ParallelGeometry
+    from spectproj.collimator_table import CollimatorSpec, collimator_spec
 
     if nuclide not in NUCLIDES:
         raise ValueError(f"nuclide must be one of {list(NUCLIDES)}, got {nuclide!r}")
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
-    if collimator not in COLLIMATOR_CHOICES:
-        raise ValueError(
-            f"collimator must be one of {list(COLLIMATOR_CHOICES)}, got {collimator!r}"
-        )
     if views != "ap-pa" and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
         raise ValueError(f"views must be 'ap-pa' or a positive number of views, got {views!r}")
     if preset == "auto":
         preset = "lu177-dotatate" if nuclide == "Lu-177" else "tc99m"
     config = TorsoPhantom.lu177_dotatate() if preset == "lu177-dotatate" else TorsoPhantom.tc99m()
-    name = {"none": None, "auto": COLLIMATORS[nuclide]}.get(collimator, collimator)
+    chosen: str | CollimatorSpec | None
+    if collimator in ("none", "auto"):
+        chosen = None if collimator == "none" else COLLIMATORS[nuclide]
+    else:  # a table name or a TOML file (ValueError naming it otherwise)
+        chosen = collimator_spec(collimator)
+    name = chosen.name if isinstance(chosen, CollimatorSpec) else chosen
     phantom = make_torso(default_grid(size, fov_mm), NUCLIDES[nuclide], config)
     if views == "ap-pa":
         geometry = ParallelGeometry.ap_pa(phantom.grid, radius_mm=radius_mm)
@@ -111,7 +112,7 @@ def torso_study(
     study = simulate_acquisition(
         phantom,
         geometry,
-        collimator=name,
+        collimator=chosen,
         scatter_fraction=scatter_fraction,
         scatter_windows=scatter_windows,
         total_counts=total_counts,
