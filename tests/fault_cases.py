@@ -880,6 +880,22 @@ def _cases() -> Iterator[Case]:
         "not a loadable spect checkpoint",
     )
     yield Case(
+        "size-checkpoint",
+        "oversized",
+        "a --resume checkpoint whose zip entry declares 4 GB",
+        lambda d: [
+            "recon",
+            "nerf",
+            _copy(d, "study").name,
+            "-o",
+            "n.h5",
+            "--resume",
+            _checkpoint_declaring(d, 0xFFFFFFFF).name,
+        ],
+        1,
+        "checkpoint tensors: declared shape",
+    )
+    yield Case(
         "corrupt-checkpoint-code",
         "corrupt",
         "a checkpoint holding a Python object (code could run on load)",
@@ -1009,7 +1025,7 @@ def _cases() -> Iterator[Case]:
                 "1",
             ],
             1,
-            "result.h5",
+            "result.h5 is a file, not a folder",
         ),
         Case(
             "output-compare-is-file",
@@ -1113,6 +1129,21 @@ def _latin1_manifest(d: Path) -> list[str]:
         "patient_id,ap_path,pa_path,ct_path\nJos\xe9,ap.npy,pa.npy,ct.npy\n".encode("latin-1")
     )
     return args
+
+
+def _checkpoint_declaring(d: Path, size: int) -> Path:
+    """A small zip (as torch writes checkpoints) whose central directory declares an entry of
+    ``size`` uncompressed bytes."""
+    import zipfile
+
+    path = d / "big.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data/0", b"\0" * 64)
+    data = bytearray(path.read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the entry's central directory header
+    data[central + 24 : central + 28] = size.to_bytes(4, "little")  # uncompressed size
+    path.write_bytes(bytes(data))
+    return path
 
 
 def _evil_checkpoint(d: Path) -> Path:

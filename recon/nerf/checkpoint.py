@@ -32,6 +32,7 @@ import io
 import os
 import pickle
 import random
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 
 from recon.io.atomic import write_bytes
+from recon.io.limits import MAX_DEFLATE_RATIO, check_array_size
 from spectproj import ImageGrid
 
 __all__ = [
@@ -100,6 +102,25 @@ def save_checkpoint(payload: Mapping[str, Any], *paths: str | os.PathLike[str]) 
         write_bytes(path, data, overwrite=True)
 
 
+def _check_declared_size(path: Path) -> None:
+    """Refuse a checkpoint whose zip entries declare more bytes than the memory budget or than
+    the file can hold (`recon.io.limits`), before `torch.load` allocates them. A file that is not
+    a zip is left to `torch.load`, which reports what it is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    check_array_size(
+        path,
+        "checkpoint tensors",
+        (declared,),
+        1,
+        file_bytes=path.stat().st_size,
+        compression=MAX_DEFLATE_RATIO,
+    )
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
 
@@ -113,6 +134,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such checkpoint file")
+    _check_declared_size(p)
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as error:  # a refused global, a truncated zip, not a torch file, ...

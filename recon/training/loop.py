@@ -179,6 +179,12 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out_dir = None if out_dir is None else Path(out_dir)
         if self.out_dir is not None and self.is_main:
+            for folder in (self.out_dir, *self.out_dir.parents):
+                if folder.exists() and not folder.is_dir():
+                    raise ValueError(
+                        f"out_dir {self.out_dir}: {folder} is a file, not a folder; name a "
+                        "folder for the logs and checkpoints"
+                    )
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.lr_ratio = [group["lr"] / config.lr for group in optimizer.param_groups]
         self.amp = runtime.amp_mode(config, device)
