@@ -15,10 +15,13 @@
    with residual sources seeded where counts stay unexplained
    (`recon.anatomy.sources.find_sources`);
 4. attach the per-compartment table with its Cramér–Rao uncertainties (and the sources found) to
-   the `Result`'s parameters under ``"organ_table"`` and ``"sources"``. A source whose peak
-   concentration is less than `LESION_CONTRAST` times that of the compartment it lies in is
-   that compartment's uneven uptake: its activity is added to the compartment's (it is listed
-   under ``"uptake_sources"``); the others are the lesions the anatomy misses.
+   the `Result`'s parameters under ``"organ_table"`` and ``"sources"``. Each source's activity
+   is measured by the geometric mean of its two views' excess
+   (`recon.anatomy.sources.conjugate_activity`: independent of the depth the fit gave it). A
+   source whose peak concentration is less than `LESION_CONTRAST` times that of the compartment
+   it lies in, or of a segment within `SPILL_MARGIN_VOXELS` of it, is that compartment's uneven
+   uptake or the part of it the segmentation misses: its activity is added to the compartment's
+   (it is listed under ``"uptake_sources"``); the others are the lesions the anatomy misses.
 """
 
 from __future__ import annotations
