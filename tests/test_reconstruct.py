@@ -247,7 +247,7 @@ def test_torso_study_resolves_the_choices() -> None:
     [
         ({"nuclide": "Xe-133"}, "nuclide must be one of"),
         ({"preset": "f18"}, "preset must be one of"),
-        ({"collimator": "lehr"}, "collimator must be one of"),
+        ({"collimator": "pinhole"}, "unknown collimator .pinhole."),
         ({"views": 0}, "views must be 'ap-pa' or a positive number"),
     ],
 )
