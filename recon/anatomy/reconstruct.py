@@ -460,7 +460,7 @@ def _table(
     # views (`conjugate_activity`: independent of the depth the fit gave it).
     lesions = []
     source_activities = []
-    distances = _segment_distances(study, compartments)
+    distances = _segment_distances(study, compartments) if model.sources() else {}
     pair = opposed_pair(study.acquisition.angles_deg)
     views = y.reshape(study.projections.shape[0], -1)
     for j, s in enumerate(model.sources()):
