@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_cohort_prior.py [--size 32] [--train-sizes 8,32]
-        [--cohort-steps 300] [--fit-steps 200] [--l1 0.05] [--json FILE] [--write-docs]
+        [--cohort-steps 300] [--fit-steps 200] [--l1 0.05] [--workers 2] [--json FILE]
+        [--write-docs]
 
 **Data.** A phantom population (`recon.data.phantoms.population`, Lu-177 DOTATATE, ``--seed``):
 every member is an anatomy of its own (body, organ sizes, positions, rotations, uptake, lesions,
@@ -21,18 +22,29 @@ step budget ``--fit-steps`` for every NeRF:
 * single-study NeRF: the anatomy-conditioned NeRF from scratch (`recon.nerf.anatomy_field`,
   the cohort's architecture);
 * organs + residual (`recon.anatomy.reconstruct_organs`, its defaults);
-* prior (code): the cohort model, only the new study's latent code fitted
+* organ fit (QPlanar): `reconstruct_organs` without the residual, the reference of the organ
+  code (its anchor);
+* prior (code): the anatomy-conditioned cohort model, only the new study's latent code fitted
   (`recon.cohort.fit_with_prior`);
-* prior + fine-tune: half the steps on the code, then every weight at a tenth of the rate.
+* prior + fine-tune: half the steps on the code, then every weight at a tenth of the rate;
+* prior (organ code) and prior (organ code) + fine-tune: the same with the organ-code cohort
+  model (`CohortConfig.organ_code`): the code is the study's organ log-concentrations, started
+  at its organ fit, and the latent code (``--organ-bound``, ``--no-organ-residual``).
 
 The cohort models are anatomy-conditioned (`CohortConfig.anatomy`), trained with 3D
 supervision (``l1_activity = --l1`` on the training phantoms' truth; 0 turns it off, recorded in
-the record), reading their studies lazily (``cache_studies``) with ``studies_per_step``.
+the record), reading their studies lazily (``cache_studies``) with ``studies_per_step``. The
+cohorts are trained, and the test studies evaluated, in ``--workers`` processes of one thread.
 
 **Scores.** Organ error: activity in each segment of the study's segmentation (liver, spleen,
 kidneys) against the true activity of the organ; the mean |error| over organs and test studies.
 Lesion error: lesions of ≥ 5 mL (patient 15: its three tumours), activity in the true lesion mask
-(organs + residual: its matched residual source), mean |error|.
+(organs + residual: its matched residual source), mean |error|. Every method is scored on its
+activity volume (`score_voxels`) except organs + residual, scored on its own table
+(`score_table`: organ activities with the sources counted in, lesions from its sources).
+
+``--val-only`` evaluates the validation members instead of the test members and skips patient 15
+and the throughput: the run for choosing settings (never the test anatomies).
 
 **Throughput**: lines per second per process of the anatomy-conditioned cohort training at 1
 and 2 processes (gloo, one thread each, the ``torchrun`` code path), same global batch.
@@ -48,11 +60,13 @@ import argparse
 import dataclasses
 import json
 import math
+import multiprocessing
 import re
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +80,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_anatomy import Score, score_table, score_voxels  # noqa: E402
 from bench_cohort import run_processes  # noqa: E402
 
-from recon.anatomy import reconstruct_organs  # noqa: E402
+from recon.anatomy import OrgansConfig, reconstruct_organs  # noqa: E402
 from recon.cohort import CohortConfig, Manifest, fit_with_prior, train_cohort  # noqa: E402
 from recon.cohort.manifest import ManifestEntry  # noqa: E402
 from recon.data.phantoms import FIRST_LESION_LABEL  # noqa: E402
@@ -88,7 +102,13 @@ FIGURE = ROOT / "docs" / "images" / "cohort-prior.png"
 PATIENT15 = Path("/work/shared/data/lu177_dotatate_patient15")
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 MIN_LESION_ML = 5.0
-SINGLE = ("single-study NeRF", "organs + residual")
+QPLANAR = "organ fit (QPlanar)"
+SINGLE = ("single-study NeRF", "organs + residual", QPLANAR)
+#: The cohort models: kind → (row label of the code fit, of the fine-tune), each with ", N=n".
+KINDS = {
+    "anatomy": ("prior (code)", "prior + fine-tune"),
+    "organ code": ("prior (organ code)", "prior (organ code) + fine-tune"),
+}
 
 
 def train_settings(args: argparse.Namespace, steps: int) -> TrainConfig:
@@ -111,7 +131,8 @@ def train_settings(args: argparse.Namespace, steps: int) -> TrainConfig:
 def population_studies(
     args: argparse.Namespace, folder: Path
 ) -> tuple[list[Path], list[Path], list[Path], list[PopulationSample]]:
-    """Write the test, validation and training members; their paths and the test samples."""
+    """Write the test, validation and training members; their paths and the samples of the
+    test and validation members (in that order)."""
     config = PopulationConfig(tracer="lu177-dotatate")
     n_train = max(args.train_sizes)
     total = args.n_test + args.n_val + n_train
@@ -123,7 +144,7 @@ def population_studies(
         paths.append(path)
         samples.append(sample)
     test, val = paths[: args.n_test], paths[args.n_test : args.n_test + args.n_val]
-    return test, val, paths[args.n_test + args.n_val :], samples[: args.n_test]
+    return test, val, paths[args.n_test + args.n_val :], samples[: args.n_test + args.n_val]
 
 
 def lesion_centres(study: Study, sample: PopulationSample | None) -> dict[str, tuple[float, ...]]:
@@ -201,7 +222,7 @@ def prior_fit(study: Study, model: Path, train: TrainConfig, fine_tune: bool) ->
 
 
 def evaluate(
-    study: Study, lesions: dict[str, tuple[float, ...]], models: dict[int, Path],
+    study: Study, lesions: dict[str, tuple[float, ...]], models: dict[str, dict[int, Path]],
     args: argparse.Namespace,
 ) -> dict[str, Score]:  # fmt: skip
     train = train_settings(args, args.fit_steps)
@@ -215,43 +236,86 @@ def evaluate(
 
     timed("single-study NeRF", lambda: single_nerf(study, train))
     timed("organs + residual", lambda: reconstruct_organs(study).result, table=True)
-    for n, model in models.items():
-        timed(f"prior (code), N={n}", lambda m=model: prior_fit(study, m, train, False))
-        timed(f"prior + fine-tune, N={n}", lambda m=model: prior_fit(study, m, train, True))
+    timed(QPLANAR, lambda: reconstruct_organs(study, config=OrgansConfig(residual=False)).result)
+    for kind, by_size in models.items():
+        code, tuned = KINDS[kind]
+        for n, model in by_size.items():
+            timed(f"{code}, N={n}", lambda m=model: prior_fit(study, m, train, False))
+            timed(f"{tuned}, N={n}", lambda m=model: prior_fit(study, m, train, True))
     return scores
 
 
-def train_models(
-    args: argparse.Namespace, train: list[Path], val: list[Path], folder: Path
-) -> tuple[dict[int, Path], dict[int, dict[str, Any]]]:
-    models, info = {}, {}
+def _evaluate_file(
+    path: Path, sample: PopulationSample | None, models: dict[str, dict[int, Path]],
+    args: argparse.Namespace,
+) -> dict[str, Score]:  # fmt: skip
+    """`evaluate` of a population member's file (in a worker process)."""
+    torch.set_num_threads(1)
+    study = read_study(path)
+    return evaluate(study, lesion_centres(study, sample), models, args)
+
+
+def _evaluate_patient15(
+    models: dict[str, dict[int, Path]], args: argparse.Namespace
+) -> dict[str, Score] | None:
+    torch.set_num_threads(1)
+    study = patient15(args)
+    return None if study is None else evaluate(study, lesion_centres(study, None), models, args)
+
+
+def cohort_config(args: argparse.Namespace, kind: str, n: int) -> CohortConfig:
+    """The settings of the cohort model of ``kind`` with ``n`` training anatomies."""
     settings = dataclasses.replace(
         train_settings(args, args.cohort_steps), l1_activity=args.l1, holdout_fraction=0.1
     )
-    for n in args.train_sizes:
-        manifest = Manifest(
-            tuple(ManifestEntry(p.stem, p, "train") for p in train[:n])
-            + tuple(ManifestEntry(p.stem, p, "val") for p in val)
-        )
-        config = CohortConfig(
-            train=settings, anatomy=True, val_steps=args.val_steps, val_train_studies=2,
-            cache_studies=min(n, args.studies_per_step), group_steps=args.group_steps,
-            studies_per_step=min(n, args.studies_per_step),
-        )  # fmt: skip
-        path = folder / f"model-{n}.pt"
-        t0 = time.perf_counter()
-        result = train_cohort(manifest, config, model_path=path, overwrite=True)
-        info[n] = {
-            "seconds": time.perf_counter() - t0,
-            "lines_per_s": result.samples_per_s,
-            "study_reads": result.study_reads,
-            "max_studies_held": result.max_studies_held,
-            "heldout_organ_error": [h.get("organ_error") for h in result.heldout],
-            "used_3d_supervision": args.l1 > 0,
-        }
-        print(f"  cohort N={n}: {info[n]['seconds']:.0f} s, {result.samples_per_s:.0f} lines/s, "
-              f"val organ error {info[n]['heldout_organ_error']}", flush=True)  # fmt: skip
-        models[n] = path
+    return CohortConfig(
+        train=settings, anatomy=True, val_steps=args.val_steps, val_train_studies=2,
+        cache_studies=min(n, args.studies_per_step), group_steps=args.group_steps,
+        studies_per_step=min(n, args.studies_per_step), organ_code=kind == "organ code",
+        organ_bound=args.organ_bound, organ_residual=not args.no_organ_residual,
+    )  # fmt: skip
+
+
+def _train_one(
+    kind: str, n: int, train: list[Path], val: list[Path], folder: Path,
+    args: argparse.Namespace,
+) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """Train the cohort model of ``kind`` on the first ``n`` training members (in a worker)."""
+    torch.set_num_threads(1)
+    manifest = Manifest(
+        tuple(ManifestEntry(p.stem, p, "train") for p in train[:n])
+        + tuple(ManifestEntry(p.stem, p, "val") for p in val)
+    )
+    path = folder / f"model-{kind.replace(' ', '-')}-{n}.pt"
+    t0 = time.perf_counter()
+    result = train_cohort(manifest, cohort_config(args, kind, n), model_path=path, overwrite=True)
+    info = {
+        "seconds": time.perf_counter() - t0,
+        "lines_per_s": result.samples_per_s,
+        "study_reads": result.study_reads,
+        "max_studies_held": result.max_studies_held,
+        "heldout_organ_error": [h.get("organ_error") for h in result.heldout],
+        "used_3d_supervision": args.l1 > 0,
+    }
+    return path, info
+
+
+def train_models(
+    args: argparse.Namespace, train: list[Path], val: list[Path], folder: Path, pool: Any
+) -> tuple[dict[str, dict[int, Path]], dict[str, dict[str, Any]]]:
+    jobs = {
+        (kind, n): pool.submit(_train_one, kind, n, train, val, folder, args)
+        for kind in args.kinds
+        for n in args.train_sizes
+    }
+    models: dict[str, dict[int, Path]] = {kind: {} for kind in args.kinds}
+    info: dict[str, dict[str, Any]] = {}
+    for (kind, n), job in jobs.items():
+        path, row = job.result()
+        models[kind][n] = path
+        info[f"{kind}, N={n}"] = row
+        print(f"  cohort {kind} N={n}: {row['seconds']:.0f} s, {row['lines_per_s']:.0f} lines/s, "
+              f"val organ error {row['heldout_organ_error']}", flush=True)  # fmt: skip
     return models, info
 
 
@@ -323,21 +387,32 @@ def figure(record: dict[str, Any], path: Path) -> None:
     panels = [("held-out anatomies", record["held_out"])]
     if record.get("patient15"):
         panels.append(("patient 15", record["patient15"]))
-    fig, axes = plt.subplots(len(panels), 2, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    styles = {
+        "prior (code)": ("o--", "tab:blue"),
+        "prior + fine-tune": ("s-", "tab:blue"),
+        "prior (organ code)": ("o--", "tab:purple"),
+        "prior (organ code) + fine-tune": ("s-", "tab:purple"),
+    }
+    references = zip(SINGLE, ("tab:red", "tab:green", "tab:gray"), strict=True)
     for row, (title, summary) in enumerate(panels):
         for col, key in enumerate(("organ_mean_abs", "lesion_mean_abs")):
             ax = axes[row][col]
-            for kind, style in (("prior (code)", "o--"), ("prior + fine-tune", "s-")):
-                ax.plot(sizes, [summary[f"{kind}, N={n}"][key] for n in sizes], style, label=kind)
-            for name, colour in zip(SINGLE, ("tab:red", "tab:green"), strict=True):
-                ax.axhline(summary[name][key], color=colour, ls=":", label=name)
+            for label, (style, colour) in styles.items():
+                rows = [summary.get(f"{label}, N={n}") for n in sizes]
+                if all(r is not None for r in rows):
+                    ax.plot(sizes, [r[key] for r in rows], style, color=colour, label=label)
+            for name, colour in references:
+                if name in summary:
+                    ax.axhline(summary[name][key], color=colour, ls=":", label=name)
             ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
             ax.set_xticks(sizes, [str(n) for n in sizes])
             ax.set_xlabel("training anatomies N")
             what = "organs" if col == 0 else "lesions ≥ 5 mL"
             ax.set_ylabel(f"mean |error| (%), {what}")
             ax.set_title(title)
-            ax.grid(alpha=0.3)
+            ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -347,12 +422,17 @@ def figure(record: dict[str, Any], path: Path) -> None:
 def block(record: dict[str, Any]) -> str:
     s = record["settings"]
     held = table(record["held_out"])
+    organ = ""
+    if "organ code" in s.get("kinds", ()):
+        head = "no residual head" if s["no_organ_residual"] else "with the residual head"
+        organ = f", organ code B = {s['organ_bound']} {head}"
     text = (
         f"Measured by `benchmarks/bench_cohort_prior.py` on {record['date']} ({s['n_test']} "
         f"held-out anatomies at {s['size']}³; cohorts of {', '.join(map(str, s['train_sizes']))} "
         f"training anatomies, {s['cohort_steps']} steps of {s['batch']} lines, 3D supervision "
-        f"l1 = {s['l1']}; every NeRF fit {s['fit_steps']} steps; {record['total_s']:.0f} s in all "
-        f"on this machine's 2 shared CPU cores).\n\n"
+        f"l1 = {s['l1']}{organ}; every NeRF fit {s['fit_steps']} steps; "
+        f"{record['total_s']:.0f} s in all on this machine's 2 shared CPU cores, "
+        f"{s.get('workers', 1)} processes of one thread).\n\n"
         f"![Mean organ and lesion errors against the number of training anatomies]"
         f"(images/cohort-prior.png)\n\nHeld-out anatomies:\n\n{held}\n"
     )
@@ -360,13 +440,14 @@ def block(record: dict[str, Any]) -> str:
         text += f"\nPatient 15 (never in training):\n\n{table(record['patient15'])}\n"
     else:
         text += "\nPatient 15: skipped (no /work/shared/data on this machine).\n"
-    rows = record["throughput"]
-    text += (
-        "\nAnatomy-conditioned cohort training, lines per second (global batch "
-        f"{rows[0]['global_batch']}, gloo, 1 thread per process):\n\n"
-        "| processes | step | lines/s (all) | lines/s per process |\n"
-        "| ---: | ---: | ---: | ---: |\n"
-    )
+    rows = record.get("throughput") or []
+    if rows:
+        text += (
+            "\nAnatomy-conditioned cohort training, lines per second (global batch "
+            f"{rows[0]['global_batch']}, gloo, 1 thread per process):\n\n"
+            "| processes | step | lines/s (all) | lines/s per process |\n"
+            "| ---: | ---: | ---: | ---: |\n"
+        )
     for r in rows:
         text += (
             f"| {r['processes']} | {r['step_ms']:.0f} ms | {r['lines_per_s']:.0f} "
@@ -388,53 +469,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group-steps", type=int, default=10)
     p.add_argument("--val-steps", type=int, default=50)
     p.add_argument("--l1", type=float, default=0.05, help="3D supervision weight (0: off)")
+    p.add_argument("--kinds", default="anatomy,organ code", help="cohort models to train")
+    p.add_argument("--organ-bound", type=float, default=0.7, help="B of the organ code")
+    p.add_argument("--no-organ-residual", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=15)
     p.add_argument("--no-patient15", action="store_true")
+    p.add_argument("--val-only", action="store_true", help="score the validation members")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--from-json", type=Path, default=None, help="render a saved record")
     p.add_argument("--write-docs", action="store_true")
     args = p.parse_args(argv)
     args.train_sizes = sorted(int(v) for v in str(args.train_sizes).split(","))
+    args.kinds = [k.strip() for k in str(args.kinds).split(",") if k.strip()]
+    unknown = sorted(set(args.kinds) - set(KINDS))
+    if unknown:
+        p.error(f"--kinds: unknown {unknown}; known: {sorted(KINDS)}")
     return args
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ProcessPoolExecutor(args.workers, mp_context=spawn) as pool,
+    ):
         folder = Path(tmp)
         print("simulating the population ...", flush=True)
         test, val, train, samples = population_studies(args, folder)
-        print("throughput ...", flush=True)
-        rates = throughput(args, train)
+        rates: list[dict[str, Any]] = []
+        if not args.val_only:
+            print("throughput ...", flush=True)
+            rates = throughput(args, train)
         print("training the cohort models ...", flush=True)
-        models, cohort_info = train_models(args, train, val, folder)
+        models, cohort_info = train_models(args, train, val, folder, pool)
+        scored = val if args.val_only else test
+        scored_samples = samples[len(test) :] if args.val_only else samples[: len(test)]
+        print(f"evaluating {len(scored)} {'validation' if args.val_only else 'test'} "
+              "anatomies ...", flush=True)  # fmt: skip
+        jobs = [
+            pool.submit(_evaluate_file, path, sample, models, args)
+            for path, sample in zip(scored, scored_samples, strict=True)
+        ]
+        p15_job = None
+        if not (args.no_patient15 or args.val_only):
+            p15_job = pool.submit(_evaluate_patient15, models, args)
         held = []
-        for path, sample in zip(test, samples, strict=True):
-            study = read_study(path)
-            held.append(evaluate(study, lesion_centres(study, sample), models, args))
+        for path, job in zip(scored, jobs, strict=True):
+            held.append(job.result())
             print(f"  {path.stem}: " + "; ".join(
                 f"{m} {np.mean(np.abs(list(s.organ_errors.values()))):.1f} %"
                 for m, s in held[-1].items()), flush=True)  # fmt: skip
-        p15 = None if args.no_patient15 else patient15(args)
-        p15_summary = None
-        if p15 is not None:
-            print("patient 15 ...", flush=True)
-            p15_scores = evaluate(p15, lesion_centres(p15, None), models, args)
-            p15_summary = summarise([p15_scores])
+        p15_scores = None if p15_job is None else p15_job.result()
+        p15_summary = None if p15_scores is None else summarise([p15_scores])
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "write_docs")}
     return {
         "benchmark": "cohort-prior",
         "date": time.strftime("%Y-%m-%d"),
         "settings": json.loads(json.dumps(settings, default=str)),
+        "scored": "validation" if args.val_only else "test",
         "held_out": summarise(held),
         "held_out_per_study": [
             {m: {"organs": s.organ_errors, "lesions": s.lesion_errors} for m, s in sc.items()}
             for sc in held
         ],
         "patient15": p15_summary,
-        "cohorts": {str(k): v for k, v in cohort_info.items()},
+        "cohorts": cohort_info,
         "throughput": rates,
         "torch_threads": torch.get_num_threads(),
         "total_s": time.perf_counter() - t_start,
@@ -452,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     text = block(record)
     print("\n" + text)
+    if args.write_docs and record.get("scored") == "validation":
+        raise SystemExit("--write-docs: this record scores the validation members, not the test")
     if args.write_docs:
         figure(record, FIGURE)
         page = ROOT / "docs" / "cohorts.md"

@@ -38,6 +38,21 @@ vocabulary) are passed with its code; only the embedding is a parameter of the m
 study's prior field is then an `recon.nerf.anatomy_field.AnatomyField` on its own anatomy with
 the shared weights.
 
+**Organ-code cohorts.** With ``organ_code`` (an `recon.nerf.organ_field.OrganCodeConfig`; needs
+``anatomy``) part of each study's code is explicit: the log-concentrations ``ℓ_{s,k}`` of its
+compartments (segments and background, initialised from the study's organ fit, QPlanar), a row
+of the table ``organ_codes`` ``[n_studies, K_max]``. The activity is the organ-anchored field's
+(`recon.nerf.organ_field.anchored_activity`),
+
+    e_s(p) = Σ_k e^{ℓ_{s,k}} m_{s,k}(p) · exp(B · tanh(n₀)) + level_s · softplus(n₁ − 4) · body_s(p),
+    n = MLP([encoding(p̂), features_s(p), z_s]),
+
+so the network learns only what the anatomy does not say (within-organ modulation, activity
+outside the compartments' pattern); its output layer starts at zero, so a fresh model *is* the
+organ fits. Each study's compartments (`recon.nerf.organ_field.OrganAnchor`) are passed with its
+features, like them; a new study's prior field is an `OrganAnchoredField` on its own anatomy,
+its log-concentrations starting from its own organ fit.
+
 A trained model is saved as a weights-only checkpoint (`recon.nerf.checkpoint`, ``kind:
 "cohort-model"``); `load_cohort_model` reads it (or any cohort training checkpoint) back.
 """
@@ -46,7 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +80,14 @@ from recon.nerf.anatomy_field import (
 )
 from recon.nerf.checkpoint import grid_from_dict, load_checkpoint
 from recon.nerf.field import EmissionField, FieldConfig
+from recon.nerf.organ_field import (
+    OrganAnchor,
+    OrganAnchoredField,
+    OrganCodeConfig,
+    OrganFieldConfig,
+    anchored_activity,
+    organ_field_for_study,
+)
 from spectproj import ImageGrid
 
 __all__ = [
@@ -141,6 +164,12 @@ class CohortModel(nn.Module):
         CPU generator of that draw (the network's weights use the global torch RNG).
     anatomy:
         Anatomy features of the network's input (module notes); ``None``: none.
+    organ_code:
+        Organ-anchored activity (module notes; needs ``anatomy``); ``None``: the plain
+        ``level · softplus(MLP)``.
+    organ_compartments:
+        With ``organ_code``: the compartment names of each study (``n_codes`` lists), in the
+        order of its log-concentrations.
 
     Attributes
     ----------
@@ -151,6 +180,12 @@ class CohortModel(nn.Module):
         ``nn.Embedding(n_codes, latent_dim)``, replicated on every rank (module notes).
     anatomy:
         The anatomy feature configuration (vocabulary), or ``None``.
+    organ_code, organ_compartments:
+        As given (``None`` and ``()`` without organ codes).
+    organ_codes:
+        ``[n_codes, K_max]`` log-concentrations (``K_max`` the most compartments of a study;
+        row ``s`` uses its first ``len(organ_compartments[s])``), with organ codes; else
+        ``None``.
     """
 
     def __init__(
@@ -162,6 +197,8 @@ class CohortModel(nn.Module):
         code_init_std: float = 0.01,
         generator: torch.Generator | None = None,
         anatomy: AnatomyFeatureConfig | None = None,
+        organ_code: OrganCodeConfig | None = None,
+        organ_compartments: Sequence[Sequence[str]] = (),
     ) -> None:
         super().__init__()
         if field_config.latent_dim < 1:
@@ -174,12 +211,39 @@ class CohortModel(nn.Module):
             raise TypeError(
                 f"anatomy must be an AnatomyFeatureConfig, got {type(anatomy).__name__}"
             )
+        compartments = tuple(tuple(str(n) for n in names) for names in organ_compartments)
+        if organ_code is not None:
+            if not isinstance(organ_code, OrganCodeConfig):
+                raise TypeError(
+                    f"organ_code must be an OrganCodeConfig, got {type(organ_code).__name__}"
+                )
+            if anatomy is None:
+                raise ValueError("organ codes need an anatomy-conditioned model (anatomy)")
+            if len(compartments) != n_codes or not all(compartments):
+                raise ValueError(
+                    f"organ_compartments must name the compartments of each of the {n_codes} "
+                    f"studies, got {len(compartments)} lists"
+                )
+        elif compartments:
+            raise ValueError("organ_compartments needs organ_code")
         self.frame = frame
         self.field_config = field_config
         self.anatomy = anatomy
+        self.organ_code = organ_code
+        self.organ_compartments = compartments
         features = None if anatomy is None else _SharedFeatures(anatomy)
-        self.field = EmissionField(frame, field_config, scale=1.0, features=features)
+        outputs = 1 if organ_code is None else organ_code.outputs
+        self.field = EmissionField(
+            frame, field_config, scale=1.0, features=features, outputs=outputs
+        )
         self.field.latent.requires_grad_(False)
+        self.organ_codes: nn.Parameter | None = None
+        if organ_code is not None:
+            with torch.no_grad():  # zero output: a fresh model is its studies' organ fits
+                self.field.output.weight.zero_()
+                self.field.output.bias.zero_()
+            k_max = max(len(names) for names in compartments)
+            self.organ_codes = nn.Parameter(torch.zeros(n_codes, k_max))
         self.codes = nn.Embedding(n_codes, field_config.latent_dim)
         with torch.no_grad():
             init = torch.randn(n_codes, field_config.latent_dim, generator=generator)
@@ -225,15 +289,54 @@ class CohortModel(nn.Module):
             values = values * features.inside(points_mm).to(values.dtype)
         return values
 
+    def log_concentration(self, index: int) -> torch.Tensor:
+        """The log-concentrations ``[K_s]`` of training study ``index`` (differentiable)."""
+        if self.organ_codes is None:
+            raise ValueError("this cohort model has no organ codes")
+        return self.organ_codes[int(index), : len(self.organ_compartments[int(index)])]
+
+    def activity(
+        self,
+        points_mm: torch.Tensor,
+        code: torch.Tensor,
+        level: float,
+        features: AnatomyFeatures | None = None,
+        anchor: OrganAnchor | None = None,
+        log_concentration: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """A study's activity ``[...]`` at points ``[..., 3]``: ``level · conditioned(p, code)``,
+        or with organ codes the organ-anchored activity (module notes) of the study's
+        ``anchor`` and ``log_concentration``."""
+        if self.organ_code is None:
+            return self.conditioned(points_mm, code, features) * level
+        if features is None or anchor is None or log_concentration is None:
+            raise ValueError(
+                "an organ-code cohort model needs the study's features, anchor and "
+                "log-concentrations"
+            )
+        with self.using(features):
+            raw = self.field.raw(points_mm, latent=code)
+        inside = features.inside(points_mm)
+        values = anchored_activity(
+            raw, anchor(points_mm, log_concentration), inside, level, self.organ_code
+        )
+        return values.to(points_mm.dtype)
+
     def study_field(
-        self, index: int, level: float = 1.0, features: AnatomyFeatures | None = None
+        self,
+        index: int,
+        level: float = 1.0,
+        features: AnatomyFeatures | None = None,
+        anchor: OrganAnchor | None = None,
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The activity field of training study ``index``: points ``[N, 3]`` → ``[N]``,
-        ``level · conditioned(p, z_index)`` (differentiable in the network and the code)."""
+        """The activity field of training study ``index``: points ``[N, 3]`` → ``[N]``
+        (`activity` with its code and, with organ codes, its log-concentrations; differentiable
+        in the network and both)."""
         code = self.code(index)
+        log_c = None if self.organ_codes is None else self.log_concentration(index)
 
         def field(points_mm: torch.Tensor) -> torch.Tensor:
-            return self.conditioned(points_mm, code, features) * level
+            return self.activity(points_mm, code, level, features, anchor, log_c)
 
         return field
 
@@ -248,7 +351,7 @@ class CohortModel(nn.Module):
         *,
         train_network: bool = False,
         study: Study | None = None,
-    ) -> EmissionField | AnatomyField:
+    ) -> EmissionField | AnatomyField | OrganAnchoredField:
         """A stand-alone field with the shared network's weights and a code of its own.
 
         Parameters
@@ -263,11 +366,12 @@ class CohortModel(nn.Module):
         study:
             The new study; required by an anatomy-conditioned model, whose prior field is an
             `AnatomyField` on the study's anatomy (with the cohort's vocabulary and the cohort
-            frame's normalisation).
+            frame's normalisation), or with organ codes an `OrganAnchoredField` whose
+            log-concentrations start at the study's organ fit (trainable with the code).
 
         Returns
         -------
-        EmissionField or AnatomyField
+        EmissionField, AnatomyField or OrganAnchoredField
             A copy on the CPU (the model is not changed); an ordinary single-study field, so
             `recon.nerf.training.fit`, `recon.nerf.export.to_result` and `load_field` apply.
         """
@@ -275,24 +379,29 @@ class CohortModel(nn.Module):
         state["scale"] = torch.tensor(float(scale))
         start = self.mean_code() if code is None else code.detach()
         state["latent"] = start.to(dtype=state["latent"].dtype).cpu().clone()
-        field: EmissionField | AnatomyField
+        field: EmissionField | AnatomyField | OrganAnchoredField
         if self.anatomy is None:
             field = EmissionField(self.frame, self.field_config, scale=float(scale))
             field.load_state_dict(state)
         else:
             if study is None:
                 raise ValueError("an anatomy-conditioned cohort model needs the new study")
-            features = anatomy_features_for_study(study, self.anatomy)
-            config = AnatomyFieldConfig(field=self.field_config, features=features.config)
-            field = AnatomyField(study.grid, config, features, scale=float(scale))
+            if self.organ_code is None:
+                features = anatomy_features_for_study(study, self.anatomy)
+                config = AnatomyFieldConfig(field=self.field_config, features=features.config)
+                field = AnatomyField(study.grid, config, features, scale=float(scale))
+            else:
+                organ = OrganFieldConfig(self.field_config, self.anatomy, self.organ_code)
+                field = organ_field_for_study(study, organ, scale=float(scale))
             mine = field.network.state_dict()
             mine.update(
                 {k: v for k, v in state.items() if k in mine and k.split(".")[0] != "features"}
             )
             mine["features.embedding.weight"] = state["features.embedding.weight"]
             field.network.load_state_dict(mine)  # the cohort frame's centre and extent included
+        code_names = ("latent", "log_concentration")
         for name, p in field.named_parameters():
-            p.requires_grad_(train_network or name.split(".")[-1] == "latent")
+            p.requires_grad_(train_network or name.split(".")[-1] in code_names)
         return field
 
 
@@ -349,11 +458,19 @@ def load_cohort_model(source: str | os.PathLike[str] | Mapping[str, Any]) -> Loa
     field_config = FieldConfig(**dict(rep["field_config"]))
     anatomy = rep.get("anatomy")
     features = None if anatomy is None else AnatomyFeatureConfig.from_dict(anatomy)
+    organ = rep.get("organ_code")  # absent in files of before organ codes
+    organ_code = None
+    compartments: list[list[str]] = []
+    if organ is not None:
+        organ = dict(organ)
+        compartments = [list(names) for names in organ.pop("compartments")]
+        organ_code = OrganCodeConfig.from_dict(organ)
     cohort = payload["cohort"]
     ids = [str(s) for s in cohort["train_ids"]]
     model = CohortModel(
-        grid_from_dict(rep["grid"]), field_config, len(ids), code_init_std=0.0, anatomy=features
-    )
+        grid_from_dict(rep["grid"]), field_config, len(ids), code_init_std=0.0,
+        anatomy=features, organ_code=organ_code, organ_compartments=compartments,
+    )  # fmt: skip
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as error:

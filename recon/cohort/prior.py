@@ -1,10 +1,14 @@
 """Reconstruct a new study with a trained cohort model as a prior.
 
-`fit_with_prior` builds an ordinary `recon.nerf.field.EmissionField` from the cohort's shared
-network (`recon.cohort.model.CohortModel.prior_field`), starting from the mean training code, and
-fits it to the new study with the single-study trainer `recon.nerf.training.fit`:
+`fit_with_prior` builds an ordinary single-study field from the cohort's shared network
+(`recon.cohort.model.CohortModel.prior_field`: an `recon.nerf.field.EmissionField`, an
+`recon.nerf.anatomy_field.AnatomyField` for an anatomy-conditioned cohort, an
+`recon.nerf.organ_field.OrganAnchoredField` for an organ-code cohort), starting from the mean
+training code (and, with organ codes, from the new study's own organ fit), and fits it to the new
+study with the single-study trainer `recon.nerf.training.fit`:
 
-1. **code fit**: only the latent code z is trained (the network is frozen);
+1. **code fit**: only the study's code is trained, the latent z and with organ codes the
+   log-concentrations of its compartments (the network is frozen);
 2. **fine-tune** (optional): then every weight is trained, at a lower learning rate.
 
 The step budget ``config.steps`` is shared: without fine-tuning every step fits z; with it the
@@ -55,8 +59,9 @@ class PriorFitResult(FitResult):
 
     ``losses`` and ``history`` run over both phases (fine-tune steps numbered after the code
     steps), ``steps_done`` and ``elapsed_s`` are totals. ``prior`` holds ``model`` (the cohort
-    file), ``model_step``, ``code_steps``, ``fine_tune_steps``, ``fine_tune_lr`` and
-    ``n_training_studies``, for the result's parameters.
+    file), ``model_step``, ``code_steps``, ``fine_tune_steps``, ``fine_tune_lr``,
+    ``n_training_studies``, ``anatomy_conditioned``, ``organ_code`` (the organ code's settings,
+    ``None`` without) and ``cohort_used_3d_supervision``, for the result's parameters.
     """
 
     prior: dict[str, Any] = field(default_factory=dict)
@@ -147,12 +152,6 @@ def fit_with_prior(
     )
     folder = None if out_dir is None else Path(out_dir)
     phase = "code"
-    if resume is not None:
-        phase = _checkpoint_phase(load_checkpoint(resume))
-        if phase == "fine-tune" and not fine_tune:
-            raise ValueError(
-                f"{resume}: a checkpoint of the fine-tuning phase; resume it with fine-tuning on"
-            )
 
     def wrap(offset: int) -> StepCallback | None:
         if callback is None:
@@ -163,7 +162,17 @@ def fit_with_prior(
 
         return inner
 
-    field_ = model.prior_field(train_network=phase == "fine-tune", study=study)
+    field_ = model.prior_field(study=study)
+    n_code_tensors = sum(1 for p in field_.parameters() if p.requires_grad)
+    if resume is not None:
+        phase = _checkpoint_phase(load_checkpoint(resume), n_code_tensors)
+        if phase == "fine-tune" and not fine_tune:
+            raise ValueError(
+                f"{resume}: a checkpoint of the fine-tuning phase; resume it with fine-tuning on"
+            )
+    if phase == "fine-tune":
+        for p in field_.parameters():
+            p.requires_grad_(True)
     first: FitResult | None
     if phase == "code":
         first = fit(
@@ -190,6 +199,7 @@ def fit_with_prior(
         "model_step": loaded.step,
         "n_training_studies": model.n_codes,
         "anatomy_conditioned": model.anatomy is not None,
+        "organ_code": None if model.organ_code is None else model.organ_code.to_dict(),
         "cohort_used_3d_supervision": bool(
             loaded.payload.get("cohort", {}).get("used_3d_supervision", False)
         ),
@@ -204,11 +214,12 @@ def _sub(folder: Path | None, name: str) -> Path | None:
     return None if folder is None else folder / name
 
 
-def _checkpoint_phase(payload: Mapping[str, Any]) -> str:
-    """``"code"`` if the checkpoint's optimiser trained one tensor (the code), else fine-tune."""
+def _checkpoint_phase(payload: Mapping[str, Any], n_code_tensors: int) -> str:
+    """``"code"`` if the checkpoint's optimiser trained only the code's ``n_code_tensors``
+    tensors (the latent, and with organ codes the log-concentrations), else ``"fine-tune"``."""
     groups = payload.get("optimizer", {}).get("param_groups", [])
     n = sum(len(g.get("params", [])) for g in groups)
-    return "code" if n == 1 else "fine-tune"
+    return "code" if n <= n_code_tensors else "fine-tune"
 
 
 def _earlier_phase(path: Path, config: TrainConfig) -> FitResult | None:

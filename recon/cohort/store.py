@@ -7,8 +7,9 @@ study. Two parts:
   id and file, its activity and count levels, data digest, render mode, grid, and, for drawing
   batches, its training lines and their ray-group keys (8 bytes per training line: 64 KiB for a
   64² AP/PA study);
-- **the data** (`LoadedStudy`: the `recon.nerf.rays.RayData` with counts, μ, projector, and the
-  flat truth for ``l1_activity``), either held for every study (``cache_studies = 0``, the
+- **the data** (`LoadedStudy`: the `recon.nerf.rays.RayData` with counts, μ, projector, the
+  flat truth for ``l1_activity``, and for an organ-code cohort the study's compartments,
+  `recon.nerf.organ_field.OrganAnchor`), either held for every study (``cache_studies = 0``, the
   eager path) or read from the study file when a step needs it and kept in a
   least-recently-used cache of ``cache_studies`` studies (the lazy path, for cohorts larger
   than memory).
@@ -38,6 +39,7 @@ from recon.nerf.anatomy_field import (
     anatomy_features_for_study,
 )
 from recon.nerf.config import TrainConfig
+from recon.nerf.organ_field import OrganAnchor, initial_log_concentrations, study_organ_fit
 from recon.nerf.rays import RayData, study_digest
 from recon.nerf.training import study_physics
 from spectproj import ImageGrid
@@ -77,6 +79,10 @@ class StudyInfo:
         Voxels of its truth (0 without ``l1_activity``).
     segment_names:
         Names of its anatomy's segments, in label order (empty without an anatomy).
+    compartments, organ_start:
+        For an organ-code cohort: the names of its organ fit's compartments (segments, then
+        background) and their initial log-concentrations ``ln c_k`` (activity unit), from the
+        organ fit of the first read (`recon.nerf.organ_field.study_organ_fit`); else empty.
     """
 
     level: float
@@ -89,16 +95,20 @@ class StudyInfo:
     line_keys: torch.Tensor
     n_voxels: int
     segment_names: tuple[str, ...] = ()
+    compartments: tuple[str, ...] = ()
+    organ_start: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
 class LoadedStudy:
-    """The data of a training study: its `RayData`, flat truth ``[Z·Y·X]`` (or ``None``) and,
-    for an anatomy-conditioned cohort, its anatomy features (cohort vocabulary)."""
+    """The data of a training study: its `RayData`, flat truth ``[Z·Y·X]`` (or ``None``), for
+    an anatomy-conditioned cohort its anatomy features (cohort vocabulary), and for an
+    organ-code cohort its compartments."""
 
     data: RayData
     truth: torch.Tensor | None
     features: AnatomyFeatures | None = None
+    anchor: OrganAnchor | None = None
 
 
 class StudyStore:
@@ -118,6 +128,9 @@ class StudyStore:
         Build each study's anatomy features with this configuration, its vocabulary
         (``segment_names``) completed by the union of the studies' segment names in the order
         met; ``None``: none.
+    organ_code:
+        Fit each study's organs (QPlanar) and hold its compartments (every study needs an
+        anatomy); the fit of the first read gives `StudyInfo.organ_start`.
 
     Attributes
     ----------
@@ -138,6 +151,7 @@ class StudyStore:
         device: torch.device,
         cache_studies: int = 0,
         anatomy: AnatomyFeatureConfig | None = None,
+        organ_code: bool = False,
     ) -> None:
         if (
             isinstance(cache_studies, bool)
@@ -149,6 +163,7 @@ class StudyStore:
         self.config = config
         self.device = device
         self.cache_studies = cache_studies
+        self.organ_code = bool(organ_code)
         self._held: OrderedDict[int, LoadedStudy] = OrderedDict()
         self.loads = 0
         self.max_held = 0
@@ -179,7 +194,12 @@ class StudyStore:
         if s in self._held:
             self._held.move_to_end(s)
             return self._held[s]
-        loaded, _ = self._load(s)
+        loaded, info = self._load(s)
+        if info.compartments != self.infos[s].compartments:
+            raise ValueError(
+                f"{self.entries[s].path}: its compartments changed since the first read "
+                f"({list(self.infos[s].compartments)} → {list(info.compartments)})"
+            )
         self.loads += 1
         loaded = self._with_features(s, loaded)
         self._keep(s, loaded)
@@ -220,6 +240,16 @@ class StudyStore:
             level = data.activity_level()
         except ValueError as error:
             raise ValueError(f"{entry.path}: {error}") from None
+        anchor, compartments, start = None, (), ()
+        if self.organ_code:
+            try:
+                organ_fit = study_organ_fit(study, device=self.device)
+            except ValueError as error:
+                raise ValueError(f"{entry.path}: organ code: {error}") from None
+            parts = organ_fit.compartments
+            anchor = OrganAnchor(study.grid, parts.index, parts.weight).to(self.device)
+            compartments = tuple(parts.names)
+            start = tuple(float(v) for v in initial_log_concentrations(organ_fit.concentrations))
         truth = None
         if t.l1_activity > 0:
             if study.truth_activity is None:
@@ -243,5 +273,6 @@ class StudyStore:
             segment_names=()
             if study.anatomy is None
             else tuple(study.anatomy.names[k] for k in sorted(study.anatomy.names)),
+            compartments=compartments, organ_start=start,
         )  # fmt: skip
-        return LoadedStudy(data, truth), info
+        return LoadedStudy(data, truth, anchor=anchor), info

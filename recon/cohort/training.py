@@ -90,6 +90,7 @@ from recon.nerf.anatomy_field import AnatomyFeatureConfig
 from recon.nerf.checkpoint import LAST_CHECKPOINT, grid_to_dict, load_checkpoint
 from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.export import sample_on_grid
+from recon.nerf.organ_field import OrganCodeConfig
 from recon.nerf.training import fit
 from recon.training import runtime, terms
 from recon.training.loop import Trainer, require_same
@@ -175,6 +176,17 @@ class CohortConfig:
         vocabulary is the union of the training studies' segment names.
     anatomy_embedding_dim:
         Size of the shared segment embedding.
+    organ_code:
+        Organ-anchored cohort (needs ``anatomy``): part of each study's code is the
+        log-concentrations of its compartments (segments and background), initialised from the
+        study's organ fit (QPlanar, `recon.anatomy`) and trained with the network and the
+        latent code, which only modulates them and adds a residual (`recon.cohort.model`).
+    organ_bound:
+        ``B`` of the organ code: the network modulates each organ's concentration within
+        ``[e^−B, e^B]`` (>= 0).
+    organ_residual:
+        With ``organ_code``: add the non-negative residual head (activity the compartments do not
+        hold, e.g. lesions).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
@@ -190,6 +202,9 @@ class CohortConfig:
     group_steps: int = 1
     anatomy: bool = False
     anatomy_embedding_dim: int = 8
+    organ_code: bool = False
+    organ_bound: float = 0.7
+    organ_residual: bool = True
 
     def __post_init__(self) -> None:
         t = self.train
@@ -216,8 +231,15 @@ class CohortConfig:
             g = getattr(self, name)
             if isinstance(g, bool) or not isinstance(g, int) or g < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {g!r}")
-        if not isinstance(self.anatomy, bool):
-            raise TypeError(f"anatomy must be a bool, got {self.anatomy!r}")
+        for name in ("anatomy", "organ_code", "organ_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.organ_code and not self.anatomy:
+            raise ValueError(
+                "organ_code needs anatomy=True (--organ-code needs --anatomy): the organ code is "
+                "anchored on each study's segmentation"
+            )
+        OrganCodeConfig(bound=self.organ_bound, residual=self.organ_residual)  # checks them
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
@@ -244,6 +266,13 @@ class CohortConfig:
         if "train" in changes and not isinstance(changes["train"], TrainConfig):
             changes["train"] = TrainConfig.from_dict(changes["train"])
         return cls(**changes)
+
+    @property
+    def organ(self) -> OrganCodeConfig | None:
+        """The organ code's settings (``None`` without ``organ_code``)."""
+        if not self.organ_code:
+            return None
+        return OrganCodeConfig(bound=self.organ_bound, residual=self.organ_residual)
 
 
 @dataclass
@@ -511,14 +540,18 @@ class _StepModule(nn.Module):
             n_s, level = int(in_s.sum()), obj.levels[s]
             code = self.model.code(s)
             loaded = obj.store[s]
+            log_c = None if self.model.organ_codes is None else self.model.log_concentration(s)
 
             def field(
                 points: torch.Tensor,
                 code: torch.Tensor = code,
                 level: float = level,
-                features: Any = loaded.features,
+                loaded: Any = loaded,
+                log_c: torch.Tensor | None = log_c,
             ) -> torch.Tensor:
-                return self.model.conditioned(points, code, features) * level
+                return self.model.activity(
+                    points, code, level, loaded.features, loaded.anchor, log_c
+                )
 
             render = self._views if obj.views[s] else self._lines
             data_sum, samples = render(obj, batch, s, in_s, field)
@@ -632,8 +665,9 @@ class _CohortObjective:
         c = self.config
         anatomy = AnatomyFeatureConfig(embedding_dim=c.anatomy_embedding_dim) if c.anatomy else None
         self.store = StudyStore(
-            self.train_entries, self.train_cfg, self.dev, c.cache_studies, anatomy=anatomy
-        )
+            self.train_entries, self.train_cfg, self.dev, c.cache_studies, anatomy=anatomy,
+            organ_code=c.organ_code,
+        )  # fmt: skip
         infos = self.store.infos
         self.levels = [i.level for i in infos]
         self.count_levels = [i.count_level for i in infos]
@@ -647,10 +681,18 @@ class _CohortObjective:
     def _init_model(self) -> None:
         config, info, t = self.config, self.info, self.train_cfg
         codes_rng = torch.Generator().manual_seed(t.seed + CODE_SEED_OFFSET)
+        infos = self.store.infos
         self.model = CohortModel(
             cohort_frame(self.grids), t.field, len(self.store),
             code_init_std=config.code_init_std, generator=codes_rng, anatomy=self.store.anatomy,
+            organ_code=config.organ,
+            organ_compartments=[i.compartments for i in infos] if config.organ_code else (),
         ).to(self.dev)  # fmt: skip
+        if self.model.organ_codes is not None:  # each study's organ fit (QPlanar)
+            with torch.no_grad():
+                for s, info_s in enumerate(infos):
+                    start = torch.as_tensor(info_s.organ_start, dtype=torch.float32)
+                    self.model.organ_codes[s, : len(start)] = start.to(self.dev)
         self.representation = self.model
         step_module = _StepModule(self)
         if info.distributed:
@@ -660,14 +702,17 @@ class _CohortObjective:
             )
         else:
             self.step_module = step_module
-        codes = self.model.codes.weight
+        codes = [self.model.codes.weight]
+        if self.model.organ_codes is not None:
+            codes.append(self.model.organ_codes)
+        per_study = {"codes.weight", "organ_codes"}
         network = [
-            p for n, p in self.model.named_parameters() if p.requires_grad and n != "codes.weight"
+            p for n, p in self.model.named_parameters() if p.requires_grad and n not in per_study
         ]
-        self.params = [*network, codes]
+        self.params = [*network, *codes]
         code_lr = config.code_lr or t.lr
         self.optimizer = torch.optim.Adam(
-            [{"params": network, "lr": t.lr}, {"params": [codes], "lr": code_lr}]
+            [{"params": network, "lr": t.lr}, {"params": codes, "lr": code_lr}]
         )
 
     # -- resume ------------------------------------------------------------------------------
@@ -696,7 +741,8 @@ class _CohortObjective:
             )
         saved = payload["representation"]
         mine = self._representation()
-        same = all(saved.get(k) == mine[k] for k in ("field_config", "grid", "anatomy"))
+        keys = ("field_config", "grid", "anatomy", "organ_code")
+        same = all(saved.get(k) == mine[k] for k in keys)
         if not same:
             raise ValueError(
                 f"{path}: the checkpoint's architecture {saved['field_config']} differs from "
@@ -766,10 +812,10 @@ class _CohortObjective:
         for s in range(info.rank, n_train, info.world_size):
             with torch.no_grad():
                 loaded = self.store[s]
+                field_s = self.model.study_field(s, self.levels[s], loaded.features, loaded.anchor)
                 deviance, psnr = loaded.data.validate(
-                    self.model.study_field(s, self.levels[s], loaded.features), t.n_samples,
-                    render="views" if self.views[s] else "lines",
-                )  # fmt: skip
+                    field_s, t.n_samples, render="views" if self.views[s] else "lines"
+                )
             mine.append(("train", s, {"deviance": deviance, "psnr": psnr}))
         for v in range(info.rank, len(self.val_entries), info.world_size):
             mine.append(("heldout", v, self._fit_heldout(v)))
@@ -819,11 +865,19 @@ class _CohortObjective:
 
     # -- outputs -----------------------------------------------------------------------------
     def _representation(self) -> dict[str, Any]:
+        model = self.model
+        organ = None
+        if model.organ_code is not None:
+            organ = {
+                **model.organ_code.to_dict(),
+                "compartments": [list(names) for names in model.organ_compartments],
+            }
         return {
             "kind": "CohortModel",
-            "grid": grid_to_dict(self.model.frame),
-            "field_config": self.model.field_config.to_dict(),
-            "anatomy": None if self.model.anatomy is None else self.model.anatomy.to_dict(),
+            "grid": grid_to_dict(model.frame),
+            "field_config": model.field_config.to_dict(),
+            "anatomy": None if model.anatomy is None else model.anatomy.to_dict(),
+            "organ_code": organ,
         }
 
     def checkpoint_extras(self) -> dict[str, Any]:

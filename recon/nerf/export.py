@@ -28,6 +28,7 @@ from recon.io.study import Study
 from recon.nerf.anatomy_field import AnatomyField, AnatomyFieldConfig
 from recon.nerf.checkpoint import grid_from_dict, load_checkpoint
 from recon.nerf.field import EmissionField, FieldConfig
+from recon.nerf.organ_field import OrganAnchoredField, OrganFieldConfig
 from recon.nerf.rays import RayData
 from recon.nerf.representations import VoxelActivity
 from recon.nerf.training import FitResult, rendered_counts
@@ -207,9 +208,10 @@ def build_representation(info: Mapping[str, Any]) -> nn.Module:
     """An untrained representation of the kind and architecture ``info`` describes.
 
     ``info`` is `recon.nerf.training.representation_info`'s dict: ``kind``
-    (``"EmissionField"``, ``"AnatomyField"`` or ``"VoxelActivity"``), ``grid`` and
-    ``field_config`` (for an ``AnatomyField`` its `AnatomyFieldConfig` dict; the anatomy volumes
-    come with the stored tensors).
+    (``"EmissionField"``, ``"AnatomyField"``, ``"OrganAnchoredField"`` or ``"VoxelActivity"``),
+    ``grid`` and ``field_config`` (for an ``AnatomyField`` its `AnatomyFieldConfig` dict, for an
+    ``OrganAnchoredField`` its `OrganFieldConfig` dict; the anatomy volumes come with the stored
+    tensors).
     """
     kind = info.get("kind")
     g = info.get("grid")
@@ -226,11 +228,16 @@ def build_representation(info: Mapping[str, Any]) -> nn.Module:
         if not isinstance(fc, Mapping):
             raise ValueError("an AnatomyField description needs its field_config")
         return AnatomyField(grid, AnatomyFieldConfig.from_dict(fc))
+    if kind == "OrganAnchoredField":
+        fc = info.get("field_config")
+        if not isinstance(fc, Mapping):
+            raise ValueError("an OrganAnchoredField description needs its field_config")
+        return OrganAnchoredField(grid, OrganFieldConfig.from_dict(fc))
     if kind == "VoxelActivity":
         return VoxelActivity(grid)
     raise ValueError(
         f"cannot rebuild a representation of kind {kind!r}; known: EmissionField, AnatomyField, "
-        "VoxelActivity"
+        "OrganAnchoredField, VoxelActivity"
     )
 
 

@@ -72,6 +72,9 @@ class EmissionField(nn.Module):
         ``[N, F]``, with an ``out_features`` attribute F; its output joins the network's input
         between the encoding and the latent code (and is re-injected with them at the skip layer).
         It is a submodule: its parameters are trained and its tensors saved with the field's.
+    outputs: number of network outputs (>= 1). The activity (``forward``) is the first one
+        through the softplus; models that use more (e.g. `recon.nerf.organ_field`) read all of
+        them, before any activation, with `raw`.
     """
 
     # buffers (registered in __init__)
@@ -86,8 +89,11 @@ class EmissionField(nn.Module):
         scale: float = 1.0,
         *,
         features: nn.Module | None = None,
+        outputs: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
+            raise ValueError(f"outputs must be an integer >= 1, got {outputs!r}")
         n_features = 0
         if features is not None:
             out_features = getattr(features, "out_features", None)
@@ -122,7 +128,7 @@ class EmissionField(nn.Module):
             fan_in = n_in if k == 0 else width + (n_in if k == skip else 0)
             layers.append(nn.Linear(fan_in, width))
         self.layers = nn.ModuleList(layers)
-        self.output = nn.Linear(width, 1)
+        self.output = nn.Linear(width, outputs)
 
     def normalise(self, points_mm: torch.Tensor) -> torch.Tensor:
         """Points ``[..., 3]`` in mm → the field of view's unit cube ``[-1, 1]³``."""
@@ -131,6 +137,13 @@ class EmissionField(nn.Module):
         )
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        raw = self.raw(points_mm)[..., 0]
+        return (nn.functional.softplus(raw) * self.scale.to(raw.dtype)).to(points_mm.dtype)
+
+    def raw(self, points_mm: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's outputs ``[..., outputs]`` before any activation (the network's dtype)
+        at points ``[..., 3]`` (x, y, z mm), with the field's own ``latent`` or the code
+        ``latent`` ``[latent_dim]`` given (e.g. one study's code of a cohort)."""
         if points_mm.shape[-1] != 3:
             raise ValueError(
                 f"points_mm must have shape [..., 3] (x, y, z mm), got {list(points_mm.shape)}"
@@ -143,15 +156,11 @@ class EmissionField(nn.Module):
             extra = self.features(points_mm.reshape(-1, 3)).to(dtype)
             h0 = torch.cat([h0, extra], dim=-1)
         if self.config.latent_dim:
-            h0 = torch.cat([h0, self.latent.to(dtype).expand(h0.shape[0], -1)], dim=-1)
+            code = self.latent if latent is None else latent
+            h0 = torch.cat([h0, code.to(dtype).expand(h0.shape[0], -1)], dim=-1)
         h = h0
         for k, layer in enumerate(self.layers):
             if k == self.skip_layer:
                 h = torch.cat([h, h0], dim=-1)
             h = torch.relu(layer(h))
-        raw = self.output(h).squeeze(-1)
-        return (
-            (nn.functional.softplus(raw) * self.scale.to(raw.dtype))
-            .reshape(batch)
-            .to(points_mm.dtype)
-        )
+        return self.output(h).reshape(*batch, self.output.out_features)
