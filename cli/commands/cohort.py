@@ -203,6 +203,24 @@ def train_cohort(
             "at every point (every study needs μ or a CT, and an anatomy).",
         ),
     ] = False,
+    organ_code: Annotated[
+        bool,
+        typer.Option(
+            "--organ-code",
+            help="Organ-anchored code (implies --anatomy): each study's code holds the "
+            "log-concentrations of its segments, started at its organ fit, and the network "
+            "only modulates them and adds a residual.",
+        ),
+    ] = False,
+    organ_bound: Annotated[
+        float,
+        typer.Option(
+            "--organ-bound",
+            min=0.0,
+            help="With --organ-code: the network scales each organ's uptake within "
+            "[e^-B, e^B].",
+        ),
+    ] = 0.7,
     force: ForceOption = False,
 ) -> None:
     """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
@@ -215,6 +233,8 @@ def train_cohort(
     depend on their number. Only rank 0 writes files: logs and checkpoints in --out-dir, the
     model in MODEL. Ctrl-C (or SIGTERM) stops every process after the current step with a
     checkpoint to --resume from. Use the model with 'spect recon nerf STUDY --prior MODEL'.
+    --anatomy feeds each study's μ and segmentation to the network; --organ-code anchors each
+    study's code on its organ fit (see docs/cohorts.md).
     """
     import math
     import time
@@ -242,7 +262,8 @@ def train_cohort(
     config = CohortConfig(
         train=train, val_fraction=val_fraction, val_steps=val_steps,
         backend=backend.value, device=device.value, cache_studies=cache_studies,
-        studies_per_step=studies_per_step, group_steps=group_steps, anatomy=anatomy,
+        studies_per_step=studies_per_step, group_steps=group_steps,
+        anatomy=anatomy or organ_code, organ_code=organ_code, organ_bound=organ_bound,
     )  # fmt: skip
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_cohort")
 
@@ -272,8 +293,9 @@ def train_cohort(
         (
             "field",
             f"{fc.encoding}, latent {fc.latent_dim} per study"
-            + (", anatomy-conditioned" if anatomy else ""),
+            + (", anatomy-conditioned" if config.anatomy else ""),
         ),
+        *([("organ code", f"B = {organ_bound:g}, from each study's organ fit")] if organ_code else []),
         ("processes", f"{processes} on {result.device}"),
         ("steps", f"{result.steps_done} × {train.rays_per_step} lines (global batch)"),
         ("time", f"{time.perf_counter() - start:.1f} s"),
