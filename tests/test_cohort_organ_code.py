@@ -23,8 +23,6 @@ from recon.nerf.checkpoint import load_checkpoint
 from recon.nerf.config import TrainConfig
 from recon.nerf.export import load_field, sample_on_grid
 from recon.nerf.field import FieldConfig
-from recon.nerf.training import fit
-from recon.nerf.rays import RayData
 from recon.nerf.organ_field import (
     CONCENTRATION_FLOOR,
     RESIDUAL_OFFSET,
@@ -36,6 +34,8 @@ from recon.nerf.organ_field import (
     organ_field_for_study,
     study_organ_fit,
 )
+from recon.nerf.rays import RayData
+from recon.nerf.training import fit
 from recon.reconstruct import reconstruct_nerf
 from tests.test_cohort import _one_thread  # noqa: F401  # the autouse fixture: one torch thread
 
@@ -203,9 +203,7 @@ def test_model_file_round_trip_and_old_files_still_load(trained) -> None:
     state["field.output.weight"] = state["field.output.weight"][:1]
     state["field.output.bias"] = state["field.output.bias"][:1]
     config = {k: v for k, v in payload["config"].items() if not k.startswith("organ_")}
-    plain = load_cohort_model(
-        {**payload, "representation": old, "model": state, "config": config}
-    )
+    plain = load_cohort_model({**payload, "representation": old, "model": state, "config": config})
     assert plain.model.organ_code is None and plain.model.organ_codes is None
     assert CohortConfig.from_dict(config).organ_code is False
 
@@ -232,9 +230,7 @@ def test_prior_code_fit_on_a_held_out_phantom_lowers_the_deviance_and_is_recorde
 
     # The code phase of a prior fit (log-concentrations and latent, the network frozen), from
     # a start with every concentration doubled: it finds its way back, the deviance falls.
-    config = dataclasses.replace(
-        TRAIN, steps=30, l1_activity=0.0, lr=0.03, lr_schedule="constant"
-    )
+    config = dataclasses.replace(TRAIN, steps=30, l1_activity=0.0, lr=0.03, lr_schedule="constant")
     field = loaded.model.prior_field(study=study)
     with torch.no_grad():
         field.log_concentration += math.log(2.0)

@@ -217,8 +217,7 @@ def train_cohort(
         typer.Option(
             "--organ-bound",
             min=0.0,
-            help="With --organ-code: the network scales each organ's uptake within "
-            "[e^-B, e^B].",
+            help="With --organ-code: the network scales each organ's uptake within [e^-B, e^B].",
         ),
     ] = 0.7,
     force: ForceOption = False,
@@ -295,11 +294,12 @@ def train_cohort(
             f"{fc.encoding}, latent {fc.latent_dim} per study"
             + (", anatomy-conditioned" if config.anatomy else ""),
         ),
-        *([("organ code", f"B = {organ_bound:g}, from each study's organ fit")] if organ_code else []),
         ("processes", f"{processes} on {result.device}"),
         ("steps", f"{result.steps_done} × {train.rays_per_step} lines (global batch)"),
         ("time", f"{time.perf_counter() - start:.1f} s"),
     ]
+    if organ_code:
+        rows.insert(2, ("organ code", f"B = {organ_bound:g}, from each study's organ fit"))
     if math.isfinite(result.samples_per_s):
         rows.append(("throughput", f"{result.samples_per_s:.4g} lines/s"))
     if result.losses:

@@ -44,7 +44,8 @@ compartments (segments and background, initialised from the study's organ fit, Q
 of the table ``organ_codes`` ``[n_studies, K_max]``. The activity is the organ-anchored field's
 (`recon.nerf.organ_field.anchored_activity`),
 
-    e_s(p) = Σ_k e^{ℓ_{s,k}} m_{s,k}(p) · exp(B · tanh(n₀)) + level_s · softplus(n₁ − 4) · body_s(p),
+    e_s(p) = Σ_k e^{ℓ_{s,k}} m_{s,k}(p) · exp(B · tanh(n₀))
+             + level_s · softplus(n₁ − 4) · body_s(p),
     n = MLP([encoding(p̂), features_s(p), z_s]),
 
 so the network learns only what the anatomy does not say (within-organ modulation, activity

@@ -240,7 +240,9 @@ class StudyStore:
             level = data.activity_level()
         except ValueError as error:
             raise ValueError(f"{entry.path}: {error}") from None
-        anchor, compartments, start = None, (), ()
+        anchor: OrganAnchor | None = None
+        compartments: tuple[str, ...] = ()
+        start: tuple[float, ...] = ()
         if self.organ_code:
             try:
                 organ_fit = study_organ_fit(study, device=self.device)

@@ -222,7 +222,7 @@ class OrganAnchor(nn.Module):
         return lut[k.long()] * self.weight
 
     def forward(self, points_mm: torch.Tensor, log_concentration: torch.Tensor) -> torch.Tensor:
-        """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear (zero beyond the grid)."""
+        """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear, zero beyond the grid."""
         values = GridField(self.volume(log_concentration), self.grid)(points_mm.float())
         return values.to(points_mm.dtype)
 
