@@ -149,8 +149,15 @@ def test_organ_codes_receive_the_anchor_gradient() -> None:
     from recon.nerf.anatomy_field import AnatomyFeatures
 
     feats = AnatomyFeatures(grid, features)
+    with torch.no_grad():
+        model.organ_codes[0] = log_c.detach()[:3]
     field = model.study_field(0, 100.0, feats, anchor)
-    field(points).sum().backward()
+    values = field(points)
+    # A fresh model is the anchor (its output layer starts at zero) plus the residual's offset.
+    offset = 100.0 * math.log1p(math.exp(RESIDUAL_OFFSET))
+    expected = anchor(points, log_c.detach()) + offset
+    torch.testing.assert_close(values.detach(), expected, rtol=1e-6, atol=1e-4)
+    values.sum().backward()
     grad = model.organ_codes.grad
     assert grad is not None
     assert bool((grad[0] != 0).all()) and bool((grad[1] == 0).all())
