@@ -2,7 +2,8 @@
 
 - `recon.cohort.manifest`: which study files form a cohort (CSV or folder), train/val split;
 - `recon.cohort.model`: `CohortModel`, the shared `EmissionField` and a table of per-study
-  latent codes (auto-decoder);
+  latent codes (auto-decoder), optionally anatomy-conditioned and with organ-anchored codes
+  (per-study organ log-concentrations, `recon.nerf.organ_field`);
 - `recon.cohort.training`: `train_cohort`, data-parallel over ``torchrun`` processes with
   `torch.distributed` (DistributedDataParallel; NCCL on GPUs, gloo on CPUs): the cohort
   objective of the one training loop, `recon.training.Trainer`;

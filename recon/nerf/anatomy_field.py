@@ -51,6 +51,7 @@ __all__ = [
     "AnatomyFeatures",
     "AnatomyField",
     "AnatomyFieldConfig",
+    "AnatomyNetworkField",
     "anatomy_features_for_study",
     "anatomy_field_for_study",
 ]
@@ -268,7 +269,29 @@ class AnatomyFeatures(nn.Module):
         return features.reshape(*batch, self.out_features)
 
 
-class AnatomyField(nn.Module):
+class AnatomyNetworkField(nn.Module):
+    """Base of the fields built around an `EmissionField` ``network`` with anatomy features
+    (`AnatomyField`, `recon.nerf.organ_field.OrganAnchoredField`): it exposes the network's
+    ``features``, ``scale`` and ``latent``, so that `fit` (scale setting, ``latent_l2``) treats
+    the field like an `EmissionField`."""
+
+    network: EmissionField
+
+    @property
+    def features(self) -> AnatomyFeatures:
+        return self.network.features  # type: ignore[return-value]  # built with AnatomyFeatures
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The network's ``scale`` buffer."""
+        return self.network.scale
+
+    @property
+    def latent(self) -> torch.Tensor:
+        return self.network.latent
+
+
+class AnatomyField(AnatomyNetworkField):
     """Activity ``[...]`` (>= 0, unit of ``scale``; exactly 0 outside the body) at points
     ``[..., 3]`` (x, y, z mm), from position and anatomy.
 
@@ -284,8 +307,8 @@ class AnatomyField(nn.Module):
         Activity concentration of a unit network output (`recon.nerf.training.fit` sets it).
 
     The network is an `EmissionField` (``network``) with the features as its extra input; the
-    field exposes its ``scale``, ``latent`` and ``features`` so that `fit` (scale setting,
-    ``latent_l2``) treats it like an `EmissionField`.
+    field exposes its ``scale`` (the activity of a unit output), ``latent`` and ``features``
+    (`AnatomyNetworkField`).
     """
 
     def __init__(
@@ -312,19 +335,6 @@ class AnatomyField(nn.Module):
         self.grid = grid
         self.config = config
         self.network = EmissionField(grid, config.field, scale, features=features)
-
-    @property
-    def features(self) -> AnatomyFeatures:
-        return self.network.features  # type: ignore[return-value]  # built with AnatomyFeatures
-
-    @property
-    def scale(self) -> torch.Tensor:
-        """The network's ``scale`` buffer (activity of a unit output)."""
-        return self.network.scale
-
-    @property
-    def latent(self) -> torch.Tensor:
-        return self.network.latent
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
         values = self.network(points_mm)

@@ -41,7 +41,12 @@ import torch
 from torch import nn
 
 from recon.io.study import Study
-from recon.nerf.anatomy_field import AnatomyFeatureConfig, AnatomyFeatures, _known
+from recon.nerf.anatomy_field import (
+    AnatomyFeatureConfig,
+    AnatomyFeatures,
+    AnatomyNetworkField,
+    _known,
+)
 from recon.nerf.field import EmissionField, FieldConfig
 from spectproj import GridField, ImageGrid
 
@@ -248,7 +253,7 @@ def anchored_activity(
     return values.to(anchor.dtype)
 
 
-class OrganAnchoredField(nn.Module):
+class OrganAnchoredField(AnatomyNetworkField):
     """Activity ``[...]`` (>= 0, the study's activity unit) at points ``[..., 3]`` (x, y, z mm):
     organ concentrations times a learned modulation, plus a residual (module notes).
 
@@ -270,7 +275,8 @@ class OrganAnchoredField(nn.Module):
     Attributes
     ----------
     network:
-        The `EmissionField` with the anatomy features and ``config.organ.outputs`` outputs.
+        The `EmissionField` with the anatomy features and ``config.organ.outputs`` outputs (its
+        ``features``, ``scale`` and ``latent`` are the field's, `AnatomyNetworkField`).
     anchor:
         The `OrganAnchor`.
     log_concentration:
@@ -319,19 +325,6 @@ class OrganAnchoredField(nn.Module):
         )
         self.anchor = anchor
         self.log_concentration = nn.Parameter(start.clone())
-
-    @property
-    def features(self) -> AnatomyFeatures:
-        return self.network.features  # type: ignore[return-value]  # built with AnatomyFeatures
-
-    @property
-    def scale(self) -> torch.Tensor:
-        """The network's ``scale`` buffer (activity of a unit residual)."""
-        return self.network.scale
-
-    @property
-    def latent(self) -> torch.Tensor:
-        return self.network.latent
 
     def concentrations(self) -> dict[str, float]:
         """The current concentration of each compartment (activity unit), by name."""
