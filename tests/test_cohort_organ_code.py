@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cli.main import app
 from recon.algorithms.poisson import poisson_deviance
 from recon.cohort import CohortConfig, fit_with_prior, load_cohort_model, train_cohort
 from recon.cohort.make import make_cohort
@@ -37,7 +38,13 @@ from recon.nerf.organ_field import (
 from recon.nerf.rays import RayData
 from recon.nerf.training import fit
 from recon.reconstruct import reconstruct_nerf
-from tests.test_cohort import _one_thread  # noqa: F401  # the autouse fixture: one torch thread
+from tests.test_cohort import (  # noqa: F401  # _one_thread: the autouse fixture, one thread
+    ONE_VS_TWO_ATOL,
+    REPO,
+    _config_of,
+    _free_port,
+    _one_thread,
+)
 
 FIELD = FieldConfig(
     encoding="hashgrid", latent_dim=4, hash_levels=4, hash_log2_size=10, hash_base_resolution=4,
@@ -302,23 +309,40 @@ def test_settings_are_checked() -> None:
                            log_concentration=np.zeros(2))  # fmt: skip
 
 
-def test_cli_train_cohort_organ_code(trained, tmp_path) -> None:
+def test_cli_under_torchrun_one_process_and_a_lazy_store_train_the_same_model(
+    trained, tmp_path
+) -> None:
     model = tmp_path / "m.pt"
     toml = tmp_path / "t.toml"
     toml.write_text(
+        "steps = 3\nrays_per_step = 64\nn_samples = 8\nl1_activity = 0.05\n"
         "[field]\nencoding = 'hashgrid'\nlatent_dim = 4\nhash_levels = 4\nhash_log2_size = 10\n"
         "hash_base_resolution = 4\nhash_finest_resolution = 32\nhash_mlp_width = 16\n",
         encoding="utf-8",
     )
     manifest = trained["folder"] / "c" / "cohort.csv"
-    done = CliRunner().invoke(
-        app, ["train-cohort", str(manifest), "-o", str(model), "--config", str(toml),
-              "--steps", "2", "--rays-per-step", "64", "--samples", "8", "--val-steps", "0",
-              "--device", "cpu", "--organ-code", "--organ-bound", "0.5"],
-    )  # fmt: skip
-    assert done.exit_code == 0, done.output
-    assert "B = 0.5, from each study's organ fit" in done.output
-    assert "anatomy-conditioned" in done.output
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "-m", "cli.main", "train-cohort", str(manifest), "-o", str(model), "--config", str(toml),
+        "--val-steps", "0", "--backend", "gloo", "--device", "cpu", "--organ-code",
+        "--organ-bound", "0.5", "--studies-per-step", "1", "--group-steps", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPECT_PROGRESS": "0"}
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "B = 0.5, from each study's organ fit" in done.stdout
     saved = load_checkpoint(model)
     assert saved["representation"]["organ_code"]["bound"] == 0.5
     assert saved["config"]["anatomy"] is True and saved["config"]["organ_code"] is True
+    assert saved["world_size"] == 2
+    config = _config_of(model)
+    one = train_cohort(manifest, config)
+    lazy = train_cohort(manifest, dataclasses.replace(config, cache_studies=1))
+    assert lazy.max_studies_held == 1 and lazy.study_reads >= 1  # anchors read again
+    two = load_cohort_model(model).model.state_dict()
+    for name, value in one.model.state_dict().items():
+        assert float((value - two[name]).abs().max()) <= ONE_VS_TWO_ATOL, name
+        assert torch.equal(value, lazy.model.state_dict()[name]), name
