@@ -1,12 +1,14 @@
 """`train_cohort`: train a shared emission network and one latent code per study on a cohort.
 
 **Model and loss.** `recon.cohort.model.CohortModel`: the activity of training study ``s`` is
-``level_s · softplus(MLP([enc(p̂), z_s]))``. Each step draws a global minibatch of
-``config.train.rays_per_step`` samples; a sample is one detector line of one study (uniform over
-the training studies, then uniform over that study's training lines; with AP/PA a line is
-rendered in both views from the same field samples, `recon.nerf.rays.RayData`). The loss of a
-step is the mean over the global batch of the single-study loss of `recon.nerf.training.fit`
-(the same terms, `recon.training.terms`):
+``level_s · softplus(MLP([enc(p̂), z_s]))`` (with ``anatomy`` the network also takes the study's
+anatomy features; with ``organ_code`` the activity is its organ fit's compartments at trainable
+log-concentrations, modulated by the network, plus a residual). Each step draws a global
+minibatch of ``config.train.rays_per_step`` samples; a sample is one detector line of one
+study (uniform over the training studies, then uniform over that study's training lines; with
+AP/PA a line is rendered in both views from the same field samples, `recon.nerf.rays.RayData`).
+The loss of a step is the mean over the global batch of the single-study loss of
+`recon.nerf.training.fit` (the same terms, `recon.training.terms`):
 
     ℓ(sample) = (poisson_nll − poisson_nll_saturated) / count_level_s        (per pixel mean)
               + latent_l2 · ‖z_s‖² + tv_ray · TV_ray / level_s + …,
@@ -236,8 +238,8 @@ class CohortConfig:
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.organ_code and not self.anatomy:
             raise ValueError(
-                "organ_code needs anatomy=True (--organ-code needs --anatomy): the organ code is "
-                "anchored on each study's segmentation"
+                "organ_code needs anatomy=True: the organ code is anchored on each study's "
+                "segmentation, which the network also takes as input"
             )
         OrganCodeConfig(bound=self.organ_bound, residual=self.organ_residual)  # checks them
         if self.backend not in BACKENDS:
