@@ -394,7 +394,7 @@ def figure(record: dict[str, Any], path: Path) -> None:
         "prior (organ code)": ("o--", "tab:purple"),
         "prior (organ code) + fine-tune": ("s-", "tab:purple"),
     }
-    references = zip(SINGLE, ("tab:red", "tab:green", "tab:gray"), strict=True)
+    references = list(zip(SINGLE, ("tab:red", "tab:green", "tab:gray"), strict=True))
     for row, (title, summary) in enumerate(panels):
         for col, key in enumerate(("organ_mean_abs", "lesion_mean_abs")):
             ax = axes[row][col]
@@ -406,13 +406,13 @@ def figure(record: dict[str, Any], path: Path) -> None:
                 if name in summary:
                     ax.axhline(summary[name][key], color=colour, ls=":", label=name)
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            ax.set_ylim(bottom=0)
             ax.set_xticks(sizes, [str(n) for n in sizes])
             ax.set_xlabel("training anatomies N")
             what = "organs" if col == 0 else "lesions ≥ 5 mL"
             ax.set_ylabel(f"mean |error| (%), {what}")
             ax.set_title(title)
-            ax.grid(alpha=0.3, which="both")
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
