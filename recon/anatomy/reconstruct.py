@@ -373,6 +373,7 @@ def _train_residual(
             register=config.register,
             boundary=config.boundary,
             source_prior=config.source_prior,
+            data_counts=float(np.sum(study.projections)),
         )
         if previous is not None:
             with torch.no_grad():
@@ -475,7 +476,7 @@ def _table(
             rest = expected.reshape(views.shape) - amplitudes[k + j] * unit
             source_activity, source_sd = conjugate_activity(views, rest, unit, pair)
         source_activities.append(source_activity)
-        peak = source_activity / ((2.0 * math.pi) ** 1.5 * (s.sigma_mm * 0.1) ** 3)  # per mL
+        peak = source_activity * float(source_parts[j].max())  # activity unit (per mL)
         voxel = _nearest_voxel(study, s.centre_mm)
         inside = int(compartments.index[voxel])
         host, contrast = _host(inside, voxel, peak, c, distances)

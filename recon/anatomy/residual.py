@@ -61,14 +61,16 @@ Box = tuple[slice, slice, slice]
 MODULATION_GRID = (3, 3, 3)
 #: Bound on each node of the log-modulation: the uptake varies by a factor of at most e^±0.7.
 MAX_LOG_MODULATION = 0.7
-#: Weight of the L2 prior on the log-modulation nodes.
-MODULATION_PRIOR = 1e-3
+#: Prior standard deviation of each log-modulation node (a Gaussian prior, in units of the
+#: Poisson log-likelihood): uptake inside an organ varies by some tens of percent.
+MODULATION_PRIOR_SD = 0.3
 #: Bound on each component (x, y, z) of a segment's registration shift, in voxels.
 MAX_SHIFT_VOX = 1.5
 #: Bound on each segment's boundary offset (voxels, outward positive).
 MAX_BOUNDARY_VOX = 1.5
-#: Weight of the L2 prior on the boundary offsets (in voxels): a segmentation is mostly right.
-BOUNDARY_PRIOR = 1e-3
+#: Prior standard deviation (voxels) of each boundary offset: a segmentation is right to about
+#: a voxel.
+BOUNDARY_PRIOR_SD = 1.0
 #: Largest width σ (mm) of a residual source (a uniform sphere of about 9 cm has this rms
 #: radius per axis): sources are focal; what is broader belongs to the organs and background.
 MAX_SOURCE_SIGMA_MM = 20.0
@@ -113,6 +115,11 @@ class OrganResidualModel(nn.Module):
         Fit the boundary offset ``b_k`` of each segment (its dilation or erosion).
     source_prior:
         Weight of the L1 prior on the source activities, relative to the data term (>= 0).
+    data_counts:
+        Total counts of the data the model is fitted to (> 0). The training loss is the Poisson
+        negative log-likelihood divided by them (`recon.training.terms`), so the Gaussian priors
+        on the modulation and the boundary offsets, in log-likelihood units, are divided by the
+        same number: their weight against the data does not depend on the count level.
     """
 
     xs: torch.Tensor
@@ -142,6 +149,7 @@ class OrganResidualModel(nn.Module):
         register: bool = True,
         boundary: bool = True,
         source_prior: float = 0.0,
+        data_counts: float = 1e6,
     ) -> None:
         super().__init__()
         if compartments.index.shape != tuple(grid.shape):
@@ -155,6 +163,9 @@ class OrganResidualModel(nn.Module):
             )
         if not (math.isfinite(source_prior) and source_prior >= 0):
             raise ValueError(f"source_prior must be >= 0, got {source_prior!r}")
+        if not (math.isfinite(data_counts) and data_counts > 0):
+            raise ValueError(f"data_counts must be > 0, got {data_counts!r}")
+        self.data_counts = float(data_counts)
         self.grid = grid
         self.compartments = compartments
         self.source_prior = float(source_prior)
@@ -360,14 +371,15 @@ class OrganResidualModel(nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """The model's prior (added to the data term by `fit`): L1 on the source activities
-        (in units of the data's activity level × 100 voxels) and a small L2 on the
-        log-modulation nodes and the boundary offsets."""
+        (in units of the data's activity level × 100 voxels), and Gaussian priors on the
+        log-modulation nodes (sd `MODULATION_PRIOR_SD`) and the boundary offsets (sd
+        `BOUNDARY_PRIOR_SD`), as negative log-likelihoods divided by ``data_counts``."""
         l1 = self.source_activities().sum() / self.a_unit
-        return (
-            self.source_prior * l1
-            + MODULATION_PRIOR * (self.log_modulations() ** 2).sum()
-            + BOUNDARY_PRIOR * (self.boundary_offsets_vox() ** 2).sum()
+        gaussian = 0.5 * (
+            ((self.log_modulations() / MODULATION_PRIOR_SD) ** 2).sum()
+            + ((self.boundary_offsets_vox() / BOUNDARY_PRIOR_SD) ** 2).sum()
         )
+        return self.source_prior * l1 + gaussian / self.data_counts
 
     def sources(self) -> tuple[ResidualSource, ...]:
         """The current residual sources."""
