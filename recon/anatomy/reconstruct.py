@@ -84,6 +84,8 @@ class OrgansConfig:
         Fit the smooth within-organ modulation of the uptake (residual model only).
     register:
         Fit a registration shift of each segment (residual model only).
+    boundary:
+        Fit a boundary offset (dilation/erosion) of each segment (residual model only).
     max_sources:
         At most this many residual sources per detection round.
     source_threshold:
@@ -109,6 +111,7 @@ class OrgansConfig:
     residual: bool = True
     modulation: bool = True
     register: bool = True
+    boundary: bool = True
     max_sources: int = 8
     source_threshold: float = 5.0
     source_prior: float = 0.0
@@ -368,12 +371,15 @@ def _train_residual(
             support,
             modulation=config.modulation,
             register=config.register,
+            boundary=config.boundary,
             source_prior=config.source_prior,
+            data_counts=float(np.sum(study.projections)),
         )
         if previous is not None:
             with torch.no_grad():
                 model.modulation.copy_(previous.modulation)
                 model.registration.copy_(previous.registration)
+                model.boundary.copy_(previous.boundary)
         outcome = fit(
             model,
             study,
@@ -470,7 +476,7 @@ def _table(
             rest = expected.reshape(views.shape) - amplitudes[k + j] * unit
             source_activity, source_sd = conjugate_activity(views, rest, unit, pair)
         source_activities.append(source_activity)
-        peak = source_activity / ((2.0 * math.pi) ** 1.5 * (s.sigma_mm * 0.1) ** 3)  # per mL
+        peak = source_activity * float(source_parts[j].max())  # activity unit (per mL)
         voxel = _nearest_voxel(study, s.centre_mm)
         inside = int(compartments.index[voxel])
         host, contrast = _host(inside, voxel, peak, c, distances)

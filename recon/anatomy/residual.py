@@ -2,7 +2,7 @@
 
 The activity model (`docs/anatomy.md`)::
 
-    e(x) = Σ_k m_k(x − t_k) · c_k · exp(g_k(x))  +  Σ_j a_j · G(x; p_j, s_j)
+    e(x) = Σ_k m_k(x − t_k; b_k) · c_k · exp(g_k(x))  +  Σ_j a_j · G(x; p_j, s_j)
 
 - ``m_k``, ``c_k``: compartment masks and concentrations, started from the organ fit
   (`recon.anatomy.organ_fit`);
@@ -10,6 +10,11 @@ The activity model (`docs/anatomy.md`)::
   interpolation between whole-voxel shifts), as EQPlanar fits per organ: a segmentation that is
   off by a voxel otherwise leaves counts at the organ's edges that no concentration explains.
   The background regions fill whatever the shifted segments leave of the support;
+- ``b_k``: a boundary offset of each segment (up to `MAX_BOUNDARY_VOX` voxels, linear between
+  whole voxels, from the segment's signed distance map): outward grows the segment, inward shrinks
+  it, the dilation or erosion of a segmentation drawn one voxel too wide or too tight. A shift
+  cannot explain either: a too-wide kidney leaves counts missing at its centre and in excess at
+  its rim, and a residual source nearby then takes the centre's counts;
 - ``g_k``: a smooth modulation of the uptake across segment k: trilinear over the segment's
   bounding box from a coarse grid of `MODULATION_GRID` values, each bounded to
   ``±MAX_LOG_MODULATION`` (a factor 0.5 … 2) and pulled towards 0 by a small L2 prior — the
@@ -40,6 +45,7 @@ from recon.anatomy.compartments import Compartments
 from spectproj import GridField, ImageGrid
 
 __all__ = [
+    "MAX_BOUNDARY_VOX",
     "MAX_LOG_MODULATION",
     "MAX_SHIFT_VOX",
     "MAX_SOURCE_SIGMA_MM",
@@ -55,10 +61,16 @@ Box = tuple[slice, slice, slice]
 MODULATION_GRID = (3, 3, 3)
 #: Bound on each node of the log-modulation: the uptake varies by a factor of at most e^±0.7.
 MAX_LOG_MODULATION = 0.7
-#: Weight of the L2 prior on the log-modulation nodes.
-MODULATION_PRIOR = 1e-3
+#: Prior standard deviation of each log-modulation node (a Gaussian prior, in units of the
+#: Poisson log-likelihood): uptake inside an organ varies by some tens of percent.
+MODULATION_PRIOR_SD = 0.3
 #: Bound on each component (x, y, z) of a segment's registration shift, in voxels.
 MAX_SHIFT_VOX = 1.5
+#: Bound on each segment's boundary offset (voxels, outward positive).
+MAX_BOUNDARY_VOX = 1.5
+#: Prior standard deviation (voxels) of each boundary offset: a segmentation is right to about
+#: a voxel.
+BOUNDARY_PRIOR_SD = 1.0
 #: Largest width σ (mm) of a residual source (a uniform sphere of about 9 cm has this rms
 #: radius per axis): sources are focal; what is broader belongs to the organs and background.
 MAX_SOURCE_SIGMA_MM = 20.0
@@ -99,8 +111,15 @@ class OrganResidualModel(nn.Module):
         Fit the smooth uptake modulation ``g_k`` of each segment (background regions have none).
     register:
         Fit the registration shift ``t_k`` of each segment.
+    boundary:
+        Fit the boundary offset ``b_k`` of each segment (its dilation or erosion).
     source_prior:
         Weight of the L1 prior on the source activities, relative to the data term (>= 0).
+    data_counts:
+        Total counts of the data the model is fitted to (> 0). The training loss is the Poisson
+        negative log-likelihood divided by them (`recon.training.terms`), so the Gaussian priors
+        on the modulation and the boundary offsets, in log-likelihood units, are divided by the
+        same number: their weight against the data does not depend on the count level.
     """
 
     xs: torch.Tensor
@@ -128,7 +147,9 @@ class OrganResidualModel(nn.Module):
         *,
         modulation: bool = True,
         register: bool = True,
+        boundary: bool = True,
         source_prior: float = 0.0,
+        data_counts: float = 1e6,
     ) -> None:
         super().__init__()
         if compartments.index.shape != tuple(grid.shape):
@@ -142,6 +163,9 @@ class OrganResidualModel(nn.Module):
             )
         if not (math.isfinite(source_prior) and source_prior >= 0):
             raise ValueError(f"source_prior must be >= 0, got {source_prior!r}")
+        if not (math.isfinite(data_counts) and data_counts > 0):
+            raise ValueError(f"data_counts must be > 0, got {data_counts!r}")
+        self.data_counts = float(data_counts)
         self.grid = grid
         self.compartments = compartments
         self.source_prior = float(source_prior)
@@ -166,8 +190,10 @@ class OrganResidualModel(nn.Module):
         # The background regions' bands (the segments' rows of `bands` are zero).
         self.background_rows = [i for i in range(k) if compartments.background[i]]
         self.register_buffer("background_bands", bands[self.background_rows], persistent=False)
-        # Each segment lives in its bounding box (with room for the shift).
-        pad = math.ceil(MAX_SHIFT_VOX) + 1
+        # Each segment lives in its bounding box (with room for the shift and the boundary).
+        pad = math.ceil(MAX_SHIFT_VOX) + math.ceil(MAX_BOUNDARY_VOX) + 1
+        sampling = np.asarray(grid.spacing_mm, dtype=np.float64)
+        sampling = sampling / sampling.min()
         self.boxes: list[Box | None] = []
         for i in range(k):
             if not bool(segment[i]):
@@ -182,8 +208,8 @@ class OrganResidualModel(nn.Module):
                 slice(int(lo[2]), int(hi[2])),
             )
             self.boxes.append(box)
-            mask = torch.as_tensor(compartments.index[box] == i, dtype=torch.float32)
-            self.register_buffer(f"_mask{i}", mask, persistent=False)
+            distance = _signed_distance(compartments.index[box] == i, sampling)
+            self.register_buffer(f"_distance{i}", distance, persistent=False)
         # Parameters, all of order one.
         level = float(c0.max()) if c0.max() > 0 else 1.0
         self.register_buffer("scale", torch.tensor(level), persistent=True)
@@ -195,6 +221,9 @@ class OrganResidualModel(nn.Module):
         registered = segment.float() if register else torch.zeros(k)
         self.register_buffer("registered", registered, persistent=True)
         self.registration = nn.Parameter(torch.zeros(k, 3))
+        bounded = segment.float() if boundary else torch.zeros(k)
+        self.register_buffer("bounded", bounded, persistent=True)
+        self.boundary = nn.Parameter(torch.zeros(k))
         n = len(sources)
         spacing = torch.tensor(grid.spacing_mm[::-1], dtype=torch.float32)  # x, y, z
         self.register_buffer("spacing_xyz", spacing, persistent=False)
@@ -239,6 +268,19 @@ class OrganResidualModel(nn.Module):
         each in ``[−MAX_SHIFT_VOX, MAX_SHIFT_VOX]``."""
         return MAX_SHIFT_VOX * torch.tanh(self.registration) * self.registered[:, None]
 
+    def boundary_offsets_vox(self) -> torch.Tensor:
+        """``[K]`` boundary offset of each compartment (voxels, outward positive; 0 for
+        backgrounds), each in ``[−MAX_BOUNDARY_VOX, MAX_BOUNDARY_VOX]``."""
+        return MAX_BOUNDARY_VOX * torch.tanh(self.boundary) * self.bounded
+
+    def segment_mask(self, k: int) -> torch.Tensor:
+        """Segment k's mask within its box with its boundary offset (before the shift): the
+        fraction ``clamp(½ + b_k − d, 0, 1)`` of each voxel, ``d`` the voxel's signed distance to
+        the outline (−½ on the inner shell, +½ on the outer one): exactly the segment at
+        ``b_k = 0``, one voxel dilated at ``b_k = 1``."""
+        distance = getattr(self, f"_distance{k}")
+        return (0.5 + self.boundary_offsets_vox()[k] - distance).clamp(0.0, 1.0)
+
     def _segment_parts(self) -> list[tuple[int, tuple[slice, slice, slice], torch.Tensor,
                                              torch.Tensor]]:  # fmt: skip
         """``(k, box, shifted mask, modulation)`` of each segment, within its box."""
@@ -247,7 +289,7 @@ class OrganResidualModel(nn.Module):
         for k, box in enumerate(self.boxes):
             if box is None:
                 continue
-            mask = _shift_volume(getattr(self, f"_mask{k}"), shifts[k])
+            mask = _shift_volume(self.segment_mask(k), shifts[k])
             g = nn.functional.interpolate(
                 nodes[k][None, None], size=tuple(mask.shape), mode="trilinear", align_corners=True
             )[0, 0]
@@ -329,10 +371,15 @@ class OrganResidualModel(nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """The model's prior (added to the data term by `fit`): L1 on the source activities
-        (in units of the data's activity level × 100 voxels) and a small L2 on the
-        log-modulation nodes."""
+        (in units of the data's activity level × 100 voxels), and Gaussian priors on the
+        log-modulation nodes (sd `MODULATION_PRIOR_SD`) and the boundary offsets (sd
+        `BOUNDARY_PRIOR_SD`), as negative log-likelihoods divided by ``data_counts``."""
         l1 = self.source_activities().sum() / self.a_unit
-        return self.source_prior * l1 + MODULATION_PRIOR * (self.log_modulations() ** 2).sum()
+        gaussian = 0.5 * (
+            ((self.log_modulations() / MODULATION_PRIOR_SD) ** 2).sum()
+            + ((self.boundary_offsets_vox() / BOUNDARY_PRIOR_SD) ** 2).sum()
+        )
+        return self.source_prior * l1 + gaussian / self.data_counts
 
     def sources(self) -> tuple[ResidualSource, ...]:
         """The current residual sources."""
@@ -375,6 +422,17 @@ def _background_bands(compartments: Compartments, support: torch.Tensor) -> torc
     for z in range(nz):
         bands[int(slice_band[z]), z] = support[z].float()
     return bands
+
+
+def _signed_distance(mask: np.ndarray, sampling: np.ndarray) -> torch.Tensor:
+    """Signed distance (voxels of the finest axis) of each voxel centre to a mask's outline:
+    −½ on the mask's outer shell, +½ on the first shell outside, further in or out by the
+    Euclidean distance between voxel centres."""
+    from scipy import ndimage
+
+    inside = ndimage.distance_transform_edt(mask, sampling=sampling) - 0.5
+    outside = ndimage.distance_transform_edt(~mask, sampling=sampling) - 0.5
+    return torch.as_tensor(np.where(mask, -inside, outside), dtype=torch.float32)
 
 
 def _shift_volume(volume: torch.Tensor, shift_xyz: torch.Tensor) -> torch.Tensor:
