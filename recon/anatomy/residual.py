@@ -133,6 +133,7 @@ class OrganResidualModel(nn.Module):
     c0: torch.Tensor
     modulated: torch.Tensor
     registered: torch.Tensor
+    bounded: torch.Tensor
     spacing_xyz: torch.Tensor
     p0: torch.Tensor
     a_unit: torch.Tensor
