@@ -23,6 +23,7 @@ from recon.anatomy.compartments import tissue_fraction
 from recon.anatomy.organ_fit import fisher_information, fit_organ_coefficients
 from recon.anatomy.quantify import quantify, rows_to_csv
 from recon.anatomy.reconstruct import LESION_CONTRAST, SPILL_MARGIN_VOXELS, _host
+from recon.anatomy.residual import BOUNDARY_PRIOR_SD, MAX_BOUNDARY_VOX, MODULATION_PRIOR_SD
 from recon.anatomy.sources import conjugate_activity, find_sources, opposed_pair
 from recon.io import Acquisition, Anatomy, Result, Study
 from spectproj import CollimatorResponse, ImageGrid, ParallelGeometry, SPECTProjector
@@ -253,6 +254,66 @@ def test_residual_model_parts_hold_their_activities() -> None:
         model.modulation.fill_(50.0)
         nodes = model.log_modulations()
         assert float(nodes[:2].max()) == pytest.approx(0.7) and float(nodes[2].abs().max()) == 0
+
+
+def test_boundary_offset_dilates_and_erodes_a_segment_by_whole_voxels() -> None:
+    """b = 0 is the segment, b = +1 adds the voxels face-adjacent to it (scipy's binary dilation
+    with the cross), b = −1 removes its outer shell (binary erosion); in between, linear."""
+    from scipy import ndimage
+
+    study, _ = _slab_study({"front": 1.0, "back": 1.0, "background": 1.0})
+    anatomy = study.anatomy
+    assert anatomy is not None
+    comp = compartments_from_anatomy(anatomy)
+    model = OrganResidualModel(study.grid, comp, np.array([5.0, 2.0, 0.5]), (), anatomy.body)
+    box = model.boxes[0]
+    assert box is not None
+    segment = comp.index[box] == 0
+    cross = ndimage.generate_binary_structure(3, 1)
+    with torch.no_grad():
+        for offset, want in (
+            (0.0, segment),
+            (1.0, ndimage.binary_dilation(segment, cross)),
+            (-1.0, ndimage.binary_erosion(segment, cross)),
+        ):
+            model.boundary[0] = math.atanh(offset / MAX_BOUNDARY_VOX)
+            mask = model.segment_mask(0).numpy()
+            assert np.array_equal(mask[want], np.ones(int(want.sum()))), offset
+            # Only voxels diagonal to the segment (distance √2 > 1) are partly in at b = +1.
+            assert (mask[~want] < 1.0).all() and (mask[~want] <= max(offset, 0.0) * 0.6).all()
+        model.boundary[0] = math.atanh(0.5 / MAX_BOUNDARY_VOX)
+        half = model.segment_mask(0).numpy()
+        shell = ndimage.binary_dilation(segment, cross) & ~segment
+        assert np.allclose(half[shell], 0.5) and np.allclose(half[segment], 1.0)
+        # Background regions have no boundary offset.
+        model.boundary.fill_(5.0)
+        assert float(model.boundary_offsets_vox()[2]) == 0.0
+
+
+def test_residual_priors_are_likelihoods_independent_of_the_count_level() -> None:
+    """The Gaussian priors on the modulation and the boundary offsets are negative
+    log-likelihoods divided by the data's counts (the data term's normalisation)."""
+    study, _ = _slab_study({"front": 1.0, "back": 1.0, "background": 1.0})
+    anatomy = study.anatomy
+    assert anatomy is not None
+    comp = compartments_from_anatomy(anatomy)
+    values = []
+    for counts in (1e4, 1e8):
+        model = OrganResidualModel(
+            study.grid, comp, np.array([5.0, 2.0, 0.5]), (), anatomy.body, data_counts=counts
+        )
+        with torch.no_grad():
+            model.modulation.fill_(0.3)
+            model.boundary.fill_(0.2)
+            g, b = model.log_modulations(), model.boundary_offsets_vox()
+            want = 0.5 * float(
+                ((g / MODULATION_PRIOR_SD) ** 2).sum() + ((b / BOUNDARY_PRIOR_SD) ** 2).sum()
+            )
+            values.append(float(model.penalty()) * counts)
+        assert values[-1] == pytest.approx(want, rel=1e-5) and want > 0
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+    with pytest.raises(ValueError, match="data_counts must be > 0"):
+        OrganResidualModel(study.grid, comp, np.ones(3), (), anatomy.body, data_counts=0.0)
 
 
 def test_background_follows_the_tissue_fraction() -> None:

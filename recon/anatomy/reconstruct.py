@@ -10,9 +10,8 @@
 2. fit one concentration per compartment (`recon.anatomy.organ_fit.fit_organs`): QPlanar;
 3. with ``residual=True``: train `OrganResidualModel` with the project's one training loop
    (`recon.nerf.training.fit`, whole views through the projector with the collimator blur),
-   first the organs alone (registration shift and uptake modulation of each segment), then, round
-   by round,
-   with residual sources seeded where counts stay unexplained
+   first the organs alone (registration shift, boundary offset and uptake modulation of each
+   segment), then, round by round, with residual sources seeded where counts stay unexplained
    (`recon.anatomy.sources.find_sources`);
 4. attach the per-compartment table with its Cramér–Rao uncertainties (and the sources found) to
    the `Result`'s parameters under ``"organ_table"`` and ``"sources"``. Each source's activity

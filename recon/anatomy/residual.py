@@ -17,7 +17,7 @@ The activity model (`docs/anatomy.md`)::
   its rim, and a residual source nearby then takes the centre's counts;
 - ``g_k``: a smooth modulation of the uptake across segment k: trilinear over the segment's
   bounding box from a coarse grid of `MODULATION_GRID` values, each bounded to
-  ``±MAX_LOG_MODULATION`` (a factor 0.5 … 2) and pulled towards 0 by a small L2 prior — the
+  ``±MAX_LOG_MODULATION`` (a factor 0.5 … 2) and pulled towards 0 by a Gaussian prior — the
   smooth part of uneven uptake, which the two views see across the detector and, through the
   attenuation, weakly in depth;
 - ``G(x; p, s)``: a normalised 3D Gaussian at ``p`` (mm) of width ``s`` (mm), ``a_j`` its
@@ -119,7 +119,9 @@ class OrganResidualModel(nn.Module):
         Total counts of the data the model is fitted to (> 0). The training loss is the Poisson
         negative log-likelihood divided by them (`recon.training.terms`), so the Gaussian priors
         on the modulation and the boundary offsets, in log-likelihood units, are divided by the
-        same number: their weight against the data does not depend on the count level.
+        same number: their weight against the data does not depend on the count level
+        (default: 10⁶, the order of a planar study's counts; `reconstruct_organs` passes the
+        study's).
     """
 
     xs: torch.Tensor
@@ -133,6 +135,7 @@ class OrganResidualModel(nn.Module):
     c0: torch.Tensor
     modulated: torch.Tensor
     registered: torch.Tensor
+    bounded: torch.Tensor
     spacing_xyz: torch.Tensor
     p0: torch.Tensor
     a_unit: torch.Tensor
