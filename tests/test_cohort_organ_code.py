@@ -38,6 +38,7 @@ from recon.nerf.organ_field import (
 from recon.nerf.rays import RayData
 from recon.nerf.training import fit
 from recon.reconstruct import reconstruct_nerf
+from spectproj import ImageGrid
 from tests.test_cohort import (  # noqa: F401  # _one_thread: the autouse fixture, one thread
     ONE_VS_TWO_ATOL,
     REPO,
@@ -76,7 +77,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"result": result, "model": model, "folder": folder, "manifest": made.manifest}
 
 
-def _voxel_centres(grid) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _voxel_centres(grid: ImageGrid) -> torch.Tensor:
+    """The voxel centres ``[N, 3]`` (x, y, z mm, float32) of ``grid``."""
     cz, cy, cx = (grid.centres_mm(a) for a in range(3))
     zz, yy, xx = torch.meshgrid(cz, cy, cx, indexing="ij")
     return torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3).float()
@@ -126,8 +128,6 @@ def test_zero_network_output_is_the_organ_fit(trained) -> None:
 
 
 def test_organ_codes_receive_the_anchor_gradient() -> None:
-    from spectproj import ImageGrid
-
     grid = ImageGrid(shape=(4, 5, 6), spacing_mm=(4.0, 4.0, 4.0))
     index = np.full(grid.shape, -1, np.int32)
     index[1:3, 1:4, 1:3] = 0
@@ -293,7 +293,6 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="bound"):
         OrganCodeConfig(bound=math.inf)
     from recon.cohort.model import CohortModel
-    from spectproj import ImageGrid
 
     grid = ImageGrid(shape=(4, 4, 4), spacing_mm=(4.0, 4.0, 4.0))
     with pytest.raises(ValueError, match="anatomy"):
