@@ -51,6 +51,10 @@ def _spect(
     )
 
 
+#: One MLEM iteration over ``study.h5`` into an existing ``r.h5`` (the PREVIOUS bytes).
+MLEM_OVER_PREVIOUS = ("recon", "mlem", "study.h5", "-o", "r.h5", "--iterations", "1", "--force")
+
+
 def _study(folder: Path) -> Path:
     shutil.copy(base_files()["study"], folder / "study.h5")
     return folder / "study.h5"
@@ -68,14 +72,7 @@ def test_real_signal_during_a_write(tmp_path: Path, spec: str, code: int) -> Non
     (tmp_path / "r.h5").write_bytes(PREVIOUS)
     run = _spect(
         tmp_path,
-        "recon",
-        "mlem",
-        "study.h5",
-        "-o",
-        "r.h5",
-        "--iterations",
-        "1",
-        "--force",
+        *MLEM_OVER_PREVIOUS,
         env={"SPECT_FAULT_INJECT": spec},
     )
     assert run.returncode == code, run.stderr
@@ -145,14 +142,7 @@ def test_strace_injected_enospc_at_fsync(tmp_path: Path) -> None:
     (tmp_path / "r.h5").write_bytes(PREVIOUS)
     run = _spect(
         tmp_path,
-        "recon",
-        "mlem",
-        "study.h5",
-        "-o",
-        "r.h5",
-        "--iterations",
-        "1",
-        "--force",
+        *MLEM_OVER_PREVIOUS,
         prefix=("strace", "-f", "-o", "/dev/null", "-e", "inject=fsync:error=ENOSPC"),
     )
     assert run.returncode == 1, run.stderr

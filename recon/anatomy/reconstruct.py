@@ -347,6 +347,7 @@ def _train_residual(
     concentrations = organ_fit.concentrations
     sources: tuple[ResidualSource, ...] = ()
     model: OrganResidualModel | None = None
+    data_counts = float(np.sum(study.projections))
     losses: list[float] = []
     for round_ in range(config.rounds):
         # Round 0 seeds only the strongest sources (what the organ fit clearly cannot explain,
@@ -376,7 +377,7 @@ def _train_residual(
             register=config.register,
             boundary=config.boundary,
             source_prior=config.source_prior,
-            data_counts=float(np.sum(study.projections)),
+            data_counts=data_counts,
         )
         if previous is not None:
             with torch.no_grad():

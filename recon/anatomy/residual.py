@@ -276,23 +276,29 @@ class OrganResidualModel(nn.Module):
         backgrounds), each in ``[−MAX_BOUNDARY_VOX, MAX_BOUNDARY_VOX]``."""
         return MAX_BOUNDARY_VOX * torch.tanh(self.boundary) * self.bounded
 
-    def segment_mask(self, k: int) -> torch.Tensor:
+    def segment_mask(self, k: int, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Segment k's mask within its box with its boundary offset (before the shift): the
         fraction ``clamp(½ + b_k − d, 0, 1)`` of each voxel, ``d`` the voxel's signed distance to
         the outline (−½ on the inner shell, +½ on the outer one): exactly the segment at
-        ``b_k = 0``, one voxel dilated at ``b_k = 1``."""
+        ``b_k = 0``, one voxel dilated at ``b_k = 1``. ``offsets``: `boundary_offsets_vox`, when
+        the caller has it already."""
         distance = getattr(self, f"_distance{k}")
-        return (0.5 + self.boundary_offsets_vox()[k] - distance).clamp(0.0, 1.0)
+        offsets = self.boundary_offsets_vox() if offsets is None else offsets
+        return (0.5 + offsets[k] - distance).clamp(0.0, 1.0)
 
     def _segment_parts(self) -> list[tuple[int, tuple[slice, slice, slice], torch.Tensor,
                                              torch.Tensor]]:  # fmt: skip
         """``(k, box, shifted mask, modulation)`` of each segment, within its box."""
-        shifts, nodes = self.shifts_vox(), self.log_modulations()
+        shifts, nodes, offsets = (
+            self.shifts_vox(),
+            self.log_modulations(),
+            self.boundary_offsets_vox(),
+        )
         parts = []
         for k, box in enumerate(self.boxes):
             if box is None:
                 continue
-            mask = _shift_volume(self.segment_mask(k), shifts[k])
+            mask = _shift_volume(self.segment_mask(k, offsets), shifts[k])
             g = nn.functional.interpolate(
                 nodes[k][None, None], size=tuple(mask.shape), mode="trilinear", align_corners=True
             )[0, 0]
