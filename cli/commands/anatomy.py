@@ -43,8 +43,9 @@ def organs(
         bool,
         typer.Option(
             "--residual/--no-residual",
-            help="Fit organs + residual (within-organ tilt and sources the anatomy misses) after "
-            "the organ fit; --no-residual: the organ fit alone (QPlanar).",
+            help="Fit organs + residual (organ shifts and boundaries, within-organ modulation, "
+            "sources the anatomy misses) after the organ fit; --no-residual: the organ fit alone "
+            "(QPlanar).",
         ),
     ] = True,
     background_regions: Annotated[

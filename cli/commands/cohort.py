@@ -217,7 +217,8 @@ def train_cohort(
         typer.Option(
             "--organ-bound",
             min=0.0,
-            help="With --organ-code: the network scales each organ's uptake within [e^-B, e^B].",
+            help="With --organ-code: the network scales each organ's uptake by a factor "
+            "between e^-B and e^B.",
         ),
     ] = 0.7,
     force: ForceOption = False,
