@@ -24,7 +24,13 @@ from recon.anatomy.organ_fit import fisher_information, fit_organ_coefficients
 from recon.anatomy.quantify import quantify, rows_to_csv
 from recon.anatomy.reconstruct import LESION_CONTRAST, SPILL_MARGIN_VOXELS, _host
 from recon.anatomy.residual import BOUNDARY_PRIOR_SD, MAX_BOUNDARY_VOX, MODULATION_PRIOR_SD
-from recon.anatomy.sources import conjugate_activity, find_sources, opposed_pair
+from recon.anatomy.sources import (
+    _ml_activity,
+    conjugate_activity,
+    find_sources,
+    opposed_pair,
+    search_depths,
+)
 from recon.io import Acquisition, Anatomy, Result, Study
 from spectproj import CollimatorResponse, ImageGrid, ParallelGeometry, SPECTProjector
 
@@ -350,6 +356,55 @@ def test_find_sources_puts_a_point_source_at_its_depth() -> None:
     assert abs(cy - y) <= study.grid.spacing_mm[1] + 1e-6  # depth: within one voxel
     assert opposed_pair((0.0, 90.0, 180.0)) == (0, 2)
     assert opposed_pair((0.0, 90.0)) is None
+
+
+def test_depth_search_moves_a_source_to_the_depth_of_the_counts() -> None:
+    """A source started at the wrong depth (its in-plane place right) moves to the depth of the
+    true source, with its maximum-likelihood activity; one at the right depth stays."""
+    truth = {"front": 100.0, "back": 100.0, "background": 100.0}  # a uniform body
+    point = (7, 9, 5)  # z, y, x voxel: the centre of a 3³-voxel (24 mm) cube
+    cube = tuple(slice(i - 1, i + 2) for i in point)
+    study, _ = _slab_study(truth, point=cube, point_activity=4e4 / 27)  # type: ignore[arg-type]
+    body = study.anatomy.body  # type: ignore[union-attr] - the test body exists
+    comp = compartments_from_anatomy(Anatomy(body.astype(np.int32), {1: "body"}, body),
+                                     background_regions=0)  # fmt: skip
+    z, y, x = (float(study.grid.centres_mm(a)[i]) for a, i in enumerate(point))
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    true_activity = 4e4 * voxel_ml
+    sigma = 24.0 / math.sqrt(12.0)  # the cube's rms extent along each axis
+    collimator = study.collimator_response()
+    for start_y, moves in ((y - 32.0, 1), (y + 24.0, 1), (y, 0)):
+        source = ResidualSource((x, start_y, z), sigma, 0.5 * true_activity)
+        model = OrganResidualModel(study.grid, comp, np.array([100.0]), (source,), body)
+        assert search_depths(study, model, collimator=collimator) == moves
+        with torch.no_grad():
+            cx, cy, cz = (float(v) for v in model.source_centres_mm()[0])
+            activity = float(model.source_activities()[0])
+        assert (cx, cz) == pytest.approx((x, z), abs=1e-4)  # in-plane: untouched
+        if moves:
+            assert cy == pytest.approx(y, abs=1e-4)  # the voxel of the true source
+            # A Gaussian for a uniform cube: the same activity to a few per cent.
+            assert activity == pytest.approx(true_activity, rel=0.05)
+        else:
+            assert cy == pytest.approx(y, abs=1e-4) and activity == pytest.approx(
+                0.5 * true_activity, rel=1e-5
+            )
+        # Unit activity is one activity unit · mL wherever the source is put.
+        unit = model.source_unit_volume(0).detach().double()
+        assert float(unit.sum()) * voxel_ml == pytest.approx(1.0)
+
+
+def test_ml_activity_is_the_poisson_maximum() -> None:
+    """The Newton solution of a source's activity zeroes the Poisson score, and is 0-bounded."""
+    gen = torch.Generator().manual_seed(5)
+    unit = torch.rand(200, generator=gen, dtype=torch.float64) * 3.0
+    rest = torch.rand(200, generator=gen, dtype=torch.float64) * 20.0 + 1.0
+    counts = torch.poisson(rest + 6.0 * unit, generator=gen)
+    a = _ml_activity(counts, rest, unit, start=1.0)
+    score = float((unit - counts * unit / (a * unit + rest)).sum())
+    assert abs(score) < 1e-8 * float(unit.sum())
+    assert 4.0 < a < 8.0
+    assert _ml_activity(torch.zeros(200, dtype=torch.float64), rest, unit, start=1.0) < 1e-3
 
 
 def test_conjugate_activity_does_not_depend_on_the_fitted_depth() -> None:

@@ -46,7 +46,7 @@ from recon.anatomy.organ_fit import (
     study_projector,
 )
 from recon.anatomy.residual import OrganResidualModel, ResidualSource
-from recon.anatomy.sources import conjugate_activity, find_sources, opposed_pair
+from recon.anatomy.sources import conjugate_activity, find_sources, opposed_pair, search_depths
 from recon.io.hdf5 import software_version
 from recon.io.study import Anatomy, Result, Study
 
@@ -89,6 +89,9 @@ class OrgansConfig:
         Fit a registration shift of each segment (residual model only).
     boundary:
         Fit a boundary offset (dilation/erosion) of each segment (residual model only).
+    depth_search:
+        After each training round, move every source to the depth along its ray that explains
+        the counts best (`recon.anatomy.sources.search_depths`), and refit when one moved.
     max_sources:
         At most this many residual sources per detection round.
     source_threshold:
@@ -115,6 +118,7 @@ class OrgansConfig:
     modulation: bool = True
     register: bool = True
     boundary: bool = True
+    depth_search: bool = True
     max_sources: int = 8
     source_threshold: float = 5.0
     source_prior: float = 0.0
@@ -384,16 +388,23 @@ def _train_residual(
                 model.modulation.copy_(previous.modulation)
                 model.registration.copy_(previous.registration)
                 model.boundary.copy_(previous.boundary)
-        outcome = fit(
-            model,
-            study,
-            train,
-            device=device,
-            callback=callback,
-            init_scale=False,
-            collimator=organ_fit.collimator,  # the blur the organ fit modelled (maybe none)
-        )
-        losses.extend(outcome.losses)
+        for refit in (False, True):
+            outcome = fit(
+                model,
+                study,
+                train,
+                device=device,
+                callback=callback,
+                init_scale=False,
+                collimator=organ_fit.collimator,  # the blur the organ fit modelled (maybe none)
+            )
+            losses.extend(outcome.losses)
+            # A source stuck at a wrong depth (the likelihood along a ray can have several
+            # minima) moves to the best one; the model is then refitted once around it.
+            if refit or not config.depth_search:
+                break
+            if not search_depths(study, model, collimator=organ_fit.collimator, device=device):
+                break
         expected = _expected(study, model, organ_fit.collimator, device)
         concentrations = model.concentrations().detach().cpu().numpy().astype(np.float64)
         sources = model.sources()

@@ -348,27 +348,52 @@ class OrganResidualModel(nn.Module):
         if self.p0.shape[0] == 0:
             return out
         centres, sigmas = self.source_centres_mm(), self.source_sigmas_mm()
-        voxel_ml = float(self.spacing_xyz.prod()) * 1e-3
         acts = self.source_activities() if activities is None else activities
-        axes = (self.zs, self.ys, self.xs)
         for j in range(centres.shape[0]):
-            # Only the box within 5 σ of the centre holds anything.
-            reach = 5.0 * float(sigmas[j].detach())
-            box = []
-            for a, c in ((0, 2), (1, 1), (2, 0)):
-                inside = (axes[a] - centres[j, c].detach()).abs() <= reach
-                idx = torch.nonzero(inside).flatten()
-                box.append(slice(int(idx[0]), int(idx[-1]) + 1) if idx.numel() else slice(0, 0))
-            box_t = (box[0], box[1], box[2])
-            g = [
-                _gauss_1d(axes[a][box[a]], centres[j, c], sigmas[j], float(self.spacing_xyz[c]))
-                for a, c in ((0, 2), (1, 1), (2, 0))
-            ]
-            blob = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
-            blob = blob * self.support[box_t]
-            # Normalised inside the support: the source's activity is all in the volume.
-            out[box_t] = out[box_t] + acts[j] / voxel_ml * blob / blob.sum().clamp_min(1e-12)
+            box, blob = self._source_blob(centres[j], sigmas[j])
+            out[box] = out[box] + acts[j] * blob
         return out
+
+    def source_unit_volume(self, j: int, centre_mm: torch.Tensor | None = None) -> torch.Tensor:
+        """``[Z, Y, X]`` source ``j`` with unit activity (activity unit per (activity unit · mL)),
+        at its centre or at ``centre_mm`` (x, y, z mm) with its width."""
+        centre = self.source_centres_mm()[j] if centre_mm is None else centre_mm
+        out = torch.zeros_like(self.support)
+        box, blob = self._source_blob(centre, self.source_sigmas_mm()[j])
+        out[box] = blob
+        return out
+
+    def move_source(self, j: int, centre_mm: torch.Tensor, activity: float) -> None:
+        """Put source ``j`` at ``centre_mm`` (x, y, z mm) with ``activity`` (activity unit · mL),
+        in place (its width stays)."""
+        with torch.no_grad():
+            shift = (centre_mm.to(self.p0) - self.p0[j]) / self.spacing_xyz
+            self.source_shift[j] = shift
+            self.raw_a[j] = _inverse_softplus(torch.tensor(activity / float(self.a_unit)))
+
+    def _source_blob(
+        self, centre: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[tuple[slice, slice, slice], torch.Tensor]:
+        """The box within 5 σ of ``centre`` (x, y, z mm) and, in it, a Gaussian of width ``sigma``
+        integrated per voxel, inside the support and normalised there to unit activity (its
+        values are concentrations per unit activity: 1/mL)."""
+        voxel_ml = float(self.spacing_xyz.prod()) * 1e-3
+        reach = 5.0 * float(sigma.detach())
+        axes = (self.zs, self.ys, self.xs)
+        box = []
+        for a, c in ((0, 2), (1, 1), (2, 0)):
+            inside = (axes[a] - centre[c].detach()).abs() <= reach
+            idx = torch.nonzero(inside).flatten()
+            box.append(slice(int(idx[0]), int(idx[-1]) + 1) if idx.numel() else slice(0, 0))
+        box_t = (box[0], box[1], box[2])
+        g = [
+            _gauss_1d(axes[a][box[a]], centre[c], sigma, float(self.spacing_xyz[c]))
+            for a, c in ((0, 2), (1, 1), (2, 0))
+        ]
+        blob = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
+        blob = blob * self.support[box_t]
+        # Normalised inside the support: the source's activity is all in the volume.
+        return box_t, blob / (voxel_ml * blob.sum().clamp_min(1e-12))
 
     def volume(self) -> torch.Tensor:
         """``[Z, Y, X]`` activity concentration (activity unit) at the voxel centres."""
