@@ -52,7 +52,11 @@ so the network learns only what the anatomy does not say (within-organ modulatio
 outside the compartments' pattern); its output layer starts at zero, so a fresh model *is* the
 organ fits. Each study's compartments (`recon.nerf.organ_field.OrganAnchor`) are passed with its
 features, like them; a new study's prior field is an `OrganAnchoredField` on its own anatomy,
-its log-concentrations starting from its own organ fit.
+its log-concentrations starting from its own organ fit. With ``organ_code.anchor = "residual"``
+the anchor is the study's organs + residual fit (`recon.nerf.organ_field.ResidualAnchor`: the
+refined compartments and the residual sources, each source a component of the code), and with
+``organ_code.normalise`` the modulation is divided by its anchor-weighted mean over each
+component (`anchor_log_concentration`), so every component's total is its code's.
 
 A trained model is saved as a weights-only checkpoint (`recon.nerf.checkpoint`, ``kind:
 "cohort-model"``); `load_cohort_model` reads it (or any cohort training checkpoint) back.

@@ -88,7 +88,8 @@ class StudyInfo:
         log-concentrations ``ln c_k`` (activity unit), from the anchor of the first read
         (`recon.nerf.organ_field.study_anchor`); else empty.
     kept_anchor:
-        The residual anchor of the first read (CPU), reused on every later read; else ``None``.
+        The residual anchor of the first read (on the store's device), reused on every later
+        read; else ``None``.
     """
 
     level: float

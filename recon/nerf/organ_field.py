@@ -20,8 +20,20 @@ lets a network learn only what the anatomy does not say:
   the compartments' pattern (lesions, segmentation errors), in units of ``scale`` (the data's
   activity level). ``RESIDUAL_OFFSET`` makes a zero output a residual of 1.8 % of the level.
 
+**The residual anchor** (`OrganCodeConfig.anchor = "residual"`, `ResidualAnchor`) is the
+study's organs + residual fit instead: ``A(p) = Σ_i exp(ℓ_i) · U_i(p)`` over its refined
+compartments (shifted, dilated or eroded, modulated; per unit concentration) and its residual
+sources (per unit activity), each source a component with a log-amplitude of its own.
+
+**The normalised modulation** (``normalise``): the anchor is read with ``ℓ_i − ln M_i``,
+``M_i = Σ_v U_i(v) m(v) / Σ_v U_i(v)`` the anchor-weighted mean of the modulation
+``m = exp(B·tanh(n₀))`` over the voxels of component ``i`` (`anchor_log_concentration`, one
+network pass over the anchor's voxels). The network then only redistributes activity within a
+component: each component's total over the voxel centres is exactly its code's,
+``exp(ℓ_i) · Σ_v U_i(v)`` (`OrganAnchoredField.component_activities`).
+
 With a zero network output and ``B = 0`` (or without the residual) the field's volume *is* the
-organ fit's volume at the voxel centres. The same formula (`anchored_activity`) is the activity
+anchor's volume (the organ fit's, or the organs + residual result's) at the voxel centres. The same formula (`anchored_activity`) is the activity
 of every study of an organ-code cohort (`recon.cohort.model.CohortModel`), whose network is
 shared and whose log-concentrations and codes are per study; a new study reconstructed with such
 a cohort as a prior gets an `OrganAnchoredField` on its own anatomy and organ fit
