@@ -246,3 +246,15 @@ def test_settings_and_old_files() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="anchor"):
         model.activity(_voxel_centres(grid), model.code(0), 1.0)
+
+
+def test_cli_names_a_bad_anchor(cohort, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    args = ["train-cohort", str(cohort["path"]), "-o", str(tmp_path / "m.pt"), "--organ-code",
+            "--organ-anchor", "qplanar"]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2 and "--organ-anchor" in done.output
+    assert "Traceback" not in done.output and not (tmp_path / "m.pt").exists()

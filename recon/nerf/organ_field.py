@@ -33,11 +33,11 @@ component: each component's total over the voxel centres is exactly its code's,
 ``exp(ℓ_i) · Σ_v U_i(v)`` (`OrganAnchoredField.component_activities`).
 
 With a zero network output and ``B = 0`` (or without the residual) the field's volume *is* the
-anchor's volume (the organ fit's, or the organs + residual result's) at the voxel centres. The same formula (`anchored_activity`) is the activity
-of every study of an organ-code cohort (`recon.cohort.model.CohortModel`), whose network is
-shared and whose log-concentrations and codes are per study; a new study reconstructed with such
-a cohort as a prior gets an `OrganAnchoredField` on its own anatomy and organ fit
-(`organ_field_for_study`).
+anchor's volume (the organ fit's, or the organs + residual result's) at the voxel centres. The same
+formula (`anchored_activity`) is the activity of every study of an organ-code cohort
+(`recon.cohort.model.CohortModel`), whose network is shared and whose log-concentrations and codes
+are per study; a new study reconstructed with such a cohort as a prior gets an `OrganAnchoredField`
+on its own anatomy and organ fit (`organ_field_for_study`).
 """
 
 from __future__ import annotations
