@@ -205,7 +205,25 @@ class OrganFieldConfig:
         )
 
 
-class OrganAnchor(nn.Module):
+class _GridAnchor(nn.Module):
+    """What both anchors share: their grid, and reading their voxel volume at points."""
+
+    def __init__(self, grid: ImageGrid) -> None:
+        super().__init__()
+        if not isinstance(grid, ImageGrid):
+            raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
+        self.grid = grid
+
+    def volume(self, log_concentration: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, points_mm: torch.Tensor, log_concentration: torch.Tensor) -> torch.Tensor:
+        """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear, zero beyond the grid."""
+        values = GridField(self.volume(log_concentration), self.grid)(points_mm.float())
+        return values.to(points_mm.dtype)
+
+
+class OrganAnchor(_GridAnchor):
     """The anchor ``A(p) = Σ_k exp(ℓ_k) · m_k(p)`` of one study's compartments.
 
     Parameters
@@ -234,10 +252,7 @@ class OrganAnchor(nn.Module):
         index: np.ndarray | torch.Tensor | None = None,
         weight: np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(grid, ImageGrid):
-            raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
-        self.grid = grid
+        super().__init__(grid)
         shape = tuple(grid.shape)
         idx = torch.full(shape, -1, dtype=torch.int32)
         if index is not None:
@@ -279,13 +294,8 @@ class OrganAnchor(nn.Module):
         voxel = torch.nonzero(flat >= 0).flatten()
         return voxel, flat[voxel].long(), self.weight.reshape(-1)[voxel]
 
-    def forward(self, points_mm: torch.Tensor, log_concentration: torch.Tensor) -> torch.Tensor:
-        """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear, zero beyond the grid."""
-        values = GridField(self.volume(log_concentration), self.grid)(points_mm.float())
-        return values.to(points_mm.dtype)
 
-
-class ResidualAnchor(nn.Module):
+class ResidualAnchor(_GridAnchor):
     """The anchor ``A(p) = Σ_i exp(ℓ_i) · U_i(p)`` of a study's organs + residual fit.
 
     The components ``i`` are the fit's compartments (``U_k``: the segment's shifted, dilated or
@@ -319,10 +329,7 @@ class ResidualAnchor(nn.Module):
         component: torch.Tensor | np.ndarray | None = None,
         value: torch.Tensor | np.ndarray | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(grid, ImageGrid):
-            raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
-        self.grid = grid
+        super().__init__(grid)
         parts = (voxel, component, value)
         if any(v is None for v in parts) and not all(v is None for v in parts):
             raise ValueError("voxel, component and value must be given together")
@@ -372,11 +379,6 @@ class ResidualAnchor(nn.Module):
         out = self.value.new_zeros(math.prod(self.grid.shape))
         out = out.index_add(0, self.voxel, c[self.component] * self.value)
         return out.reshape(self.grid.shape)
-
-    def forward(self, points_mm: torch.Tensor, log_concentration: torch.Tensor) -> torch.Tensor:
-        """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear, zero beyond the grid."""
-        values = GridField(self.volume(log_concentration), self.grid)(points_mm.float())
-        return values.to(points_mm.dtype)
 
 
 #: Either anchor.
