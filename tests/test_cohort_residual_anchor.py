@@ -223,6 +223,8 @@ def test_settings_and_old_files() -> None:
         CohortConfig(anatomy=True, organ_code=True, organ_anchor="qplanar")
     with pytest.raises(TypeError, match="organ_normalise"):
         CohortConfig(organ_normalise=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="need organ_code=True"):
+        CohortConfig(anatomy=True, organ_anchor="residual")
     # Files of before the anchor settings read as what they were trained with.
     old = OrganCodeConfig.from_dict({"bound": 0.5, "residual": True})
     assert old.anchor == "organs" and old.normalise is False

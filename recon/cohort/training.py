@@ -253,6 +253,12 @@ class CohortConfig:
                 "segmentation, which the network also takes as input"
             )
         self._organ_config()  # checks them
+        if not self.organ_code and (self.organ_anchor != "organs" or self.organ_normalise):
+            raise ValueError(
+                "organ_anchor and organ_normalise set how an organ code works: they need "
+                f"organ_code=True (got organ_anchor={self.organ_anchor!r}, "
+                f"organ_normalise={self.organ_normalise})"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
