@@ -47,7 +47,9 @@ kidneys) against the true activity of the organ; the mean |error| over organs an
 Lesion error: lesions of ≥ 5 mL (patient 15: its three tumours), activity in the true lesion mask
 (organs + residual: its matched residual source), mean |error|. Every method is scored on its
 activity volume (`score_voxels`) except organs + residual, scored on its own table
-(`score_table`: organ activities with the sources counted in, lesions from its sources).
+(`score_table`: organ activities with the sources counted in, lesions from its sources). The
+residual-anchor rows are scored both ways: on their volume, and (rows marked ``table``) on the
+same kind of table (`code_table`).
 
 ``--reuse FILE`` keeps the rows of the cohort kinds of an earlier record that this run does not
 train (``--kinds``), and its throughput, and says so in the docs block; the references are
