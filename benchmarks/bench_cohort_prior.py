@@ -29,7 +29,13 @@ step budget ``--fit-steps`` for every NeRF:
 * prior + fine-tune: half the steps on the code, then every weight at a tenth of the rate;
 * prior (organ code) and prior (organ code) + fine-tune: the same with the organ-code cohort
   model (`CohortConfig.organ_code`): the code is the study's organ log-concentrations, started
-  at its organ fit, and the latent code (``--organ-bound``, ``--no-organ-residual``).
+  at its organ fit, and the latent code (``--organ-bound``, ``--no-organ-residual``);
+* prior (residual anchor) and + fine-tune: the organ-code cohort anchored on each study's
+  organs + residual fit (`CohortConfig.organ_anchor` ``"residual"``: refined compartments and
+  residual sources, each source a component of the code), its modulation normalised per
+  component (``--anchor-normalise``) and without the residual head (``--anchor-head``),
+  ``B = --anchor-bound``; the reference for it is *organs + residual, volume*, the anchor itself
+  scored like the NeRFs, on its activity volume.
 
 The cohort models are anatomy-conditioned (`CohortConfig.anatomy`), trained with 3D
 supervision (``l1_activity = --l1`` on the training phantoms' truth; 0 turns it off, recorded in
@@ -41,7 +47,13 @@ kidneys) against the true activity of the organ; the mean |error| over organs an
 Lesion error: lesions of ≥ 5 mL (patient 15: its three tumours), activity in the true lesion mask
 (organs + residual: its matched residual source), mean |error|. Every method is scored on its
 activity volume (`score_voxels`) except organs + residual, scored on its own table
-(`score_table`: organ activities with the sources counted in, lesions from its sources).
+(`score_table`: organ activities with the sources counted in, lesions from its sources). The
+residual-anchor rows are scored both ways: on their volume, and (rows marked ``table``) on the
+same kind of table (`code_table`).
+
+``--reuse FILE`` keeps the rows of the cohort kinds of an earlier record that this run does not
+train (``--kinds``), and its throughput, and says so in the docs block; the references are
+always measured in the run. ``--no-single-nerf`` skips that reference (for validation runs).
 
 ``--val-only`` evaluates the validation members instead of the test members and skips patient 15
 and the throughput: the run for choosing settings (never the test anatomies).
@@ -81,6 +93,7 @@ from bench_anatomy import Score, score_table, score_voxels  # noqa: E402
 from bench_cohort import run_processes  # noqa: E402
 
 from recon.anatomy import OrgansConfig, reconstruct_organs  # noqa: E402
+from recon.anatomy.organ_fit import mbq_per_unit_ml  # noqa: E402
 from recon.cohort import CohortConfig, Manifest, fit_with_prior, train_cohort  # noqa: E402
 from recon.cohort.manifest import ManifestEntry  # noqa: E402
 from recon.data.phantoms import FIRST_LESION_LABEL  # noqa: E402
@@ -95,6 +108,7 @@ from recon.nerf.anatomy_field import AnatomyFieldConfig, anatomy_field_for_study
 from recon.nerf.config import TrainConfig  # noqa: E402
 from recon.nerf.export import sample_on_grid  # noqa: E402
 from recon.nerf.field import FieldConfig  # noqa: E402
+from recon.nerf.organ_field import OrganAnchoredField  # noqa: E402
 from recon.nerf.training import fit  # noqa: E402
 
 BEGIN, END = "<!-- bench-cohort-prior:begin -->", "<!-- bench-cohort-prior:end -->"
@@ -103,12 +117,19 @@ PATIENT15 = Path("/work/shared/data/lu177_dotatate_patient15")
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 MIN_LESION_ML = 5.0
 QPLANAR = "organ fit (QPlanar)"
+RESIDUAL_VOLUME = "organs + residual, volume"
 SINGLE = ("single-study NeRF", "organs + residual", QPLANAR)
 #: The cohort models: kind → (row label of the code fit, of the fine-tune), each with ", N=n".
 KINDS = {
     "anatomy": ("prior (code)", "prior + fine-tune"),
     "organ code": ("prior (organ code)", "prior (organ code) + fine-tune"),
+    "residual anchor": ("prior (residual anchor)", "prior (residual anchor) + fine-tune"),
 }
+#: Settings a reused record must share with this run (`--reuse`).
+SAME_FOR_REUSE = (
+    "size", "train_sizes", "n_test", "n_val", "cohort_steps", "fit_steps", "batch",
+    "studies_per_step", "group_steps", "val_steps", "l1", "seed",
+)  # fmt: skip
 
 
 def train_settings(args: argparse.Namespace, steps: int) -> TrainConfig:
@@ -215,10 +236,37 @@ def single_nerf(study: Study, train: TrainConfig) -> Result:
     return Result(np.asarray(volume, dtype=np.float32), study.grid, "anatomy-nerf")
 
 
-def prior_fit(study: Study, model: Path, train: TrainConfig, fine_tune: bool) -> Result:
+def prior_fit(study: Study, model: Path, train: TrainConfig, fine_tune: bool) -> tuple[Result, Any]:
+    """The prior fit's volume as a `Result`, and its field."""
     outcome = fit_with_prior(study, model, fine_tune=fine_tune, config=train)
     volume = sample_on_grid(outcome.representation, study.grid)
-    return Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf")
+    return Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf"), outcome.representation
+
+
+def code_table(study: Study, field: OrganAnchoredField, organs: Result) -> Result:
+    """The organ and source table of a residual-anchored prior fit, in the format of organs +
+    residual's (`score_table` reads it): each compartment's and source's activity from the
+    field (`OrganAnchoredField.component_activities`: with the normalised modulation exactly
+    its code's), the sources counted in an organ, and the lesions, as ``organs`` (the same
+    study's organs + residual result, which made the field's anchor) has them."""
+    acts = field.component_activities()
+    to_mbq = mbq_per_unit_ml(study.activity_unit)
+    params = organs.parameters or {}
+    names = [n for n in field.config.compartments if not n.startswith("source ")]
+    if names != list(params["compartments"]):
+        raise RuntimeError(f"the anchor's compartments {names} are not the result's")
+
+    def source(row: dict[str, Any]) -> float:  # "source_3" → the field's "source 3"
+        return acts.get(str(row["name"]).replace("_", " "), 0.0) * to_mbq  # 0: not in it
+
+    organs_mbq = {n: acts[n] * to_mbq for n in names}
+    for row in params.get("uptake_sources", []):
+        organs_mbq[row["counted_in"]] += source(row)
+    table = [{"name": n, "activity_mbq": v} for n, v in organs_mbq.items()]
+    sources = [{**row, "activity_mbq": source(row)} for row in params.get("sources", [])]
+    return Result(
+        organs.activity, study.grid, "nerf", parameters={"organ_table": table, "sources": sources}
+    )
 
 
 def evaluate(
@@ -234,14 +282,27 @@ def evaluate(
         scores[name] = (score_table if table else score_voxels)(study, result, lesions)
         scores[name].seconds = time.perf_counter() - t0
 
-    timed("single-study NeRF", lambda: single_nerf(study, train))
-    timed("organs + residual", lambda: reconstruct_organs(study).result, table=True)
+    if not args.no_single_nerf:
+        timed("single-study NeRF", lambda: single_nerf(study, train))
+    t0 = time.perf_counter()
+    organs = reconstruct_organs(study).result
+    seconds = time.perf_counter() - t0
+    scores["organs + residual"] = score_table(study, organs, lesions)
+    scores[RESIDUAL_VOLUME] = score_voxels(study, organs, lesions)  # the residual anchor
+    scores["organs + residual"].seconds = scores[RESIDUAL_VOLUME].seconds = seconds
     timed(QPLANAR, lambda: reconstruct_organs(study, config=OrgansConfig(residual=False)).result)
     for kind, by_size in models.items():
-        code, tuned = KINDS[kind]
         for n, model in by_size.items():
-            timed(f"{code}, N={n}", lambda m=model: prior_fit(study, m, train, False))
-            timed(f"{tuned}, N={n}", lambda m=model: prior_fit(study, m, train, True))
+            for label, tune in zip(KINDS[kind], (False, True), strict=True):
+                t0 = time.perf_counter()
+                result, field = prior_fit(study, model, train, tune)
+                name = f"{label}, N={n}"
+                scores[name] = score_voxels(study, result, lesions)
+                scores[name].seconds = time.perf_counter() - t0
+                if kind == "residual anchor":  # also its own table, like organs + residual
+                    table = code_table(study, field, organs)
+                    scores[f"{label}, table, N={n}"] = score_table(study, table, lesions)
+                    scores[f"{label}, table, N={n}"].seconds = scores[name].seconds
     return scores
 
 
@@ -268,11 +329,16 @@ def cohort_config(args: argparse.Namespace, kind: str, n: int) -> CohortConfig:
     settings = dataclasses.replace(
         train_settings(args, args.cohort_steps), l1_activity=args.l1, holdout_fraction=0.1
     )
+    residual = kind == "residual anchor"
     return CohortConfig(
         train=settings, anatomy=True, val_steps=args.val_steps, val_train_studies=2,
         cache_studies=min(n, args.studies_per_step), group_steps=args.group_steps,
-        studies_per_step=min(n, args.studies_per_step), organ_code=kind == "organ code",
-        organ_bound=args.organ_bound, organ_residual=not args.no_organ_residual,
+        studies_per_step=min(n, args.studies_per_step),
+        organ_code=kind in ("organ code", "residual anchor"),
+        organ_bound=args.anchor_bound if residual else args.organ_bound,
+        organ_residual=args.anchor_head if residual else not args.no_organ_residual,
+        organ_anchor="residual" if residual else "organs",
+        organ_normalise=residual and args.anchor_normalise,
     )  # fmt: skip
 
 
@@ -393,8 +459,13 @@ def figure(record: dict[str, Any], path: Path) -> None:
         "prior + fine-tune": ("s-", "tab:blue"),
         "prior (organ code)": ("o--", "tab:purple"),
         "prior (organ code) + fine-tune": ("s-", "tab:purple"),
+        "prior (residual anchor)": ("o--", "tab:orange"),
+        "prior (residual anchor) + fine-tune": ("s-", "tab:orange"),
+        "prior (residual anchor), table": ("o--", "tab:brown"),
+        "prior (residual anchor) + fine-tune, table": ("s-", "tab:brown"),
     }
     references = list(zip(SINGLE, ("tab:red", "tab:green", "tab:gray"), strict=True))
+    references.append((RESIDUAL_VOLUME, "tab:olive"))
     for row, (title, summary) in enumerate(panels):
         for col, key in enumerate(("organ_mean_abs", "lesion_mean_abs")):
             ax = axes[row][col]
@@ -426,6 +497,10 @@ def block(record: dict[str, Any]) -> str:
     if "organ code" in s.get("kinds", ()):
         head = "no residual head" if s["no_organ_residual"] else "with the residual head"
         organ = f", organ code B = {s['organ_bound']} {head}"
+    if "residual anchor" in s.get("kinds", ()):
+        head = "with the residual head" if s["anchor_head"] else "no residual head"
+        norm = "normalised per component" if s["anchor_normalise"] else "not normalised"
+        organ += f", residual anchor B = {s['anchor_bound']} {norm}, {head}"
     text = (
         f"Measured by `benchmarks/bench_cohort_prior.py` on {record['date']} ({s['n_test']} "
         f"held-out anatomies at {s['size']}³; cohorts of {', '.join(map(str, s['train_sizes']))} "
@@ -433,6 +508,7 @@ def block(record: dict[str, Any]) -> str:
         f"l1 = {s['l1']}{organ}; every NeRF fit {s['fit_steps']} steps; "
         f"{record['total_s']:.0f} s in all on this machine's 2 shared CPU cores, "
         f"{s.get('workers', 1)} processes of one thread).\n\n"
+        f"{reused_note(record)}"
         f"![Mean organ and lesion errors against the number of training anatomies]"
         f"(images/cohort-prior.png)\n\nHeld-out anatomies:\n\n{held}\n"
     )
@@ -456,6 +532,20 @@ def block(record: dict[str, Any]) -> str:
     return text
 
 
+def reused_note(record: dict[str, Any]) -> str:
+    """A sentence on the rows taken from an earlier record (``--reuse``), or nothing."""
+    reused = record.get("reused")
+    if not reused or not reused["kinds"]:
+        return ""
+    labels = ", ".join(f"{KINDS[k][0]} / + fine-tune" for k in reused["kinds"])
+    what = " and the throughput" if reused["throughput"] else ""
+    return (
+        f"The rows {labels}{what} are taken from the record of {reused['date']} (same "
+        "settings, same test members; not rerun); every other row, the references included, "
+        "was measured in this run.\n\n"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=32)
@@ -472,6 +562,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kinds", default="anatomy,organ code", help="cohort models to train")
     p.add_argument("--organ-bound", type=float, default=0.7, help="B of the organ code")
     p.add_argument("--no-organ-residual", action="store_true")
+    p.add_argument("--anchor-bound", type=float, default=0.7, help="B of the residual anchor")
+    p.add_argument(
+        "--anchor-head", action=argparse.BooleanOptionalAction, default=False,
+        help="residual anchor: the network's residual head",
+    )  # fmt: skip
+    p.add_argument(
+        "--anchor-normalise", action=argparse.BooleanOptionalAction, default=True,
+        help="residual anchor: the modulation keeps every component's total",
+    )  # fmt: skip
+    p.add_argument("--no-single-nerf", action="store_true", help="skip that reference")
+    p.add_argument(
+        "--reuse", type=Path, default=None,
+        help="a record whose rows of the kinds not in --kinds (and throughput) are kept",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
@@ -501,7 +605,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print("simulating the population ...", flush=True)
         test, val, train, samples = population_studies(args, folder)
         rates: list[dict[str, Any]] = []
-        if not args.val_only:
+        args.throughput_now = not (args.val_only or args.reuse is not None)
+        if args.throughput_now:
             print("throughput ...", flush=True)
             rates = throughput(args, train)
         print("training the cohort models ...", flush=True)
@@ -526,7 +631,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         p15_scores = None if p15_job is None else p15_job.result()
         p15_summary = None if p15_scores is None else summarise([p15_scores])
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "write_docs")}
-    return {
+    record = {
         "benchmark": "cohort-prior",
         "date": time.strftime("%Y-%m-%d"),
         "settings": json.loads(json.dumps(settings, default=str)),
@@ -542,6 +647,45 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "total_s": time.perf_counter() - t_start,
     }
+    return record if args.reuse is None else with_reused(record, args)
+
+
+def with_reused(record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``record`` with the rows of the cohort kinds it did not run (and the throughput) taken
+    from the record ``args.reuse``, whose settings must agree (`SAME_FOR_REUSE`)."""
+    old = json.loads(args.reuse.read_text(encoding="utf-8"))
+    mismatch = [k for k in SAME_FOR_REUSE if old["settings"].get(k) != record["settings"][k]]
+    if mismatch or old.get("scored") != record["scored"]:
+        raise SystemExit(f"--reuse {args.reuse}: other settings {mismatch or ['scored']}")
+    kinds = [k for k in old["settings"]["kinds"] if k not in args.kinds]
+    labels = [f"{label}, N={n}" for k in kinds for label in KINDS[k] for n in args.train_sizes]
+
+    def merged(new: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+        out = {m: v for m, v in new.items() if not m.startswith("prior")}
+        out.update({m: before[m] for m in labels if m in before})
+        out.update({m: v for m, v in new.items() if m.startswith("prior")})
+        return out
+
+    record["held_out"] = merged(record["held_out"], old["held_out"])
+    record["held_out_per_study"] = [
+        merged(new, before)
+        for new, before in zip(record["held_out_per_study"], old["held_out_per_study"],
+                               strict=True)
+    ]  # fmt: skip
+    if record["patient15"] and old.get("patient15"):
+        record["patient15"] = merged(record["patient15"], old["patient15"])
+    record["cohorts"] = {
+        **{k: v for k, v in old["cohorts"].items() if k.split(",")[0] in kinds},
+        **record["cohorts"],
+    }
+    if not record["throughput"]:
+        record["throughput"] = old.get("throughput", [])
+    record["reused"] = {
+        "record": str(args.reuse), "date": old["date"], "kinds": kinds,
+        "throughput": not args.throughput_now,
+    }  # fmt: skip
+    record["settings"]["kinds"] = [*kinds, *args.kinds]
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -261,7 +261,12 @@ def test_prior_code_fit_on_a_held_out_phantom_lowers_the_deviance_and_is_recorde
     # (two code tensors, then every weight) and gives a result that reads back.
     quick = dataclasses.replace(config, steps=4, lr=TRAIN.lr)
     coded = fit_with_prior(study, loaded, config=quick)
-    assert coded.prior["organ_code"] == {"bound": 0.7, "residual": True}
+    assert coded.prior["organ_code"] == {
+        "bound": 0.7,
+        "residual": True,
+        "anchor": "organs",
+        "normalise": False,
+    }
     assert coded.prior["code_steps"] == 4 and coded.prior["fine_tune_steps"] == 0
     tuned = fit_with_prior(
         study, loaded, fine_tune=True, config=dataclasses.replace(quick, checkpoint_every=1),

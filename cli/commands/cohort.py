@@ -40,6 +40,13 @@ class BackendChoice(StrEnum):
     NCCL = "nccl"
 
 
+class OrganAnchorChoice(StrEnum):
+    """What an organ code is anchored on (`recon.nerf.organ_field.ANCHORS`)."""
+
+    ORGANS = "organs"
+    RESIDUAL = "residual"
+
+
 class CohortDevice(StrEnum):
     """Where each process computes (auto: its CUDA device when there is one)."""
 
@@ -221,6 +228,24 @@ def train_cohort(
             "between e^-B and e^B.",
         ),
     ] = 0.7,
+    organ_anchor: Annotated[
+        OrganAnchorChoice,
+        typer.Option(
+            "--organ-anchor",
+            case_sensitive=False,
+            help="With --organ-code: anchor each study's code on its organ fit (organs) or on "
+            "its organs + residual fit (residual: refined segments and the residual sources, "
+            "each source a part of the code).",
+        ),
+    ] = OrganAnchorChoice.ORGANS,
+    organ_normalise: Annotated[
+        bool,
+        typer.Option(
+            "--organ-normalise",
+            help="With --organ-code: the network only redistributes activity within each "
+            "segment and source (every one keeps the total its code gives it).",
+        ),
+    ] = False,
     force: ForceOption = False,
 ) -> None:
     """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
@@ -264,6 +289,7 @@ def train_cohort(
         backend=backend.value, device=device.value, cache_studies=cache_studies,
         studies_per_step=studies_per_step, group_steps=group_steps,
         anatomy=anatomy or organ_code, organ_code=organ_code, organ_bound=organ_bound,
+        organ_anchor=organ_anchor.value, organ_normalise=organ_normalise,
     )  # fmt: skip
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_cohort")
 
@@ -300,7 +326,9 @@ def train_cohort(
         ("time", f"{time.perf_counter() - start:.1f} s"),
     ]
     if organ_code:
-        rows.insert(2, ("organ code", f"B = {organ_bound:g}, from each study's organ fit"))
+        fit = "organ fit" if organ_anchor == OrganAnchorChoice.ORGANS else "organs + residual fit"
+        rows.insert(2, ("organ code", f"B = {organ_bound:g}, from each study's {fit}"
+                        + (", normalised per segment" if organ_normalise else "")))  # fmt: skip
     if math.isfinite(result.samples_per_s):
         rows.append(("throughput", f"{result.samples_per_s:.4g} lines/s"))
     if result.losses:

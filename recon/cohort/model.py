@@ -52,7 +52,11 @@ so the network learns only what the anatomy does not say (within-organ modulatio
 outside the compartments' pattern); its output layer starts at zero, so a fresh model *is* the
 organ fits. Each study's compartments (`recon.nerf.organ_field.OrganAnchor`) are passed with its
 features, like them; a new study's prior field is an `OrganAnchoredField` on its own anatomy,
-its log-concentrations starting from its own organ fit.
+its log-concentrations starting from its own organ fit. With ``organ_code.anchor = "residual"``
+the anchor is the study's organs + residual fit (`recon.nerf.organ_field.ResidualAnchor`: the
+refined compartments and the residual sources, each source a component of the code), and with
+``organ_code.normalise`` the modulation is divided by its anchor-weighted mean over each
+component (`anchor_log_concentration`), so every component's total is its code's.
 
 A trained model is saved as a weights-only checkpoint (`recon.nerf.checkpoint`, ``kind:
 "cohort-model"``); `load_cohort_model` reads it (or any cohort training checkpoint) back.
@@ -82,10 +86,11 @@ from recon.nerf.anatomy_field import (
 from recon.nerf.checkpoint import grid_from_dict, load_checkpoint
 from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.organ_field import (
-    OrganAnchor,
+    Anchor,
     OrganAnchoredField,
     OrganCodeConfig,
     OrganFieldConfig,
+    anchor_log_concentration,
     anchored_activity,
     organ_field_for_study,
 )
@@ -296,24 +301,52 @@ class CohortModel(nn.Module):
             raise ValueError("this cohort model has no organ codes")
         return self.organ_codes[int(index), : len(self.organ_compartments[int(index)])]
 
+    def anchor_log_concentration(
+        self,
+        code: torch.Tensor,
+        features: AnatomyFeatures,
+        anchor: Anchor,
+        log_concentration: torch.Tensor,
+    ) -> torch.Tensor:
+        """The log-concentrations a study's anchor is read with: with ``organ_code.normalise``
+        shifted so the modulation keeps every component's total
+        (`recon.nerf.organ_field.anchor_log_concentration`, one network pass over the anchor's
+        voxels), else ``log_concentration``."""
+        if self.organ_code is None:
+            raise ValueError("this cohort model has no organ codes")
+
+        def raw(points: torch.Tensor) -> torch.Tensor:
+            with self.using(features):
+                return self.field.raw(points, latent=code)
+
+        return anchor_log_concentration(anchor, log_concentration, raw, self.organ_code)
+
     def activity(
         self,
         points_mm: torch.Tensor,
         code: torch.Tensor,
         level: float,
         features: AnatomyFeatures | None = None,
-        anchor: OrganAnchor | None = None,
+        anchor: Anchor | None = None,
         log_concentration: torch.Tensor | None = None,
+        *,
+        normalised: bool = False,
     ) -> torch.Tensor:
         """A study's activity ``[...]`` at points ``[..., 3]``: ``level · conditioned(p, code)``,
         or with organ codes the organ-anchored activity (module notes) of the study's
-        ``anchor`` and ``log_concentration``."""
+        ``anchor`` and ``log_concentration``. ``normalised``: ``log_concentration`` is already
+        `anchor_log_concentration`'s (a caller that evaluates many point sets of one study
+        computes it once)."""
         if self.organ_code is None:
             return self.conditioned(points_mm, code, features) * level
         if features is None or anchor is None or log_concentration is None:
             raise ValueError(
                 "an organ-code cohort model needs the study's features, anchor and "
                 "log-concentrations"
+            )
+        if not normalised:
+            log_concentration = self.anchor_log_concentration(
+                code, features, anchor, log_concentration
             )
         with self.using(features):
             raw = self.field.raw(points_mm, latent=code)
@@ -328,11 +361,12 @@ class CohortModel(nn.Module):
         index: int,
         level: float = 1.0,
         features: AnatomyFeatures | None = None,
-        anchor: OrganAnchor | None = None,
+        anchor: Anchor | None = None,
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The activity field of training study ``index``: points ``[N, 3]`` → ``[N]``
         (`activity` with its code and, with organ codes, its log-concentrations; differentiable
-        in the network and both)."""
+        in the network and both; with ``normalise`` the anchor's shift is computed at each
+        call)."""
         code = self.code(index)
         log_c = None if self.organ_codes is None else self.log_concentration(index)
 

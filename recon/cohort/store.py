@@ -8,14 +8,17 @@ study. Two parts:
   batches, its training lines and their ray-group keys (8 bytes per training line: 64 KiB for a
   64² AP/PA study);
 - **the data** (`LoadedStudy`: the `recon.nerf.rays.RayData` with counts, μ, projector, the
-  flat truth for ``l1_activity``, and for an organ-code cohort the study's compartments,
-  `recon.nerf.organ_field.OrganAnchor`), either held for every study (``cache_studies = 0``, the
+  flat truth for ``l1_activity``, and for an organ-code cohort the study's anchor,
+  `recon.nerf.organ_field.study_anchor`), either held for every study (``cache_studies = 0``, the
   eager path) or read from the study file when a step needs it and kept in a
   least-recently-used cache of ``cache_studies`` studies (the lazy path, for cohorts larger
   than memory).
 
 The first pass reads every study once (to compute the levels and digests); the lazy path then
-drops the data again. Both paths give identical data (a study file is read the same way each
+drops the data again. An organs + residual anchor (``organ_anchor = "residual"``, a few
+seconds of fitting per study) is made on the first pass only and kept in memory for the lazy
+reloads (its non-zero entries, ~0.3 MB for a 32³ torso); an organ-fit anchor is remade on each
+read. Both paths give identical data (a study file is read the same way each
 time), so training gives the same model; the tests check it. To keep the cache from thrashing,
 let each step draw from a few studies (`recon.cohort.training.CohortConfig.studies_per_step`,
 ``group_steps``), at most ``cache_studies`` of them.
@@ -39,7 +42,7 @@ from recon.nerf.anatomy_field import (
     anatomy_features_for_study,
 )
 from recon.nerf.config import TrainConfig
-from recon.nerf.organ_field import OrganAnchor, initial_log_concentrations, study_organ_fit
+from recon.nerf.organ_field import ANCHORS, Anchor, study_anchor
 from recon.nerf.rays import RayData, study_digest
 from recon.nerf.training import study_physics
 from spectproj import ImageGrid
@@ -80,9 +83,13 @@ class StudyInfo:
     segment_names:
         Names of its anatomy's segments, in label order (empty without an anatomy).
     compartments, organ_start:
-        For an organ-code cohort: the names of its organ fit's compartments (segments, then
-        background) and their initial log-concentrations ``ln c_k`` (activity unit), from the
-        organ fit of the first read (`recon.nerf.organ_field.study_organ_fit`); else empty.
+        For an organ-code cohort: the names of its anchor's components (segments, then
+        background, then with the residual anchor its sources) and their initial
+        log-concentrations ``ln c_k`` (activity unit), from the anchor of the first read
+        (`recon.nerf.organ_field.study_anchor`); else empty.
+    kept_anchor:
+        The residual anchor of the first read (on the store's device), reused on every later
+        read; else ``None``.
     """
 
     level: float
@@ -97,6 +104,7 @@ class StudyInfo:
     segment_names: tuple[str, ...] = ()
     compartments: tuple[str, ...] = ()
     organ_start: tuple[float, ...] = ()
+    kept_anchor: Anchor | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ class LoadedStudy:
     data: RayData
     truth: torch.Tensor | None
     features: AnatomyFeatures | None = None
-    anchor: OrganAnchor | None = None
+    anchor: Anchor | None = None
 
 
 class StudyStore:
@@ -129,8 +137,11 @@ class StudyStore:
         (``segment_names``) completed by the union of the studies' segment names in the order
         met; ``None``: none.
     organ_code:
-        Fit each study's organs (QPlanar) and hold its compartments (every study needs an
-        anatomy); the fit of the first read gives `StudyInfo.organ_start`.
+        Fit each study's organs and hold its anchor (every study needs an anatomy); the fit of
+        the first read gives `StudyInfo.organ_start`.
+    organ_anchor:
+        The anchor (`recon.nerf.organ_field.ANCHORS`): ``"organs"`` (QPlanar, remade on every
+        read) or ``"residual"`` (organs + residual, made once, module notes).
 
     Attributes
     ----------
@@ -152,7 +163,10 @@ class StudyStore:
         cache_studies: int = 0,
         anatomy: AnatomyFeatureConfig | None = None,
         organ_code: bool = False,
+        organ_anchor: str = "organs",
     ) -> None:
+        if organ_anchor not in ANCHORS:
+            raise ValueError(f"organ_anchor must be one of {list(ANCHORS)}, got {organ_anchor!r}")
         if (
             isinstance(cache_studies, bool)
             or not isinstance(cache_studies, int)
@@ -164,6 +178,7 @@ class StudyStore:
         self.device = device
         self.cache_studies = cache_studies
         self.organ_code = bool(organ_code)
+        self.organ_anchor = organ_anchor
         self._held: OrderedDict[int, LoadedStudy] = OrderedDict()
         self.loads = 0
         self.max_held = 0
@@ -240,18 +255,27 @@ class StudyStore:
             level = data.activity_level()
         except ValueError as error:
             raise ValueError(f"{entry.path}: {error}") from None
-        anchor: OrganAnchor | None = None
+        anchor: Anchor | None = None
         compartments: tuple[str, ...] = ()
         start: tuple[float, ...] = ()
-        if self.organ_code:
+        kept: Anchor | None = None
+        earlier = self.infos[s] if s < len(self.infos) else None
+        if self.organ_code and earlier is not None and earlier.kept_anchor is not None:
+            kept, compartments, start = (
+                earlier.kept_anchor,
+                earlier.compartments,
+                earlier.organ_start,
+            )
+            anchor = kept.to(self.device)
+        elif self.organ_code:
             try:
-                organ_fit = study_organ_fit(study, device=self.device)
+                made = study_anchor(study, self.organ_anchor, device=self.device)
             except ValueError as error:
                 raise ValueError(f"{entry.path}: organ code: {error}") from None
-            parts = organ_fit.compartments
-            anchor = OrganAnchor(study.grid, parts.index, parts.weight).to(self.device)
-            compartments = tuple(parts.names)
-            start = tuple(float(v) for v in initial_log_concentrations(organ_fit.concentrations))
+            anchor = made.anchor.to(self.device)
+            compartments = made.names
+            start = tuple(float(v) for v in made.log_concentration)
+            kept = made.anchor if self.organ_anchor == "residual" else None
         truth = None
         if t.l1_activity > 0:
             if study.truth_activity is None:
@@ -275,6 +299,6 @@ class StudyStore:
             segment_names=()
             if study.anatomy is None
             else tuple(study.anatomy.names[k] for k in sorted(study.anatomy.names)),
-            compartments=compartments, organ_start=start,
+            compartments=compartments, organ_start=start, kept_anchor=kept,
         )  # fmt: skip
         return LoadedStudy(data, truth, anchor=anchor), info

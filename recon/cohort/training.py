@@ -189,6 +189,15 @@ class CohortConfig:
     organ_residual:
         With ``organ_code``: add the non-negative residual head (activity the compartments do not
         hold, e.g. lesions).
+    organ_anchor:
+        With ``organ_code``: what each study's code is anchored on,
+        ``"organs"`` (its organ fit, QPlanar) or ``"residual"`` (its organs + residual fit:
+        refined compartments and residual sources, each source a component of the code;
+        `recon.nerf.organ_field.study_anchor`).
+    organ_normalise:
+        With ``organ_code``: divide the modulation by its anchor-weighted mean over each
+        component, so the network only redistributes activity within a component and the
+        components' totals are the code's (`recon.nerf.organ_field.anchor_log_concentration`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
@@ -207,6 +216,8 @@ class CohortConfig:
     organ_code: bool = False
     organ_bound: float = 0.7
     organ_residual: bool = True
+    organ_anchor: str = "organs"
+    organ_normalise: bool = False
 
     def __post_init__(self) -> None:
         t = self.train
@@ -233,7 +244,7 @@ class CohortConfig:
             g = getattr(self, name)
             if isinstance(g, bool) or not isinstance(g, int) or g < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {g!r}")
-        for name in ("anatomy", "organ_code", "organ_residual"):
+        for name in ("anatomy", "organ_code", "organ_residual", "organ_normalise"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.organ_code and not self.anatomy:
@@ -241,7 +252,13 @@ class CohortConfig:
                 "organ_code needs anatomy=True: the organ code is anchored on each study's "
                 "segmentation, which the network also takes as input"
             )
-        OrganCodeConfig(bound=self.organ_bound, residual=self.organ_residual)  # checks them
+        self._organ_config()  # checks them
+        if not self.organ_code and (self.organ_anchor != "organs" or self.organ_normalise):
+            raise ValueError(
+                "organ_anchor and organ_normalise set how an organ code works: they need "
+                f"organ_code=True (got organ_anchor={self.organ_anchor!r}, "
+                f"organ_normalise={self.organ_normalise})"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
@@ -274,7 +291,13 @@ class CohortConfig:
         """The organ code's settings (``None`` without ``organ_code``)."""
         if not self.organ_code:
             return None
-        return OrganCodeConfig(bound=self.organ_bound, residual=self.organ_residual)
+        return self._organ_config()
+
+    def _organ_config(self) -> OrganCodeConfig:
+        return OrganCodeConfig(
+            bound=self.organ_bound, residual=self.organ_residual, anchor=self.organ_anchor,
+            normalise=self.organ_normalise,
+        )  # fmt: skip
 
 
 @dataclass
@@ -542,7 +565,12 @@ class _StepModule(nn.Module):
             n_s, level = int(in_s.sum()), obj.levels[s]
             code = self.model.code(s)
             loaded = obj.store[s]
-            log_c = None if self.model.organ_codes is None else self.model.log_concentration(s)
+            log_c = None
+            if self.model.organ_codes is not None:  # once per study and step (normalise)
+                assert loaded.features is not None and loaded.anchor is not None
+                log_c = self.model.anchor_log_concentration(
+                    code, loaded.features, loaded.anchor, self.model.log_concentration(s)
+                )
 
             def field(
                 points: torch.Tensor,
@@ -552,7 +580,7 @@ class _StepModule(nn.Module):
                 log_c: torch.Tensor | None = log_c,
             ) -> torch.Tensor:
                 return self.model.activity(
-                    points, code, level, loaded.features, loaded.anchor, log_c
+                    points, code, level, loaded.features, loaded.anchor, log_c, normalised=True
                 )
 
             render = self._views if obj.views[s] else self._lines
@@ -668,7 +696,7 @@ class _CohortObjective:
         anatomy = AnatomyFeatureConfig(embedding_dim=c.anatomy_embedding_dim) if c.anatomy else None
         self.store = StudyStore(
             self.train_entries, self.train_cfg, self.dev, c.cache_studies, anatomy=anatomy,
-            organ_code=c.organ_code,
+            organ_code=c.organ_code, organ_anchor=c.organ_anchor,
         )  # fmt: skip
         infos = self.store.infos
         self.levels = [i.level for i in infos]
@@ -744,6 +772,12 @@ class _CohortObjective:
         saved = payload["representation"]
         mine = self._representation()
         keys = ("field_config", "grid", "anatomy", "organ_code")
+        saved = dict(saved)
+        if saved.get("organ_code") is not None:  # files of before the anchor settings
+            organ = dict(saved["organ_code"])
+            names = organ.pop("compartments", [])
+            saved["organ_code"] = {**OrganCodeConfig.from_dict(organ).to_dict(),
+                                   "compartments": names}  # fmt: skip
         same = all(saved.get(k) == mine[k] for k in keys)
         if not same:
             raise ValueError(

@@ -20,19 +20,31 @@ lets a network learn only what the anatomy does not say:
   the compartments' pattern (lesions, segmentation errors), in units of ``scale`` (the data's
   activity level). ``RESIDUAL_OFFSET`` makes a zero output a residual of 1.8 % of the level.
 
+**The residual anchor** (`OrganCodeConfig.anchor = "residual"`, `ResidualAnchor`) is the
+study's organs + residual fit instead: ``A(p) = Σ_i exp(ℓ_i) · U_i(p)`` over its refined
+compartments (shifted, dilated or eroded, modulated; per unit concentration) and its residual
+sources (per unit activity), each source a component with a log-amplitude of its own.
+
+**The normalised modulation** (``normalise``): the anchor is read with ``ℓ_i − ln M_i``,
+``M_i = Σ_v U_i(v) m(v) / Σ_v U_i(v)`` the anchor-weighted mean of the modulation
+``m = exp(B·tanh(n₀))`` over the voxels of component ``i`` (`anchor_log_concentration`, one
+network pass over the anchor's voxels). The network then only redistributes activity within a
+component: each component's total over the voxel centres is exactly its code's,
+``exp(ℓ_i) · Σ_v U_i(v)`` (`OrganAnchoredField.component_activities`).
+
 With a zero network output and ``B = 0`` (or without the residual) the field's volume *is* the
-organ fit's volume at the voxel centres. The same formula (`anchored_activity`) is the activity
-of every study of an organ-code cohort (`recon.cohort.model.CohortModel`), whose network is
-shared and whose log-concentrations and codes are per study; a new study reconstructed with such
-a cohort as a prior gets an `OrganAnchoredField` on its own anatomy and organ fit
-(`organ_field_for_study`).
+anchor's volume (the organ fit's, or the organs + residual result's) at the voxel centres. The same
+formula (`anchored_activity`) is the activity of every study of an organ-code cohort
+(`recon.cohort.model.CohortModel`), whose network is shared and whose log-concentrations and codes
+are per study; a new study reconstructed with such a cohort as a prior gets an `OrganAnchoredField`
+on its own anatomy and organ fit (`organ_field_for_study`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,27 +60,39 @@ from recon.nerf.anatomy_field import (
     _known,
 )
 from recon.nerf.field import EmissionField, FieldConfig
+from recon.training.runtime import voxel_points
 from spectproj import GridField, ImageGrid
 
 if TYPE_CHECKING:
+    from recon.anatomy import OrgansConfig
     from recon.anatomy.organ_fit import OrganFit
 
 __all__ = [
+    "ANCHORS",
     "CONCENTRATION_FLOOR",
     "RESIDUAL_OFFSET",
+    "Anchor",
     "OrganAnchor",
     "OrganAnchoredField",
     "OrganCodeConfig",
     "OrganFieldConfig",
+    "ResidualAnchor",
+    "StudyAnchor",
+    "anchor_log_concentration",
     "anchored_activity",
     "initial_log_concentrations",
+    "normalised_log_concentration",
     "organ_field_for_study",
+    "study_anchor",
     "study_organ_fit",
 ]
 
 #: Added to the residual output before the softplus: a zero output is a residual of
 #: softplus(−4) ≈ 1.8 % of the activity level, so a fresh model starts close to its anchor.
 RESIDUAL_OFFSET = -4.0
+
+#: What an organ code can be anchored on (`OrganCodeConfig.anchor`).
+ANCHORS = ("organs", "residual")
 
 #: A compartment the organ fit holds at (nearly) zero starts at this fraction of the fit's
 #: highest concentration (its log-concentration must be finite).
@@ -85,18 +109,34 @@ class OrganCodeConfig:
         ``B``: the modulation ``exp(B · tanh(n₀))`` lies in ``[e^−B, e^B]`` (>= 0; 0: none).
     residual:
         Add the non-negative residual head (a second network output) inside the body.
+    anchor:
+        What the anchor is (`ANCHORS`): ``"organs"``, the study's organ fit (QPlanar: one
+        concentration per compartment, `OrganAnchor`); ``"residual"``, its organs + residual fit
+        (`recon.anatomy.reconstruct_organs`: the refined compartments with their shifts,
+        boundaries and modulation, and the residual sources, each source a component of its
+        own, `ResidualAnchor`).
+    normalise:
+        Divide the modulation by its anchor-weighted mean over each component (module notes),
+        so the network only redistributes activity within a component and every component's
+        total is its code's. Files of before these two settings read as ``"organs"`` and
+        ``False``, what they were trained with.
     """
 
     bound: float = 0.7
     residual: bool = True
+    anchor: str = "organs"
+    normalise: bool = False
 
     def __post_init__(self) -> None:
         b = self.bound
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
             raise ValueError(f"bound must be a finite number >= 0, got {b!r}")
         object.__setattr__(self, "bound", float(b))
-        if not isinstance(self.residual, bool):
-            raise TypeError(f"residual must be a bool, got {self.residual!r}")
+        for name in ("residual", "normalise"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {list(ANCHORS)}, got {self.anchor!r}")
 
     @property
     def outputs(self) -> int:
@@ -104,7 +144,12 @@ class OrganCodeConfig:
         return 2 if self.residual else 1
 
     def to_dict(self) -> dict[str, object]:
-        return {"bound": self.bound, "residual": self.residual}
+        return {
+            "bound": self.bound,
+            "residual": self.residual,
+            "anchor": self.anchor,
+            "normalise": self.normalise,
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> OrganCodeConfig:
@@ -160,7 +205,25 @@ class OrganFieldConfig:
         )
 
 
-class OrganAnchor(nn.Module):
+class _GridAnchor(nn.Module):
+    """What both anchors share: their grid, and reading their voxel volume at points."""
+
+    def __init__(self, grid: ImageGrid) -> None:
+        super().__init__()
+        if not isinstance(grid, ImageGrid):
+            raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
+        self.grid = grid
+
+    def volume(self, log_concentration: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, points_mm: torch.Tensor, log_concentration: torch.Tensor) -> torch.Tensor:
+        """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear, zero beyond the grid."""
+        values = GridField(self.volume(log_concentration), self.grid)(points_mm.float())
+        return values.to(points_mm.dtype)
+
+
+class OrganAnchor(_GridAnchor):
     """The anchor ``A(p) = Σ_k exp(ℓ_k) · m_k(p)`` of one study's compartments.
 
     Parameters
@@ -189,10 +252,7 @@ class OrganAnchor(nn.Module):
         index: np.ndarray | torch.Tensor | None = None,
         weight: np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(grid, ImageGrid):
-            raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
-        self.grid = grid
+        super().__init__(grid)
         shape = tuple(grid.shape)
         idx = torch.full(shape, -1, dtype=torch.int32)
         if index is not None:
@@ -226,10 +286,156 @@ class OrganAnchor(nn.Module):
         k = torch.where(self.index < 0, torch.full_like(self.index, lut.shape[0] - 1), self.index)
         return lut[k.long()] * self.weight
 
-    def forward(self, points_mm: torch.Tensor, log_concentration: torch.Tensor) -> torch.Tensor:
-        """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear, zero beyond the grid."""
-        values = GridField(self.volume(log_concentration), self.grid)(points_mm.float())
-        return values.to(points_mm.dtype)
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The anchor as entries ``(voxel, component, value)`` ``[E]`` (flat voxel index, int64;
+        component index, int64; unit volume, float32): ``A = Σ_e exp(ℓ[component_e]) · value_e``
+        at ``voxel_e``; one entry per voxel inside a compartment (`ResidualAnchor.entries`)."""
+        flat = self.index.reshape(-1)
+        voxel = torch.nonzero(flat >= 0).flatten()
+        return voxel, flat[voxel].long(), self.weight.reshape(-1)[voxel]
+
+
+class ResidualAnchor(_GridAnchor):
+    """The anchor ``A(p) = Σ_i exp(ℓ_i) · U_i(p)`` of a study's organs + residual fit.
+
+    The components ``i`` are the fit's compartments (``U_k``: the segment's shifted, dilated or
+    eroded mask times its uptake modulation, the background's tissue-weighted rest of the body,
+    per unit concentration: `recon.anatomy.OrganResidualModel.unit_volumes`, so ``ℓ_k = ln c_k``)
+    followed by its residual sources (``U_j``: the source's Gaussian per unit activity · mL,
+    `OrganResidualModel.source_volume`, so ``ℓ_j = ln a_j``). Components overlap (a segment's
+    soft outline shares voxels with the background), so the anchor is stored as its non-zero
+    entries rather than as one compartment per voxel.
+
+    Parameters
+    ----------
+    grid:
+        The study's grid.
+    voxel, component, value:
+        ``[E]`` the entries (`entries`): flat voxel index into ``[Z, Y, X]``, component index
+        (0-based), unit volume (>= 0); ``None``: an empty shell (``load_state_dict`` gives it
+        the stored entries, whatever their number).
+
+    Memory: 20 bytes per entry, about 1.2 entries per voxel of the body (a 32³ torso: ~0.3 MB).
+    """
+
+    voxel: torch.Tensor
+    component: torch.Tensor
+    value: torch.Tensor
+
+    def __init__(
+        self,
+        grid: ImageGrid,
+        voxel: torch.Tensor | np.ndarray | None = None,
+        component: torch.Tensor | np.ndarray | None = None,
+        value: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
+        super().__init__(grid)
+        parts = (voxel, component, value)
+        if any(v is None for v in parts) and not all(v is None for v in parts):
+            raise ValueError("voxel, component and value must be given together")
+        vox = torch.zeros(0, dtype=torch.int64)
+        comp = torch.zeros(0, dtype=torch.int64)
+        val = torch.zeros(0, dtype=torch.float32)
+        if voxel is not None:
+            vox = torch.as_tensor(np.asarray(voxel)).to(torch.int64).reshape(-1)
+            comp = torch.as_tensor(np.asarray(component)).to(torch.int64).reshape(-1)
+            val = torch.as_tensor(np.asarray(value, dtype=np.float32)).reshape(-1)
+            if not vox.shape == comp.shape == val.shape:
+                raise ValueError(
+                    f"voxel, component and value must have one length, got {len(vox)}, "
+                    f"{len(comp)}, {len(val)}"
+                )
+            n = math.prod(grid.shape)
+            if vox.numel() and (int(vox.min()) < 0 or int(vox.max()) >= n):
+                raise ValueError(f"voxel indices must lie in [0, {n}), the grid's voxels")
+            if comp.numel() and int(comp.min()) < 0:
+                raise ValueError("component indices must be >= 0")
+            if not bool(torch.isfinite(val).all()) or (val.numel() and float(val.min()) < 0):
+                raise ValueError("values must be finite and >= 0")
+        self.register_buffer("voxel", vox, persistent=True)
+        self.register_buffer("component", comp, persistent=True)
+        self.register_buffer("value", val, persistent=True)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        for name in ("voxel", "component", "value"):  # a shell takes the stored entries' size
+            if prefix + name in state_dict:
+                stored = state_dict[prefix + name]
+                setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @property
+    def n_compartments(self) -> int:
+        """The number of components (one more than the largest index)."""
+        return int(self.component.max()) + 1 if self.component.numel() else 0
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(voxel, component, value)`` ``[E]`` (`OrganAnchor.entries`)."""
+        return self.voxel, self.component, self.value
+
+    def volume(self, log_concentration: torch.Tensor) -> torch.Tensor:
+        """``[Z, Y, X]`` anchor at the voxel centres, ``Σ_i exp(ℓ_i) · U_i``; ``log_concentration``
+        ``[K]`` (or longer: the rest is unused)."""
+        c = torch.exp(log_concentration.float())
+        out = self.value.new_zeros(math.prod(self.grid.shape))
+        out = out.index_add(0, self.voxel, c[self.component] * self.value)
+        return out.reshape(self.grid.shape)
+
+
+#: Either anchor.
+Anchor = OrganAnchor | ResidualAnchor
+
+
+def normalised_log_concentration(
+    log_concentration: torch.Tensor,
+    component: torch.Tensor,
+    value: torch.Tensor,
+    log_modulation: torch.Tensor,
+) -> torch.Tensor:
+    """``ℓ_i − ln M_i``, ``M_i = Σ_e value_e · exp(log_modulation_e) / Σ_e value_e`` over the
+    entries ``e`` of component ``i``: the modulation's anchor-weighted mean (1 for a component
+    without entries).
+
+    With these log-concentrations every component's total under the modulation,
+    ``Σ_e exp(ℓ_i − ln M_i) · value_e · exp(log_modulation_e)``, is exactly its total without,
+    ``exp(ℓ_i) · Σ_e value_e``. Works in the inputs' dtype (float64 for an exact check).
+
+    Parameters
+    ----------
+    log_concentration:
+        ``[K]`` (or longer: the rest is returned unchanged).
+    component, value, log_modulation:
+        ``[E]`` each entry's component (int64), unit volume and log-modulation (at its voxel).
+    """
+    k = log_concentration.shape[0]
+    dtype = log_concentration.dtype
+    weight = value.to(dtype)
+    num = weight.new_zeros(k).index_add(0, component, weight * torch.exp(log_modulation.to(dtype)))
+    den = weight.new_zeros(k).index_add(0, component, weight)
+    empty = den <= 0
+    log_mean = torch.where(
+        empty, torch.zeros_like(den), torch.log(num.clamp_min(1e-30)) - torch.log(den + empty)
+    )
+    return log_concentration - log_mean
+
+
+def anchor_log_concentration(
+    anchor: Anchor,
+    log_concentration: torch.Tensor,
+    raw: Callable[[torch.Tensor], torch.Tensor],
+    config: OrganCodeConfig,
+) -> torch.Tensor:
+    """The log-concentrations the anchor is read with: ``log_concentration`` itself, or with
+    ``config.normalise`` `normalised_log_concentration` of the modulation
+    ``B · tanh(raw(p)₀)`` at the voxels of the anchor's entries (one network pass over them).
+
+    ``raw``: points ``[N, 3]`` → the network's outputs ``[N, outputs]``."""
+    if not config.normalise:
+        return log_concentration
+    voxel, component, value = anchor.entries()
+    unique, inverse = torch.unique(voxel, return_inverse=True)
+    points = voxel_points(anchor.grid, unique)
+    log_mod = config.bound * torch.tanh(raw(points)[..., 0].float())
+    return normalised_log_concentration(log_concentration, component, value, log_mod[inverse])
 
 
 def anchored_activity(
@@ -266,9 +472,11 @@ class OrganAnchoredField(AnatomyNetworkField):
     features:
         The study's anatomy features; ``None``: an empty shell (``load_state_dict`` fills it).
     anchor:
-        The study's compartments; ``None``: an empty shell.
+        The study's compartments: an `OrganAnchor` (``config.organ.anchor = "organs"``) or a
+        `ResidualAnchor` (``"residual"``); ``None``: an empty shell.
     log_concentration:
-        ``[K]`` initial ``ℓ_k = ln c_k`` (K = ``len(config.compartments)``); ``None``: zeros.
+        ``[K]`` initial ``ℓ_k = ln c_k`` (K = ``len(config.compartments)``, the residual anchor's
+        sources included); ``None``: zeros.
     scale:
         Activity of a unit residual (`recon.nerf.training.fit` sets it to the data's level).
 
@@ -278,7 +486,7 @@ class OrganAnchoredField(AnatomyNetworkField):
         The `EmissionField` with the anatomy features and ``config.organ.outputs`` outputs (its
         ``features``, ``scale`` and ``latent`` are the field's, `AnatomyNetworkField`).
     anchor:
-        The `OrganAnchor`.
+        The `OrganAnchor` or `ResidualAnchor`.
     log_concentration:
         ``[K]`` trainable log-concentrations.
     """
@@ -288,7 +496,7 @@ class OrganAnchoredField(AnatomyNetworkField):
         grid: ImageGrid,
         config: OrganFieldConfig,
         features: AnatomyFeatures | None = None,
-        anchor: OrganAnchor | None = None,
+        anchor: Anchor | None = None,
         log_concentration: torch.Tensor | np.ndarray | None = None,
         scale: float = 1.0,
     ) -> None:
@@ -296,7 +504,13 @@ class OrganAnchoredField(AnatomyNetworkField):
         if not isinstance(config, OrganFieldConfig):
             raise TypeError(f"config must be an OrganFieldConfig, got {type(config).__name__}")
         features = AnatomyFeatures(grid, config.features) if features is None else features
-        anchor = OrganAnchor(grid) if anchor is None else anchor
+        kind = ResidualAnchor if config.organ.anchor == "residual" else OrganAnchor
+        anchor = kind(grid) if anchor is None else anchor
+        if not isinstance(anchor, kind):
+            raise TypeError(
+                f"anchor {config.organ.anchor!r} needs a {kind.__name__}, got "
+                f"{type(anchor).__name__}"
+            )
         if features.grid != grid or anchor.grid != grid:
             raise ValueError(f"the features' and anchor's grid must be the field's {grid}")
         if features.config != config.features:
@@ -331,9 +545,33 @@ class OrganAnchoredField(AnatomyNetworkField):
         values = torch.exp(self.log_concentration.detach().double()).cpu().tolist()
         return dict(zip(self.config.compartments, values, strict=True))
 
+    def anchor_log_concentration(self) -> torch.Tensor:
+        """The log-concentrations the anchor is read with (`anchor_log_concentration`: with
+        ``normalise``, shifted so the modulation keeps every component's total)."""
+        return anchor_log_concentration(
+            self.anchor, self.log_concentration, self.network.raw, self.config.organ
+        )
+
+    def component_activities(self) -> dict[str, float]:
+        """Each component's activity (activity unit · mL; MBq = × 1e-6 for Bq/mL), by name:
+        ``Σ_v exp(ℓ'_i) · U_i(v) · m(v) · voxel mL`` over the voxel centres, with the current
+        modulation ``m`` and the anchor's log-concentrations ``ℓ'`` (`anchor_log_concentration`).
+        With ``normalise`` it is exactly the code's ``exp(ℓ_i) · Σ_v U_i(v) · voxel mL``: the
+        field's organ (and source) table. The residual head's activity is in no component."""
+        voxel, component, value = self.anchor.entries()
+        with torch.no_grad():
+            log_c = self.anchor_log_concentration()
+            unique, inverse = torch.unique(voxel, return_inverse=True)
+            raw = self.network.raw(voxel_points(self.grid, unique))
+            mod = torch.exp(self.config.organ.bound * torch.tanh(raw[..., 0].double()))
+            parts = torch.exp(log_c.double())[component] * value.double() * mod[inverse]
+            totals = parts.new_zeros(len(self.config.compartments)).index_add(0, component, parts)
+        voxel_ml = self.grid.voxel_volume_mm3 * 1e-3
+        return dict(zip(self.config.compartments, (totals * voxel_ml).tolist(), strict=True))
+
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
         raw = self.network.raw(points_mm)
-        anchor = self.anchor(points_mm, self.log_concentration)
+        anchor = self.anchor(points_mm, self.anchor_log_concentration())
         inside = self.features.inside(points_mm)
         values = anchored_activity(raw, anchor, inside, self.scale, self.config.organ)
         return values.to(points_mm.dtype)
@@ -373,15 +611,106 @@ def initial_log_concentrations(concentrations: np.ndarray | torch.Tensor) -> np.
     return np.log(np.maximum(c, floor)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class StudyAnchor:
+    """A study's anchor, with the names of its components and their starting ``ℓ``.
+
+    Attributes
+    ----------
+    anchor:
+        `OrganAnchor` (organ fit) or `ResidualAnchor` (organs + residual fit), on the CPU.
+    names:
+        The components: compartments (segments, then background regions), then with the
+        residual anchor its sources ``"source j"`` (``j`` as in the result's table,
+        ``source_j``; a source the table measures at 0 holds nothing and is left out).
+    log_concentration:
+        ``[K]`` float32 starting ``ℓ`` (`initial_log_concentrations`; a source's ``ln a_j``).
+    """
+
+    anchor: Anchor
+    names: tuple[str, ...]
+    log_concentration: np.ndarray
+
+
+def study_anchor(
+    study: Study,
+    kind: str = "organs",
+    *,
+    organ_fit: OrganFit | None = None,
+    organs: OrgansConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> StudyAnchor:
+    """The anchor of ``kind`` (`ANCHORS`) for ``study``.
+
+    ``"organs"``: its organ fit (`study_organ_fit`, or ``organ_fit`` when given).
+    ``"residual"``: its organs + residual fit, ``recon.anatomy.reconstruct_organs`` with
+    ``organs`` (default: its defaults; the study's anatomy, body support, collimator blur,
+    attenuation and scatter, as ``spect recon organs`` fits it): the refined compartments'
+    unit volumes and the residual sources (`ResidualAnchor`), each source at the activity of
+    the result's table. At ``ℓ`` = ``log_concentration`` its volume is the result's activity
+    volume (the model's ``organ_volume()`` plus its sources at those activities).
+
+    Raises
+    ------
+    ValueError
+        The study has no anatomy, an unknown ``kind``.
+    """
+    if kind not in ANCHORS:
+        raise ValueError(f"kind must be one of {list(ANCHORS)}, got {kind!r}")
+    if kind == "organs":
+        fit = study_organ_fit(study, device=device) if organ_fit is None else organ_fit
+        parts = fit.compartments
+        anchor = OrganAnchor(study.grid, parts.index, parts.weight)
+        start = initial_log_concentrations(fit.concentrations)
+        return StudyAnchor(anchor, tuple(parts.names), start)
+    from recon.anatomy import reconstruct_organs
+    from recon.anatomy.organ_fit import mbq_per_unit_ml
+
+    if organs is not None and not organs.residual:
+        raise ValueError("the residual anchor needs organs + residual: organs.residual=False")
+    outcome = reconstruct_organs(study, config=organs, device=device)
+    model = outcome.model
+    assert model is not None  # residual=True always gives the model
+    with torch.no_grad():
+        units = model.unit_volumes().detach().cpu().float()
+        conc = model.concentrations().detach().cpu().double().numpy()
+        acts = model.source_activities().detach().cpu().double()
+        # The sources at the activities of the result's table (the conjugate views' measure),
+        # as in the result's volume; the fitted ones where the unit is not a concentration.
+        to_mbq = mbq_per_unit_ml(study.activity_unit)
+        params: dict[str, Any] = dict(outcome.result.parameters or {})
+        rows: list[Any] = [*params.get("sources", []), *params.get("uptake_sources", [])]
+        if math.isfinite(to_mbq) and to_mbq > 0:
+            for row in rows:
+                j = int(str(row["name"]).rsplit("_", 1)[1]) - 1
+                acts[j] = float(row["activity_mbq"]) / to_mbq
+        kept = [j for j in range(len(acts)) if float(acts[j]) > 0]  # a source measured at 0:
+        for j in kept:  # nothing there (no finite ℓ)
+            one = torch.zeros(len(acts), device=model.support.device)
+            one[j] = 1.0
+            units = torch.cat([units, model.source_volume(one).detach().cpu()[None].float()])
+    names = tuple(model.compartments.names) + tuple(f"source {j + 1}" for j in kept)
+    flat = units.reshape(len(names), -1)
+    comp, voxel = torch.nonzero(flat > 0, as_tuple=True)
+    order = torch.argsort(voxel, stable=True)
+    voxel, comp = voxel[order], comp[order]
+    entries = ResidualAnchor(study.grid, voxel, comp, flat[comp, voxel])
+    start_c = initial_log_concentrations(conc)
+    start_a = np.log(acts[kept].numpy()).astype(np.float32)
+    return StudyAnchor(entries, names, np.concatenate([start_c, start_a]).astype(np.float32))
+
+
 def organ_field_for_study(
     study: Study,
     config: OrganFieldConfig,
     *,
     organ_fit: OrganFit | None = None,
+    organs: OrgansConfig | None = None,
     scale: float = 1.0,
     device: torch.device | str = "cpu",
 ) -> OrganAnchoredField:
-    """An `OrganAnchoredField` for ``study``, its anchor at the study's organ fit.
+    """An `OrganAnchoredField` for ``study``, its anchor at the study's organ fit (or, with
+    ``config.organ.anchor = "residual"``, its organs + residual fit; `study_anchor`).
 
     Parameters
     ----------
@@ -391,7 +720,11 @@ def organ_field_for_study(
         The architecture; its ``features`` vocabulary is kept (e.g. a cohort's), ``mu_source``,
         ``body_source`` and ``compartments`` are completed from the study.
     organ_fit:
-        The study's `recon.anatomy.OrganFit` (default: `study_organ_fit`).
+        The study's `recon.anatomy.OrganFit` (default: `study_organ_fit`; the organs anchor
+        only).
+    organs:
+        Settings of the organs + residual fit (the residual anchor only; default: its
+        defaults).
     scale:
         The residual's unit (`recon.nerf.training.fit` sets it from the data).
     device:
@@ -399,12 +732,11 @@ def organ_field_for_study(
     """
     from recon.nerf.anatomy_field import anatomy_features_for_study
 
-    fit = study_organ_fit(study, device=device) if organ_fit is None else organ_fit
-    features = anatomy_features_for_study(study, config.features)
-    compartments = fit.compartments
-    full = dataclasses.replace(
-        config, features=features.config, compartments=tuple(compartments.names)
+    made = study_anchor(
+        study, config.organ.anchor, organ_fit=organ_fit, organs=organs, device=device
     )
-    anchor = OrganAnchor(study.grid, compartments.index, compartments.weight)
-    start = initial_log_concentrations(fit.concentrations)
-    return OrganAnchoredField(study.grid, full, features, anchor, start, scale=scale)
+    features = anatomy_features_for_study(study, config.features)
+    full = dataclasses.replace(config, features=features.config, compartments=made.names)
+    return OrganAnchoredField(
+        study.grid, full, features, made.anchor, made.log_concentration, scale=scale
+    )
