@@ -584,12 +584,7 @@ def _nearest_voxel(study: Study, centre_xyz: tuple[float, float, float]) -> tupl
 
 def _source_unit_volumes(model: OrganResidualModel) -> torch.Tensor:
     """``[J, Z, Y, X]``: each source's part of the model per unit of its activity."""
-    parts = []
-    activities = model.source_activities()
-    for j in range(activities.shape[0]):
-        only = torch.zeros_like(activities)
-        only[j] = 1.0
-        parts.append(model.source_volume(only))
-    if not parts:
+    n = int(model.p0.shape[0])
+    if n == 0:
         return torch.zeros((0, *model.index.shape), dtype=torch.float32, device=model.index.device)
-    return torch.stack(parts)
+    return torch.stack([model.source_unit_volume(j) for j in range(n)])
