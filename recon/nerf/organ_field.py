@@ -686,9 +686,8 @@ def study_anchor(
                 acts[j] = float(row["activity_mbq"]) / to_mbq
         kept = [j for j in range(len(acts)) if float(acts[j]) > 0]  # a source measured at 0:
         for j in kept:  # nothing there (no finite ℓ)
-            one = torch.zeros(len(acts), device=model.support.device)
-            one[j] = 1.0
-            units = torch.cat([units, model.source_volume(one).detach().cpu()[None].float()])
+            unit = model.source_unit_volume(j).detach().cpu().float()
+            units = torch.cat([units, unit[None]])
     names = tuple(model.compartments.names) + tuple(f"source {j + 1}" for j in kept)
     flat = units.reshape(len(names), -1)
     comp, voxel = torch.nonzero(flat > 0, as_tuple=True)
