@@ -103,11 +103,9 @@ def test_zero_network_output_is_the_organs_plus_residual_volume(cohort) -> None:
 
     def zeroed(*args: Any, **kwargs: Any) -> Any:
         out = reconstruct_organs(*args, **kwargs)
-        parameters = out.result.parameters
-        for row in parameters["sources"] + parameters["uptake_sources"]:
-            if row["name"] == f"source_{dropped}":
-                row["activity_mbq"] = 0.0
-        return out
+        activities = list(out.source_activities)
+        activities[dropped - 1] = 0.0
+        return dataclasses.replace(out, source_activities=tuple(activities))
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(recon.anatomy, "reconstruct_organs", zeroed)

@@ -150,11 +150,16 @@ class OrgansConfig:
 
 @dataclass(frozen=True)
 class OrgansOutcome:
-    """What `reconstruct_organs` returns: the result, and the fits behind it."""
+    """What `reconstruct_organs` returns: the result, and the fits behind it.
+
+    ``source_activities``: the activity of each of the model's sources (activity unit · mL,
+    in the model's order) as the result's table measures it and its volume holds it; empty
+    without the residual model."""
 
     result: Result
     organ_fit: OrganFit
     model: OrganResidualModel | None
+    source_activities: tuple[float, ...] = ()
 
 
 def reconstruct_organs(
@@ -256,7 +261,12 @@ def reconstruct_organs(
         software_version=software_version(),
         study_file=study_file,
     )
-    return OrgansOutcome(result=result, organ_fit=organ_fit, model=model)
+    return OrgansOutcome(
+        result=result,
+        organ_fit=organ_fit,
+        model=model,
+        source_activities=tuple(table.get("source_activities", ())),
+    )
 
 
 def reconstruct_conjugate(

@@ -80,6 +80,7 @@ __all__ = [
     "StudyAnchor",
     "anchor_log_concentration",
     "anchored_activity",
+    "entry_log_modulation",
     "initial_log_concentrations",
     "normalised_log_concentration",
     "organ_field_for_study",
@@ -431,11 +432,23 @@ def anchor_log_concentration(
     ``raw``: points ``[N, 3]`` → the network's outputs ``[N, outputs]``."""
     if not config.normalise:
         return log_concentration
-    voxel, component, value = anchor.entries()
+    _, component, value = anchor.entries()
+    log_mod = entry_log_modulation(anchor, raw, config.bound)
+    return normalised_log_concentration(log_concentration, component, value, log_mod)
+
+
+def entry_log_modulation(
+    anchor: Anchor,
+    raw: Callable[[torch.Tensor], torch.Tensor],
+    bound: float,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``[E]`` the modulation's log, ``B · tanh(raw(p)₀)``, at the voxel of each of the anchor's
+    entries (`OrganAnchor.entries`), in ``dtype``: one network pass over the distinct voxels."""
+    voxel, _, _ = anchor.entries()
     unique, inverse = torch.unique(voxel, return_inverse=True)
     points = voxel_points(anchor.grid, unique)
-    log_mod = config.bound * torch.tanh(raw(points)[..., 0].float())
-    return normalised_log_concentration(log_concentration, component, value, log_mod[inverse])
+    return (bound * torch.tanh(raw(points)[..., 0].to(dtype)))[inverse]
 
 
 def anchored_activity(
@@ -558,13 +571,14 @@ class OrganAnchoredField(AnatomyNetworkField):
         modulation ``m`` and the anchor's log-concentrations ``ℓ'`` (`anchor_log_concentration`).
         With ``normalise`` it is exactly the code's ``exp(ℓ_i) · Σ_v U_i(v) · voxel mL``: the
         field's organ (and source) table. The residual head's activity is in no component."""
-        voxel, component, value = self.anchor.entries()
-        with torch.no_grad():
-            log_c = self.anchor_log_concentration()
-            unique, inverse = torch.unique(voxel, return_inverse=True)
-            raw = self.network.raw(voxel_points(self.grid, unique))
-            mod = torch.exp(self.config.organ.bound * torch.tanh(raw[..., 0].double()))
-            parts = torch.exp(log_c.double())[component] * value.double() * mod[inverse]
+        _, component, value = self.anchor.entries()
+        organ = self.config.organ
+        with torch.no_grad():  # one network pass serves the normalisation and the totals
+            log_mod = entry_log_modulation(self.anchor, self.network.raw, organ.bound, torch.double)
+            log_c: torch.Tensor = self.log_concentration
+            if organ.normalise:
+                log_c = normalised_log_concentration(log_c, component, value, log_mod.float())
+            parts = torch.exp(log_c.double())[component] * value.double() * torch.exp(log_mod)
             totals = parts.new_zeros(len(self.config.compartments)).index_add(0, component, parts)
         voxel_ml = self.grid.voxel_volume_mm3 * 1e-3
         return dict(zip(self.config.compartments, (totals * voxel_ml).tolist(), strict=True))
@@ -664,7 +678,6 @@ def study_anchor(
         start = initial_log_concentrations(fit.concentrations)
         return StudyAnchor(anchor, tuple(parts.names), start)
     from recon.anatomy import reconstruct_organs
-    from recon.anatomy.organ_fit import mbq_per_unit_ml
 
     if organs is not None and not organs.residual:
         raise ValueError("the residual anchor needs organs + residual: organs.residual=False")
@@ -674,16 +687,9 @@ def study_anchor(
     with torch.no_grad():
         units = model.unit_volumes().detach().cpu().float()
         conc = model.concentrations().detach().cpu().double().numpy()
-        acts = model.source_activities().detach().cpu().double()
         # The sources at the activities of the result's table (the conjugate views' measure),
-        # as in the result's volume; the fitted ones where the unit is not a concentration.
-        to_mbq = mbq_per_unit_ml(study.activity_unit)
-        params: dict[str, Any] = dict(outcome.result.parameters or {})
-        rows: list[Any] = [*params.get("sources", []), *params.get("uptake_sources", [])]
-        if math.isfinite(to_mbq) and to_mbq > 0:
-            for row in rows:
-                j = int(str(row["name"]).rsplit("_", 1)[1]) - 1
-                acts[j] = float(row["activity_mbq"]) / to_mbq
+        # as in the result's volume.
+        acts = torch.tensor(outcome.source_activities, dtype=torch.float64)
         kept = [j for j in range(len(acts)) if float(acts[j]) > 0]  # a source measured at 0:
         for j in kept:  # nothing there (no finite ℓ)
             unit = model.source_unit_volume(j).detach().cpu().float()
