@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recon.anatomy import OrgansConfig, reconstruct_organs  # noqa: E402
+from recon.anatomy.quantify import structure_truth_mbq  # noqa: E402
 from recon.anatomy.reconstruct import LESION_CONTRAST, reconstruct_conjugate  # noqa: E402
 from recon.data.phantoms import FIRST_LESION_LABEL, TorsoPhantom  # noqa: E402
 from recon.data.phantoms.variants import PhantomVariant, simulate_variant, vary_lesions  # noqa: E402
@@ -118,7 +119,8 @@ def case_study(size: int, overrides: dict[str, object]) -> tuple[Study, PhantomV
 
 
 def truth_of(study: Study) -> dict[str, float]:
-    return {str(k): float(v) for k, v in json.loads(study.provenance["truth_activity_mbq"]).items()}
+    """Each structure's exact activity (MBq), as `spect quantify` takes it."""
+    return structure_truth_mbq(study)
 
 
 def large_lesions(variant: PhantomVariant) -> dict[str, tuple[float, float, float]]:
