@@ -71,6 +71,10 @@ MAX_BOUNDARY_VOX = 1.5
 #: Prior standard deviation (voxels) of each boundary offset: a segmentation is right to about
 #: a voxel.
 BOUNDARY_PRIOR_SD = 1.0
+#: A source's activity is a parameter in units of the data's activity level times 100 voxels of
+#: this volume (mL) or of the grid's voxels, whichever are larger: the scale it was chosen at
+#: (6.25 mm voxels), so that the fit's steps mean the same in MBq on a finer grid.
+SOURCE_UNIT_VOXEL_ML = 6.25**3 * 1e-3
 #: Largest width σ (mm) of a residual source (a uniform sphere of about 9 cm has this rms
 #: radius per axis): sources are focal; what is broader belongs to the organs and background.
 MAX_SOURCE_SIGMA_MM = 20.0
@@ -239,7 +243,8 @@ class OrganResidualModel(nn.Module):
         self.sigma_logit = nn.Parameter(torch.log(fraction / (1 - fraction)))
         voxel_ml = grid.voxel_volume_mm3 * 1e-3
         a0 = torch.tensor([max(s.activity, 0.0) for s in sources], dtype=torch.float32)
-        self.register_buffer("a_unit", torch.tensor(level * voxel_ml * 100.0))
+        unit_ml = 100.0 * max(voxel_ml, SOURCE_UNIT_VOXEL_ML)
+        self.register_buffer("a_unit", torch.tensor(level * unit_ml))
         self.raw_a = nn.Parameter(_inverse_softplus(a0.reshape(n) / self.a_unit))
 
     # -- parts -------------------------------------------------------------------------------

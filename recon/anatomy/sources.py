@@ -37,6 +37,16 @@ __all__ = [
 #: A source moves to another depth when that lowers the Poisson deviance by more than this.
 DEPTH_SEARCH_MARGIN = 4.0
 
+#: Scales of the source search in mm: the smoothing of the significance map, the least distance
+#: between two sources across the rays, the half-width of the patch whose AP/PA ratio gives a new
+#: source's depth, and a new source's starting width σ. They were chosen on studies of 6.25 mm
+#: voxels (1, 3, 2 and 1.5 voxels there); on a coarser grid the search keeps those numbers of
+#: voxels, so it never works below one voxel.
+SEARCH_SMOOTHING_MM = 6.25
+SOURCE_SEPARATION_MM = 18.75
+DEPTH_PATCH_MM = 12.5
+START_SIGMA_MM = 9.375
+
 #: The depth search first tries at most this many depths along a source's ray (every voxel on
 #: small grids, every few on large ones), then every voxel around the best.
 DEPTH_SEARCH_POINTS = 32
@@ -81,7 +91,7 @@ def find_sources(
         Minimum significance: the smoothed excess of both views over the square root of their
         smoothed expectation (in standard deviations of Poisson noise).
     sigma_mm:
-        Starting width of each source (default 1.5 voxels).
+        Starting width of each source (default `START_SIGMA_MM`, at least 1.5 voxels).
     exclude:
         Sources already in the model: new ones within 3 voxels of them (in-plane) are skipped.
 
@@ -123,16 +133,19 @@ def find_sources(
     )
     # Significance on the voxel lattice: smoothed excess of both views over the noise; one score
     # per ray of the pair (the best over the ray, inside the support).
-    smooth = [_smooth(e, 1.0) for e in excess]
-    noise = torch.sqrt(_smooth(level[0] + level[1], 1.0).clamp_min(1.0))
+    voxel_mm = min(grid.spacing_mm)
+    smoothing = max(1.0, SEARCH_SMOOTHING_MM / voxel_mm)
+    separation = max(3, round(SOURCE_SEPARATION_MM / voxel_mm))
+    smooth = [_smooth(e, smoothing) for e in excess]
+    noise = torch.sqrt(_smooth(level[0] + level[1], smoothing).clamp_min(1.0))
     score = torch.where(sup, (smooth[0] + smooth[1]) / noise, -math.inf)
     ray_axis = _ray_axis(geometry.angles_deg[pair[0]])
-    peaks = _peaks(score.amax(dim=ray_axis).numpy(), threshold, radius=3)
-    width = 1.5 * min(grid.spacing_mm) if sigma_mm is None else float(sigma_mm)
+    peaks = _peaks(score.amax(dim=ray_axis).numpy(), threshold, radius=separation)
+    width = max(1.5 * voxel_mm, START_SIGMA_MM) if sigma_mm is None else float(sigma_mm)
     voxel_ml = grid.voxel_volume_mm3 * 1e-3
     scale = study.acquisition.count_scale
     centres = [grid.centres_mm(a).detach().cpu().numpy() for a in range(3)]  # z, y, x
-    spacing_xyz = (dx, dy, dz)
+    reach = tuple(max(3 * h, SOURCE_SEPARATION_MM) for h in (dx, dy, dz))
     found: list[ResidualSource] = []
     for peak in peaks:
         if len(found) >= max_sources:
@@ -143,7 +156,8 @@ def find_sources(
             continue
         # The patch: the pixels of each view that see the columns around the peak.
         columns_patch = torch.zeros(grid.shape, dtype=torch.float64)
-        columns_patch[_patch_index(peak, ray_axis, radius=2)] = 1.0
+        radius = max(2, round(DEPTH_PATCH_MM / voxel_mm))
+        columns_patch[_patch_index(peak, ray_axis, radius=radius)] = 1.0
         seen = plain(columns_patch) > 0  # [V, rows, bins]
         indicator = torch.zeros((2, *shape), dtype=torch.float64)
         for k, v in enumerate(pair):
@@ -157,7 +171,7 @@ def find_sources(
         voxel.insert(ray_axis, depth)
         zyx = tuple(float(centres[a][voxel[a]]) for a in range(3))
         xyz = (zyx[2], zyx[1], zyx[0])
-        if any(_near(xyz, s.centre_mm, spacing_xyz, ray_axis) for s in (*exclude, *found)):
+        if any(_near(xyz, s.centre_mm, reach, ray_axis) for s in (*exclude, *found)):
             continue
         total = max(measured[0] + measured[1], 0.0)
         unit = scale * float(r0[depth] + r1[depth])  # counts per unit concentration there
@@ -418,12 +432,13 @@ def _depth(patch: list[float], t0: np.ndarray, t1: np.ndarray, inside: np.ndarra
 def _near(
     a: tuple[float, float, float],
     b: tuple[float, float, float],
-    spacing_xyz: tuple[float, float, float],
+    reach_xyz: tuple[float, ...],
     ray_axis: int,
 ) -> bool:
-    """Within 3 voxels of each other across the rays (the ray axis is z, y, x = 0, 1, 2)."""
+    """Within ``reach_xyz`` (mm, per axis x, y, z) of each other across the rays (the ray axis is
+    z, y, x = 0, 1, 2)."""
     along = 2 - ray_axis  # index in (x, y, z)
-    return all(abs(a[i] - b[i]) <= 3 * spacing_xyz[i] for i in range(3) if i != along)
+    return all(abs(a[i] - b[i]) <= reach_xyz[i] for i in range(3) if i != along)
 
 
 def _smooth(volume: torch.Tensor, sigma_vox: float) -> torch.Tensor:
