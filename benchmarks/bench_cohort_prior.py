@@ -96,6 +96,7 @@ from recon.anatomy import OrgansConfig, reconstruct_organs  # noqa: E402
 from recon.anatomy.organ_fit import mbq_per_unit_ml  # noqa: E402
 from recon.cohort import CohortConfig, Manifest, fit_with_prior, train_cohort  # noqa: E402
 from recon.cohort.manifest import ManifestEntry  # noqa: E402
+from recon.cohort.model import load_cohort_model  # noqa: E402
 from recon.data.phantoms import FIRST_LESION_LABEL  # noqa: E402
 from recon.data.phantoms.population import (  # noqa: E402
     PopulationConfig,
@@ -236,11 +237,36 @@ def single_nerf(study: Study, train: TrainConfig) -> Result:
     return Result(np.asarray(volume, dtype=np.float32), study.grid, "anatomy-nerf")
 
 
-def prior_fit(study: Study, model: Path, train: TrainConfig, fine_tune: bool) -> tuple[Result, Any]:
-    """The prior fit's volume as a `Result`, and its field."""
-    outcome = fit_with_prior(study, model, fine_tune=fine_tune, config=train)
+def prior_fit(
+    study: Study, model: Path, train: TrainConfig, fine_tune: bool, exact: bool = False
+) -> tuple[Result, Any]:
+    """The prior fit's volume as a `Result`, and its field. ``exact``: the residual anchor's
+    normalisation on every voxel (``normalise_sample = None``, the reference of the sampled
+    one the cohort was trained with)."""
+    loaded = load_cohort_model(model)
+    organ = loaded.model.organ_code
+    if exact and organ is not None:
+        loaded.model.organ_code = dataclasses.replace(organ, normalise_sample=None)
+    outcome = fit_with_prior(study, loaded, fine_tune=fine_tune, config=train)
     volume = sample_on_grid(outcome.representation, study.grid)
     return Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf"), outcome.representation
+
+
+def prior_settings(args: argparse.Namespace, select: str) -> TrainConfig:
+    """The prior fits' settings with ``select``: ``"best_holdout"`` holds out
+    ``--fit-holdout`` of the pixels to choose the state on, ``"last"`` holds out none."""
+    holdout = args.fit_holdout if select == "best_holdout" else 0.0
+    return dataclasses.replace(
+        train_settings(args, args.fit_steps), select=select, holdout_fraction=holdout,
+        val_every=args.fit_val_every if select == "best_holdout" else 0,
+    )  # fmt: skip
+
+
+def normalise_error(field: OrganAnchoredField) -> float:
+    """Largest |total / code's total − 1| (%) over the field's components: what the normalised
+    modulation (sampled or exact) fails to preserve."""
+    acts, code = field.component_activities(), field.code_activities()
+    return max(abs(acts[n] / code[n] - 1.0) * 100.0 for n in code if code[n] > 0)
 
 
 def code_table(study: Study, field: OrganAnchoredField, organs: Result) -> Result:
@@ -271,10 +297,14 @@ def code_table(study: Study, field: OrganAnchoredField, organs: Result) -> Resul
 
 def evaluate(
     study: Study, lesions: dict[str, tuple[float, ...]], models: dict[str, dict[int, Path]],
-    args: argparse.Namespace,
-) -> dict[str, Score]:  # fmt: skip
+    args: argparse.Namespace, exact_check: bool = False,
+) -> tuple[dict[str, Score], dict[str, float]]:  # fmt: skip
+    """Scores of every method on ``study``, and the normalisation error (%, `normalise_error`)
+    of each residual-anchor fit. ``exact_check``: also the first residual-anchor code fit with
+    the exact normalisation (row ``…, exact normalisation``: its time is the reference)."""
     train = train_settings(args, args.fit_steps)
     scores: dict[str, Score] = {}
+    norm: dict[str, float] = {}
 
     def timed(name: str, run: Any, table: bool = False) -> None:
         t0 = time.perf_counter()
@@ -291,25 +321,37 @@ def evaluate(
     scores[RESIDUAL_VOLUME] = score_voxels(study, organs, lesions)  # the residual anchor
     scores["organs + residual"].seconds = scores[RESIDUAL_VOLUME].seconds = seconds
     timed(QPLANAR, lambda: reconstruct_organs(study, config=OrgansConfig(residual=False)).result)
-    for kind, by_size in models.items():
-        for n, model in by_size.items():
-            for label, tune in zip(KINDS[kind], (False, True), strict=True):
-                t0 = time.perf_counter()
-                result, field = prior_fit(study, model, train, tune)
-                name = f"{label}, N={n}"
-                scores[name] = score_voxels(study, result, lesions)
-                scores[name].seconds = time.perf_counter() - t0
-                if kind == "residual anchor":  # also its own table, like organs + residual
-                    table = code_table(study, field, organs)
-                    scores[f"{label}, table, N={n}"] = score_table(study, table, lesions)
-                    scores[f"{label}, table, N={n}"].seconds = scores[name].seconds
-    return scores
+    runs = [
+        (kind, n, model, label, tune, select, False)
+        for kind, by_size in models.items()
+        for n, model in by_size.items()
+        for select in args.selects
+        for label, tune in zip(KINDS[kind], (False, True), strict=True)
+    ]
+    if exact_check and "residual anchor" in models:
+        n, model = min(models["residual anchor"].items())
+        label = KINDS["residual anchor"][0]
+        runs.append(("residual anchor", n, model, label, False, args.selects[0], True))
+    for kind, n, model, label, tune, select, exact in runs:
+        t0 = time.perf_counter()
+        result, field = prior_fit(study, model, prior_settings(args, select), tune, exact)
+        tag = "" if len(args.selects) == 1 else f" [{select}]"
+        tag += ", exact normalisation" if exact else ""
+        name = f"{label}{tag}, N={n}"
+        scores[name] = score_voxels(study, result, lesions)
+        scores[name].seconds = time.perf_counter() - t0
+        if kind == "residual anchor":  # also its own table, like organs + residual
+            table = code_table(study, field, organs)
+            scores[f"{label}{tag}, table, N={n}"] = score_table(study, table, lesions)
+            scores[f"{label}{tag}, table, N={n}"].seconds = scores[name].seconds
+            norm[name] = normalise_error(field)
+    return scores, norm
 
 
 def _evaluate_file(
     path: Path, sample: PopulationSample | None, models: dict[str, dict[int, Path]],
     args: argparse.Namespace,
-) -> dict[str, Score]:  # fmt: skip
+) -> tuple[dict[str, Score], dict[str, float]]:  # fmt: skip
     """`evaluate` of a population member's file (in a worker process)."""
     torch.set_num_threads(1)
     study = read_study(path)
@@ -318,10 +360,12 @@ def _evaluate_file(
 
 def _evaluate_patient15(
     models: dict[str, dict[int, Path]], args: argparse.Namespace
-) -> dict[str, Score] | None:
+) -> tuple[dict[str, Score], dict[str, float]] | None:
     torch.set_num_threads(1)
     study = patient15(args)
-    return None if study is None else evaluate(study, lesion_centres(study, None), models, args)
+    if study is None:
+        return None
+    return evaluate(study, lesion_centres(study, None), models, args, exact_check=args.exact_check)
 
 
 def cohort_config(args: argparse.Namespace, kind: str, n: int) -> CohortConfig:
@@ -339,6 +383,7 @@ def cohort_config(args: argparse.Namespace, kind: str, n: int) -> CohortConfig:
         organ_residual=args.anchor_head if residual else not args.no_organ_residual,
         organ_anchor="residual" if residual else "organs",
         organ_normalise=residual and args.anchor_normalise,
+        organ_normalise_sample=args.normalise_sample or None,
     )  # fmt: skip
 
 
@@ -571,6 +616,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--anchor-normalise", action=argparse.BooleanOptionalAction, default=True,
         help="residual anchor: the modulation keeps every component's total",
     )  # fmt: skip
+    p.add_argument(
+        "--normalise-sample", type=int, default=4096,
+        help="residual anchor: voxels per component of the normalising means (0: all, exact)",
+    )  # fmt: skip
+    p.add_argument(
+        "--select", default="last",
+        help="prior fits: the state returned, last or best_holdout (comma list: rows of each)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fit-holdout", type=float, default=0.1,
+        help="prior fits with best_holdout: the fraction of pixels held out to choose on",
+    )  # fmt: skip
+    p.add_argument(
+        "--fit-val-every", type=int, default=10,
+        help="prior fits with best_holdout: validate (a candidate state) every so many steps",
+    )  # fmt: skip
+    p.add_argument(
+        "--exact-check", action=argparse.BooleanOptionalAction, default=True,
+        help="patient 15: also the first residual-anchor code fit with the exact normalisation",
+    )  # fmt: skip
     p.add_argument("--no-single-nerf", action="store_true", help="skip that reference")
     p.add_argument(
         "--reuse", type=Path, default=None,
@@ -588,6 +653,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.train_sizes = sorted(int(v) for v in str(args.train_sizes).split(","))
     args.kinds = [k.strip() for k in str(args.kinds).split(",") if k.strip()]
+    args.selects = [v.strip() for v in str(args.select).split(",") if v.strip()]
+    bad = sorted(set(args.selects) - {"last", "best_holdout"}) or not args.selects
+    if bad:
+        p.error(f"--select: expected last and/or best_holdout, got {args.select!r}")
     unknown = sorted(set(args.kinds) - set(KINDS))
     if unknown:
         p.error(f"--kinds: unknown {unknown}; known: {sorted(KINDS)}")
@@ -623,12 +692,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if not (args.no_patient15 or args.val_only):
             p15_job = pool.submit(_evaluate_patient15, models, args)
         held = []
+        norm_errors: dict[str, list[float]] = {}
         for path, job in zip(scored, jobs, strict=True):
-            held.append(job.result())
+            scores, norm = job.result()
+            held.append(scores)
+            for m, v in norm.items():
+                norm_errors.setdefault(m, []).append(v)
             print(f"  {path.stem}: " + "; ".join(
                 f"{m} {np.mean(np.abs(list(s.organ_errors.values()))):.1f} %"
                 for m, s in held[-1].items()), flush=True)  # fmt: skip
-        p15_scores = None if p15_job is None else p15_job.result()
+        p15_out = None if p15_job is None else p15_job.result()
+        p15_scores, p15_norm = (None, {}) if p15_out is None else p15_out
         p15_summary = None if p15_scores is None else summarise([p15_scores])
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "write_docs")}
     record = {
@@ -642,6 +716,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for sc in held
         ],
         "patient15": p15_summary,
+        "normalise_error_pct": {
+            "held_out_max": {m: max(v) for m, v in norm_errors.items()},
+            "patient15": p15_norm,
+        },
         "cohorts": cohort_info,
         "throughput": rates,
         "torch_threads": torch.get_num_threads(),

@@ -262,10 +262,18 @@ def _combine(
         losses += list(second.losses)
         elapsed += second.elapsed_s
         steps = offset + second.steps_done
+    selected = last.selected_step
+    if second is not None and selected is not None:
+        selected += n_code if first is None else first.steps_done
+    prior["selected_steps"] = {
+        "code": None if first is None else first.selected_step,
+        "fine-tune": None if second is None else selected,
+    }
     values = {f.name: getattr(last, f.name) for f in dataclasses.fields(FitResult)}
     values.update(
-        config=config, history=history, losses=losses, steps_done=steps, elapsed_s=elapsed
-    )
+        config=config, history=history, losses=losses, steps_done=steps, elapsed_s=elapsed,
+        selected_step=selected,
+    )  # fmt: skip
     return PriorFitResult(**values, prior=prior)
 
 

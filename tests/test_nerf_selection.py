@@ -1,0 +1,257 @@
+"""Model selection on held-out pixels (`TrainConfig.select`): the trainer keeps the state with
+the lowest held-out deviance, the starting state included, restores it at the end, carries the
+choice through checkpoints; ``"last"`` is unchanged behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from recon.cohort.training import CohortConfig
+from recon.data.phantoms.torso import default_grid, make_torso
+from recon.data.simulate import simulate_acquisition
+from recon.nerf import losses
+from recon.nerf.checkpoint import load_checkpoint
+from recon.nerf.config import TrainConfig
+from recon.nerf.field import EmissionField, FieldConfig
+from recon.nerf.training import TrainingInterrupted, fit
+from recon.training.loop import Trainer
+from spectproj import ParallelGeometry
+
+TINY_FIELD = FieldConfig(
+    encoding="hashgrid", latent_dim=4, hash_levels=4, hash_features=2, hash_log2_size=10,
+    hash_base_resolution=4, hash_finest_resolution=32, hash_mlp_depth=2, hash_mlp_width=16,
+)  # fmt: skip
+TINY = TrainConfig(
+    steps=12, rays_per_step=128, n_samples=None, lr=3e-2, val_every=3, log_every=3,
+    preview_every=0, checkpoint_every=0, deterministic=True, field=TINY_FIELD,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def study():
+    grid = default_grid(16)
+    phantom = make_torso(grid, supersample=2)
+    return simulate_acquisition(
+        phantom, ParallelGeometry.ap_pa(grid), total_counts=2e5, scatter_fraction=0.1, seed=1
+    )
+
+
+def _field(study, seed: int = 0) -> EmissionField:
+    torch.manual_seed(seed)
+    return EmissionField(study.grid, TINY_FIELD)
+
+
+# -- a fake objective whose held-out deviance is known at every validation --------------------
+
+
+class _Fake:
+    """One parameter vector pulled towards a target; ``validate`` returns the deviance listed
+    for the trainer's current step (``table[step]``), and remembers the parameters then."""
+
+    columns = ("step", "loss", "lr", "val_deviance", "val_psnr", "time_s")
+
+    def __init__(self, table: dict[int, float]) -> None:
+        self.model = nn.Linear(3, 1)
+        self.representation = self.model
+        self.params = list(self.model.parameters())
+        self.latest = {"val_deviance": math.nan, "val_psnr": math.nan}
+        self.table = table
+        self.trainer: Trainer | None = None
+        self.seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def draw(self, step: int) -> None:
+        return None
+
+    def loss(self, batch, autocast):
+        w = self.model.weight
+        return ((w - 5.0) ** 2).sum() + (self.model.bias**2).sum(), {}
+
+    def validate(self) -> dict[str, float]:
+        assert self.trainer is not None
+        step = self.trainer.step
+        self.seen[step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.latest = {"val_deviance": self.table[step], "val_psnr": -self.table[step]}
+        return dict(self.latest)
+
+    def rng_state(self):
+        return None
+
+    def set_rng_state(self, state) -> None:
+        pass
+
+    def checkpoint_extras(self) -> dict:
+        return {}
+
+    def previews(self, step: int, out_dir: Path) -> None:
+        pass
+
+
+def _run_fake(select: str, table: dict[int, float], steps: int = 8) -> _Fake:
+    torch.manual_seed(0)
+    config = TrainConfig(
+        steps=steps, lr=0.1, val_every=2, log_every=2, checkpoint_every=0, select=select
+    )
+    fake = _Fake(table)
+    optimizer = torch.optim.Adam(fake.params, lr=config.lr)
+    fake.trainer = Trainer(fake, config, optimizer, torch.device("cpu"))
+    fake.trainer.run()
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("table", "best"),
+    [
+        ({0: 5.0, 2: 3.0, 4: 4.0, 6: 2.5, 8: 6.0}, 6),  # a middle validation
+        ({0: 1.0, 2: 3.0, 4: 4.0, 6: 2.5, 8: 6.0}, 0),  # the starting state
+        ({0: 5.0, 2: 3.0, 4: 3.0, 6: 3.5, 8: 3.0}, 2),  # ties: the earliest
+        ({0: 5.0, 2: 3.0, 4: 4.0, 6: 2.5, 8: 1.0}, 8),  # the last
+    ],
+)
+def test_the_trainer_restores_exactly_the_best_steps_parameters(table, best) -> None:
+    fake = _run_fake("best_holdout", table)
+    trainer = fake.trainer
+    assert trainer is not None and trainer.step == 8
+    assert trainer.selected_step == best
+    for name, value in fake.model.state_dict().items():
+        assert torch.equal(value, fake.seen[best][name]), name
+    assert fake.latest == {"val_deviance": table[best], "val_psnr": -table[best]}
+    # the steps themselves are those of "last": the same final parameters there
+    last = _run_fake("last", table)
+    assert last.trainer is not None and last.trainer.selected_step == 8
+    assert 0 not in last.seen  # "last" does not validate the starting state
+    for name, value in last.model.state_dict().items():
+        assert torch.equal(value, fake.seen[8][name]), name
+        assert best == 8 or not torch.equal(value, fake.model.state_dict()[name]), name
+
+
+def test_a_nan_deviance_is_never_kept() -> None:
+    fake = _run_fake("best_holdout", {0: math.nan, 2: 3.0, 4: math.nan, 6: 2.0, 8: math.nan})
+    assert fake.trainer is not None and fake.trainer.selected_step == 6
+
+
+# -- through fit ---------------------------------------------------------------------------------
+
+
+def _states(result) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in result.representation.state_dict().items()}
+
+
+def test_fit_best_holdout_returns_the_lowest_validation_and_last_is_unchanged(study) -> None:
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    field = _field(study)
+
+    def keep(step: int, total: int, metrics) -> None:
+        snapshots[step] = {k: v.detach().clone() for k, v in field.state_dict().items()}
+
+    start = {k: v.detach().clone() for k, v in field.state_dict().items()}
+    best = fit(field, study, dataclasses.replace(TINY, select="best_holdout"), callback=keep)
+    last = fit(_field(study), study, TINY)
+    assert best.losses == last.losses  # the selection does not change the training
+    assert last.selected_step == last.steps_done == 12
+    rows = [r for r in best.history if not math.isnan(r["val_deviance"])]
+    logged = {int(r["step"]): r["val_deviance"] for r in rows}
+    assert sorted(logged) == [3, 6, 9, 12]
+    snapshots[0] = start
+    # the starting state's deviance, measured the same way
+    first = fit(_field(study), study, dataclasses.replace(TINY, steps=0))
+    logged[0] = first.val_deviance
+    chosen = min(logged, key=lambda s: (logged[s], s))
+    assert best.selected_step == chosen
+    assert best.val_deviance == pytest.approx(logged[chosen], rel=1e-12)
+    assert best.val_deviance <= min(logged.values())
+    for name, value in best.representation.state_dict().items():
+        assert torch.equal(value, snapshots[chosen][name]), name
+    if chosen != 12:  # last returns the last step's state, selection another
+        assert any(
+            not torch.equal(a, b)
+            for a, b in zip(best.representation.state_dict().values(),
+                            last.representation.state_dict().values(), strict=True)
+        )  # fmt: skip
+
+
+def test_a_starting_state_better_than_training_is_kept(study) -> None:
+    """Training at an absurd learning rate only makes the field worse: the fit returns the
+    state it was given, bitwise."""
+    field = _field(study)
+    bad = dataclasses.replace(TINY, lr=3.0, grad_clip=None, select="best_holdout")
+    first = fit(_field(study), study, dataclasses.replace(bad, steps=0))
+    given = {k: v.detach().clone() for k, v in _field(study).state_dict().items()}
+    result = fit(field, study, bad)
+    logged = [r["val_deviance"] for r in result.history if not math.isnan(r["val_deviance"])]
+    if min(logged) < first.val_deviance:
+        pytest.skip("training improved on the start at this rate")
+    assert result.selected_step == 0
+    for name, value in result.representation.state_dict().items():
+        if name in given and name != "scale":
+            assert torch.equal(value, given[name]), name
+
+
+def test_checkpoint_and_resume_keep_the_choice(study, tmp_path, monkeypatch) -> None:
+    config = dataclasses.replace(TINY, select="best_holdout", checkpoint_every=3)
+    straight = fit(_field(study), study, config)
+
+    calls = {"n": 0}
+    real = losses.poisson_nll
+
+    def interrupt_at_step_8(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "poisson_nll", interrupt_at_step_8)
+    with pytest.raises(TrainingInterrupted) as stop:
+        fit(_field(study), study, config, out_dir=tmp_path)
+    monkeypatch.setattr(losses, "poisson_nll", real)
+    assert stop.value.step == 7
+    saved = load_checkpoint(tmp_path / "checkpoint-last.pt")
+    assert saved["selection"]["step"] in (0, 3, 6)
+    resumed_field = _field(study, seed=123)
+    resumed = fit(
+        resumed_field, study, config, resume=tmp_path / "checkpoint-last.pt", out_dir=tmp_path
+    )
+    assert resumed.losses == straight.losses
+    assert resumed.selected_step == straight.selected_step
+    assert resumed.val_deviance == straight.val_deviance
+    for (name, a), b in zip(
+        straight.representation.state_dict().items(), resumed_field.state_dict().values(),
+        strict=True,
+    ):  # fmt: skip
+        assert torch.equal(a, b), name
+    # the last checkpoint holds the last step's state (to continue), the kept one beside it
+    final = load_checkpoint(tmp_path / "checkpoint-last.pt")
+    assert final["step"] == 12 and final["selection"]["step"] == straight.selected_step
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"select": "best"}, r"select must be one of \['last', 'best_holdout'\], got 'best'"),
+        ({"select": None}, "select must be one of"),
+        ({"select": "best_holdout", "holdout_fraction": 0.0}, "holdout_fraction must be > 0"),
+    ],
+)
+def test_bad_select_values_are_clear_errors(changes, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(changes)
+
+
+def test_cohort_training_refuses_held_out_selection() -> None:
+    with pytest.raises(ValueError, match=r"train\.select must be 'last'"):
+        CohortConfig(train=TrainConfig(select="best_holdout"))
