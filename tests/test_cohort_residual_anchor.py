@@ -217,6 +217,7 @@ def test_prior_fit_records_the_anchor_and_the_result_rebuilds_it(cohort, trained
         "residual": False,
         "anchor": "residual",
         "normalise": True,
+        "normalise_sample": 4096,
     }
     field = outcome.representation
     assert isinstance(field, OrganAnchoredField) and isinstance(field.anchor, ResidualAnchor)

@@ -255,3 +255,34 @@ def test_bad_select_values_are_clear_errors(changes, message) -> None:
 def test_cohort_training_refuses_held_out_selection() -> None:
     with pytest.raises(ValueError, match=r"train\.select must be 'last'"):
         CohortConfig(train=TrainConfig(select="best_holdout"))
+
+
+def test_cli_records_the_choice_and_names_a_bad_value(study, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from recon.io import read_result, write_study
+
+    study_path = tmp_path / "study.h5"
+    write_study(study_path, study)
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(
+        'select = "best_holdout"\nval_every = 2\ncheckpoint_every = 0\npreview_every = 0\n'
+        "[field]\nhash_levels = 3\nhash_log2_size = 8\nhash_finest_resolution = 16\n"
+        "hash_mlp_width = 8\nlatent_dim = 2\n"
+    )
+    out = tmp_path / "r.h5"
+    args = [
+        "recon", "nerf", str(study_path), "-o", str(out), "--steps", "4", "--rays-per-step", "64",
+        "--samples", "8", "--config", str(toml), "--threads", "1",
+    ]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    params = read_result(out).parameters
+    assert params["config"]["select"] == "best_holdout"
+    assert params["selected_step"] in (0, 2, 4)
+    assert f"kept the state of step {params['selected_step']}" in done.output
+    toml.write_text('select = "best"\n')
+    bad = CliRunner().invoke(app, [*args[:3], "-o", str(tmp_path / "b.h5"), *args[5:]])
+    assert bad.exit_code != 0 and "select must be one of" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "b.h5").exists()

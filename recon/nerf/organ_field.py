@@ -31,8 +31,8 @@ sources (per unit activity), each source a component with a log-amplitude of its
 network pass over the anchor's voxels). The network then only redistributes activity within a
 component: each component's total over the voxel centres is its code's,
 ``exp(ℓ_i) · Σ_v U_i(v)`` (`OrganAnchoredField.component_activities`). ``normalise_sample``
-estimates each ``M_i`` on a fixed, seeded subsample of at most that many of the component's
-voxels (stratified by component, a smaller component whole: `_GridAnchor.normalising_entries`),
+estimates each ``M_i`` on a fixed, seeded, systematic subsample of at most that many of the
+component's voxels (per component, a smaller one whole: `_GridAnchor.normalising_entries`),
 so a step's extra network pass no longer grows with the anatomy; the totals are then the code's
 up to that estimate's error (``M_i / M̂_i − 1``, a fraction of a percent at 4096 voxels,
 `docs/cohorts.md`); ``None`` is the exact reference (every voxel).
@@ -247,14 +247,18 @@ class _GridAnchor(nn.Module):
 
     def normalising_entries(self, per_component: int) -> torch.Tensor:
         """``[S]`` sorted indices into `entries`: of each component, every entry when it has at
-        most ``per_component``, else ``per_component`` drawn uniformly without replacement by a
-        generator seeded with `NORMALISE_SEED` (the same sample at every call, and after a
-        ``load_state_dict`` of the same entries). Cached per ``per_component``."""
-        _, component, _ = self.entries()
+        most ``per_component``, else a systematic sample of ``per_component`` of them in the
+        order of their voxels (every ``n/per_component``-th from a random start, so the sample
+        is spread over the component's extent like a regular sub-grid; each entry is drawn
+        with probability ``per_component/n``). The starts come from a generator seeded with
+        `NORMALISE_SEED`: the same sample at every call and after a ``load_state_dict`` of the
+        same entries. Cached per ``per_component``."""
+        voxel, component, _ = self.entries()
         cache: dict[int, torch.Tensor] = self.__dict__.setdefault("_sample_cache", {})
         if per_component not in cache:
             comp = component.cpu()
-            order = torch.argsort(comp, stable=True)
+            key = comp * math.prod(self.grid.shape) + voxel.cpu()
+            order = torch.argsort(key)  # by component, then voxel
             counts = torch.bincount(comp).tolist() if comp.numel() else []
             g = torch.Generator().manual_seed(NORMALISE_SEED)
             parts, start = [], 0
@@ -262,7 +266,9 @@ class _GridAnchor(nn.Module):
                 idx = order[start : start + n]
                 start += n
                 if n > per_component:
-                    idx = idx[torch.randperm(n, generator=g)[:per_component]]
+                    u = float(torch.rand((), generator=g, dtype=torch.float64))
+                    steps = torch.arange(per_component, dtype=torch.float64)
+                    idx = idx[((steps + u) * (n / per_component)).long()]
                 parts.append(idx)
             keep = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
             cache[per_component] = torch.sort(keep).values
