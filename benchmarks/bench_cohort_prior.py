@@ -240,16 +240,17 @@ def single_nerf(study: Study, train: TrainConfig) -> Result:
 def prior_fit(
     study: Study, model: Path, train: TrainConfig, fine_tune: bool, exact: bool = False
 ) -> tuple[Result, Any]:
-    """The prior fit's volume as a `Result`, and its field. ``exact``: the residual anchor's
-    normalisation on every voxel (``normalise_sample = None``, the reference of the sampled
-    one the cohort was trained with)."""
+    """The prior fit's volume as a `Result`, and the fit (`PriorFitResult`). ``exact``: the
+    residual anchor's normalisation on every voxel (``normalise_sample = None``, the reference
+    of the sampled one the cohort was trained with)."""
     loaded = load_cohort_model(model)
     organ = loaded.model.organ_code
     if exact and organ is not None:
         loaded.model.organ_code = dataclasses.replace(organ, normalise_sample=None)
     outcome = fit_with_prior(study, loaded, fine_tune=fine_tune, config=train)
     volume = sample_on_grid(outcome.representation, study.grid)
-    return Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf"), outcome.representation
+    result = Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf")
+    return result, outcome
 
 
 def prior_settings(args: argparse.Namespace, select: str) -> TrainConfig:
@@ -334,7 +335,8 @@ def evaluate(
         runs.append(("residual anchor", n, model, label, False, args.selects[0], True))
     for kind, n, model, label, tune, select, exact in runs:
         t0 = time.perf_counter()
-        result, field = prior_fit(study, model, prior_settings(args, select), tune, exact)
+        result, outcome = prior_fit(study, model, prior_settings(args, select), tune, exact)
+        field = outcome.representation
         tag = "" if len(args.selects) == 1 else f" [{select}]"
         tag += ", exact normalisation" if exact else ""
         name = f"{label}{tag}, N={n}"
@@ -345,6 +347,8 @@ def evaluate(
             scores[f"{label}{tag}, table, N={n}"] = score_table(study, table, lesions)
             scores[f"{label}{tag}, table, N={n}"].seconds = scores[name].seconds
             norm[name] = normalise_error(field)
+        steps = outcome.prior["selected_steps"]
+        norm[f"selected steps: {name}"] = steps["fine-tune" if tune else "code"]
     return scores, norm
 
 
@@ -544,8 +548,21 @@ def block(record: dict[str, Any]) -> str:
         organ = f", organ code B = {s['organ_bound']} {head}"
     if "residual anchor" in s.get("kinds", ()):
         head = "with the residual head" if s["anchor_head"] else "no residual head"
-        norm = "normalised per component" if s["anchor_normalise"] else "not normalised"
+        norm = "not normalised"
+        if s["anchor_normalise"]:
+            sample = s.get("normalise_sample")  # records of before: exact
+            on = f"on {sample} voxels of each" if sample else "on every voxel"
+            norm = f"normalised per component (means {on})"
         organ += f", residual anchor B = {s['anchor_bound']} {norm}, {head}"
+        select = s.get("select", "last")
+        if select == "best_holdout":
+            organ += (
+                f"; its prior fits return their state with the lowest held-out deviance "
+                f"({s['fit_holdout']:.0%} of the pixels held out, validated every "
+                f"{s['fit_val_every']} steps and at the start)"
+            )
+        elif select != "last":
+            organ += f"; its prior fits with select = {select}"
     text = (
         f"Measured by `benchmarks/bench_cohort_prior.py` on {record['date']} ({s['n_test']} "
         f"held-out anatomies at {s['size']}³; cohorts of {', '.join(map(str, s['train_sizes']))} "
@@ -559,8 +576,23 @@ def block(record: dict[str, Any]) -> str:
     )
     if record.get("patient15"):
         text += f"\nPatient 15 (never in training):\n\n{table(record['patient15'])}\n"
+    elif record.get("scored") == "validation":
+        text += "\nPatient 15: not evaluated (a validation run).\n"
     else:
         text += "\nPatient 15: skipped (no /work/shared/data on this machine).\n"
+    errors = record.get("normalise_error_pct")
+    if errors and (errors.get("held_out_max") or errors.get("patient15")):
+        held = list(errors.get("held_out_max", {}).values())
+        p15 = errors.get("patient15") or {}
+        text += (
+            "\nNormalisation error of the residual-anchor fits, the largest |component total / "
+            "its code's − 1| over the components (`component_activities` against "
+            "`code_activities`): "
+            + (f"held-out anatomies up to {max(held):.3f} %" if held else "")
+            + ("; patient 15 " + ", ".join(f"{v:.3f} % ({m})" for m, v in p15.items())
+               if p15 else "")
+            + ".\n"
+        )  # fmt: skip
     rows = record.get("throughput") or []
     if rows:
         text += (
@@ -693,16 +725,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             p15_job = pool.submit(_evaluate_patient15, models, args)
         held = []
         norm_errors: dict[str, list[float]] = {}
+        selected: dict[str, list[float]] = {}
         for path, job in zip(scored, jobs, strict=True):
             scores, norm = job.result()
             held.append(scores)
             for m, v in norm.items():
-                norm_errors.setdefault(m, []).append(v)
+                if m.startswith("selected steps: "):
+                    selected.setdefault(m.removeprefix("selected steps: "), []).append(v)
+                else:
+                    norm_errors.setdefault(m, []).append(v)
             print(f"  {path.stem}: " + "; ".join(
                 f"{m} {np.mean(np.abs(list(s.organ_errors.values()))):.1f} %"
                 for m, s in held[-1].items()), flush=True)  # fmt: skip
         p15_out = None if p15_job is None else p15_job.result()
-        p15_scores, p15_norm = (None, {}) if p15_out is None else p15_out
+        p15_scores, p15_all = (None, {}) if p15_out is None else p15_out
+        p15_norm = {m: v for m, v in p15_all.items() if not m.startswith("selected steps: ")}
+        p15_selected = {
+            m.removeprefix("selected steps: "): v
+            for m, v in p15_all.items()
+            if m.startswith("selected steps: ")
+        }
         p15_summary = None if p15_scores is None else summarise([p15_scores])
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "write_docs")}
     record = {
@@ -720,6 +762,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "held_out_max": {m: max(v) for m, v in norm_errors.items()},
             "patient15": p15_norm,
         },
+        "selected_steps": {"held_out": selected, "patient15": p15_selected},
         "cohorts": cohort_info,
         "throughput": rates,
         "torch_threads": torch.get_num_threads(),
