@@ -616,8 +616,9 @@ def reused_note(record: dict[str, Any]) -> str:
         return ""
     labels = ", ".join(f"{KINDS[k][0]} / + fine-tune" for k in reused["kinds"])
     what = " and the throughput" if reused["throughput"] else ""
+    commit = f", commit {reused['commit']}" if reused.get("commit") else ""
     return (
-        f"The rows {labels}{what} are taken from the record of {reused['date']} (same "
+        f"The rows {labels}{what} are taken from the record of {reused['date']}{commit} (same "
         "settings, same test members; not rerun); every other row, the references included, "
         "was measured in this run.\n\n"
     )
