@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recon.anatomy.quantify import quantify, structure_truth_mbq
 from recon.data.phantoms import PhantomVariant, TorsoPhantom, simulate_variant
 from recon.io import read_result, read_study, write_study
 from tests.helpers import assert_ok, assert_one_line_error, invoke
@@ -94,6 +95,35 @@ def test_quantify_on_a_patient_study_needs_no_truth(folder: Path, study_file: Pa
     rows = json.loads((folder / "patient.json").read_text(encoding="utf-8"))
     assert rows and all(r["truth_mbq"] is None for r in rows)
     assert "truth" not in run.stdout
+
+
+def test_quantify_takes_each_structures_exact_truth(study_file: Path, results) -> None:
+    """A phantom records every structure's own activity: that is the truth of its row, not the
+    truth volume inside the (imperfect, coarse) segment; without the record, the mask sum."""
+    study = read_study(study_file)
+    exact = structure_truth_mbq(study)
+    organs = read_result(results["organs"])
+    rows = {(r.region, r.kind): r for r in quantify(study, [organs])}
+    assert rows[("liver", "organ")].truth_mbq == pytest.approx(exact["liver"], rel=1e-12)
+    lesion = next(name for name in exact if name.startswith("lesion"))
+    assert rows[(lesion, "lesion")].truth_mbq == pytest.approx(exact[lesion], rel=1e-12)
+    # The mask sum differs (partial volumes on a 24³ grid): the fallback when nothing is recorded.
+    anatomy = study.anatomy
+    assert anatomy is not None
+    value = next(v for v, n in anatomy.names.items() if n == "spleen")
+    voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
+    masked = float(np.asarray(study.truth_activity, np.float64)[anatomy.labels == value].sum())
+    masked *= voxel_ml * 1e-6  # Bq/mL · mL → MBq
+    assert abs(masked / exact["spleen"] - 1.0) > 0.01
+    bare = dataclasses.replace(
+        study, provenance={k: v for k, v in study.provenance.items() if k != "truth_activity_mbq"}
+    )
+    assert structure_truth_mbq(bare) == {}
+    spleen = next(r for r in quantify(bare, [organs]) if r.region == "spleen")
+    assert spleen.truth_mbq == pytest.approx(masked, rel=1e-9)
+    broken = dataclasses.replace(study, provenance={**study.provenance, "truth_activity_mbq": "["})
+    with pytest.raises(ValueError, match="truth_activity_mbq"):
+        quantify(broken, [organs])
 
 
 def test_organ_commands_refuse_bad_input_in_one_line(folder: Path, study_file: Path) -> None:

@@ -9,15 +9,25 @@ One definition for every method, so the columns compare:
   activity inside the segment's mask); it has no uncertainty.
 
 Regions are the study's anatomy segments (or, for a phantom without an anatomy, its truth labels).
-When the study holds a truth (phantoms), each row also gets the truth inside the same region and
-the relative error; truth lesions (labels named ``lesion*``) get rows of their own: for a voxel
-result the activity inside the lesion's mask, for a residual model the source matched to the
-lesion (its centre within the lesion's radius plus one voxel), marked not found otherwise.
+When the study holds a truth (phantoms), each row also gets the truth and the relative error;
+truth lesions (labels named ``lesion*``) get rows of their own: for a voxel result the activity
+inside the lesion's mask, for a residual model the source matched to the lesion (its centre
+within the lesion's radius plus one voxel), marked not found otherwise.
 No truth is needed: on a patient study the table has the estimates only.
+
+**Which truth.** A region's truth is the activity of the structure of that name when the study
+records it exactly (a simulated phantom's ``provenance["truth_activity_mbq"]``: each structure's
+own activity summed over its sub-voxels on the simulation grid, `docs/phantoms.md`). Otherwise
+it is the truth volume summed inside the region's mask. The two differ: a segmentation with
+errors (a shifted or eroded organ) holds less than the organ, and on a coarse grid a structure's
+labelled voxels mix in its neighbours' partial volumes and lose its own (−7 % for the spleen and
+kidneys of the Lu-177 phantom at 64³). The organ's own activity is what a dosimetry needs, and
+what `benchmarks/bench_anatomy.py` scores.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,7 +38,7 @@ import numpy as np
 from recon.evaluation.metrics import unit_to_bq_per_ml
 from recon.io.study import Result, Study
 
-__all__ = ["QuantRow", "quantify", "rows_to_csv"]
+__all__ = ["QuantRow", "quantify", "rows_to_csv", "structure_truth_mbq"]
 
 #: Columns of the CSV table, in order.
 COLUMNS = (
@@ -102,6 +112,7 @@ def quantify(
     regions, region_names = _regions(study)
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
     lesions = _truth_lesions(study)
+    exact = structure_truth_mbq(study)
     rows: list[QuantRow] = []
     for name, result in zip(names, results, strict=True):
         if tuple(result.grid.shape) != tuple(study.grid.shape) or result.grid != study.grid:
@@ -120,7 +131,7 @@ def quantify(
             else:
                 mbq = float(activity[mask].sum()) * voxel_ml * to_mbq
                 sd = math.nan
-            truth = _truth_in(study, mask, voxel_ml)
+            truth = exact.get(region, _truth_in(study, mask, voxel_ml))
             rows.append(
                 QuantRow(
                     method=name,
@@ -155,7 +166,7 @@ def quantify(
         sources = result.parameters.get("sources") or []
         matched: set[int] = set()
         for lesion_name, (mask, centre, radius) in lesions.items():
-            truth = _truth_in(study, mask, voxel_ml)
+            truth = exact.get(lesion_name, _truth_in(study, mask, voxel_ml))
             if isinstance(sources, list) and sources:
                 j = _match(sources, centre, radius + max(study.grid.spacing_mm))
                 found = j is not None
@@ -251,6 +262,32 @@ def _truth_lesions(study: Study) -> dict[str, tuple[np.ndarray, np.ndarray, floa
         centre = np.array([x[idx[:, 2]].mean(), y[idx[:, 1]].mean(), z[idx[:, 0]].mean()])
         volume = float(mask.sum()) * grid.voxel_volume_mm3
         out[str(name)] = (mask, centre, (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0))
+    return out
+
+
+def structure_truth_mbq(study: Study) -> dict[str, float]:
+    """Each structure's exact activity (MBq) when the study records it (a simulated phantom's
+    ``provenance["truth_activity_mbq"]``), else an empty dict.
+
+    Raises
+    ------
+    ValueError
+        The record is there but is not a JSON object of finite numbers.
+    """
+    text = study.provenance.get("truth_activity_mbq")
+    if text is None or study.truth_activity is None:
+        return {}
+    try:
+        record = json.loads(text)
+        out = {str(k): float(v) for k, v in record.items()}
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"the study's provenance truth_activity_mbq must be a JSON object of numbers, got "
+            f"{text[:80]!r}"
+        ) from error
+    bad = [k for k, v in out.items() if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"the study's provenance truth_activity_mbq is not finite for {bad}")
     return out
 
 
