@@ -284,3 +284,7 @@ def test_cli_names_a_bad_anchor(cohort, tmp_path) -> None:
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 2 and "--organ-anchor" in done.output
     assert "Traceback" not in done.output and not (tmp_path / "m.pt").exists()
+    args[-2:] = ["--organ-normalise", "--organ-normalise-sample", "-1"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2 and "--organ-normalise-sample" in done.output
+    assert "Traceback" not in done.output and not (tmp_path / "m.pt").exists()
