@@ -13,46 +13,27 @@ import torch
 from torch import nn
 
 from recon.cohort.training import CohortConfig
-from recon.data.phantoms.torso import default_grid, make_torso
-from recon.data.simulate import simulate_acquisition
 from recon.nerf import losses
 from recon.nerf.checkpoint import load_checkpoint
 from recon.nerf.config import TrainConfig
-from recon.nerf.field import EmissionField, FieldConfig
 from recon.nerf.training import TrainingInterrupted, fit
 from recon.training.loop import Trainer
-from spectproj import ParallelGeometry
+from tests.test_nerf_training import TINY as NERF_TINY
+from tests.test_nerf_training import (  # noqa: F401  # fixtures: one thread, the study
+    _field,
+    _one_thread,
+    study,
+)
 
-TINY_FIELD = FieldConfig(
-    encoding="hashgrid", latent_dim=4, hash_levels=4, hash_features=2, hash_log2_size=10,
-    hash_base_resolution=4, hash_finest_resolution=32, hash_mlp_depth=2, hash_mlp_width=16,
-)  # fmt: skip
-TINY = TrainConfig(
-    steps=12, rays_per_step=128, n_samples=None, lr=3e-2, val_every=3, log_every=3,
-    preview_every=0, checkpoint_every=0, deterministic=True, field=TINY_FIELD,
-)  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TINY = dataclasses.replace(
+    NERF_TINY, steps=12, lr=3e-2, val_every=3, log_every=3, deterministic=True
+)
 
 
-@pytest.fixture(scope="module")
-def study():
-    grid = default_grid(16)
-    phantom = make_torso(grid, supersample=2)
-    return simulate_acquisition(
-        phantom, ParallelGeometry.ap_pa(grid), total_counts=2e5, scatter_fraction=0.1, seed=1
-    )
-
-
-def _field(study, seed: int = 0) -> EmissionField:
-    torch.manual_seed(seed)
-    return EmissionField(study.grid, TINY_FIELD)
+@pytest.fixture
+def nerf_study(request: pytest.FixtureRequest):
+    """The 16³ torso of `tests/test_nerf_training.py` (its module-scoped fixture)."""
+    return request.getfixturevalue("study")
 
 
 # -- a fake objective whose held-out deviance is known at every validation --------------------
@@ -150,16 +131,16 @@ def _states(result) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in result.representation.state_dict().items()}
 
 
-def test_fit_best_holdout_returns_the_lowest_validation_and_last_is_unchanged(study) -> None:
+def test_fit_best_holdout_returns_the_lowest_validation_and_last_is_unchanged(nerf_study) -> None:
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    field = _field(study)
+    field = _field(nerf_study)
 
     def keep(step: int, total: int, metrics) -> None:
         snapshots[step] = {k: v.detach().clone() for k, v in field.state_dict().items()}
 
     start = {k: v.detach().clone() for k, v in field.state_dict().items()}
-    best = fit(field, study, dataclasses.replace(TINY, select="best_holdout"), callback=keep)
-    last = fit(_field(study), study, TINY)
+    best = fit(field, nerf_study, dataclasses.replace(TINY, select="best_holdout"), callback=keep)
+    last = fit(_field(nerf_study), nerf_study, TINY)
     assert best.losses == last.losses  # the selection does not change the training
     assert last.selected_step == last.steps_done == 12
     rows = [r for r in best.history if not math.isnan(r["val_deviance"])]
@@ -167,7 +148,7 @@ def test_fit_best_holdout_returns_the_lowest_validation_and_last_is_unchanged(st
     assert sorted(logged) == [3, 6, 9, 12]
     snapshots[0] = start
     # the starting state's deviance, measured the same way
-    first = fit(_field(study), study, dataclasses.replace(TINY, steps=0))
+    first = fit(_field(nerf_study), nerf_study, dataclasses.replace(TINY, steps=0))
     logged[0] = first.val_deviance
     chosen = min(logged, key=lambda s: (logged[s], s))
     assert best.selected_step == chosen
@@ -183,14 +164,14 @@ def test_fit_best_holdout_returns_the_lowest_validation_and_last_is_unchanged(st
         )  # fmt: skip
 
 
-def test_a_starting_state_better_than_training_is_kept(study) -> None:
+def test_a_starting_state_better_than_training_is_kept(nerf_study) -> None:
     """Training at an absurd learning rate only makes the field worse: the fit returns the
     state it was given, bitwise."""
-    field = _field(study)
+    field = _field(nerf_study)
     bad = dataclasses.replace(TINY, lr=3.0, grad_clip=None, select="best_holdout")
-    first = fit(_field(study), study, dataclasses.replace(bad, steps=0))
-    given = {k: v.detach().clone() for k, v in _field(study).state_dict().items()}
-    result = fit(field, study, bad)
+    first = fit(_field(nerf_study), nerf_study, dataclasses.replace(bad, steps=0))
+    given = {k: v.detach().clone() for k, v in _field(nerf_study).state_dict().items()}
+    result = fit(field, nerf_study, bad)
     logged = [r["val_deviance"] for r in result.history if not math.isnan(r["val_deviance"])]
     if min(logged) < first.val_deviance:
         pytest.skip("training improved on the start at this rate")
@@ -200,9 +181,9 @@ def test_a_starting_state_better_than_training_is_kept(study) -> None:
             assert torch.equal(value, given[name]), name
 
 
-def test_checkpoint_and_resume_keep_the_choice(study, tmp_path, monkeypatch) -> None:
+def test_checkpoint_and_resume_keep_the_choice(nerf_study, tmp_path, monkeypatch) -> None:
     config = dataclasses.replace(TINY, select="best_holdout", checkpoint_every=3)
-    straight = fit(_field(study), study, config)
+    straight = fit(_field(nerf_study), nerf_study, config)
 
     calls = {"n": 0}
     real = losses.poisson_nll
@@ -215,14 +196,14 @@ def test_checkpoint_and_resume_keep_the_choice(study, tmp_path, monkeypatch) -> 
 
     monkeypatch.setattr(losses, "poisson_nll", interrupt_at_step_8)
     with pytest.raises(TrainingInterrupted) as stop:
-        fit(_field(study), study, config, out_dir=tmp_path)
+        fit(_field(nerf_study), nerf_study, config, out_dir=tmp_path)
     monkeypatch.setattr(losses, "poisson_nll", real)
     assert stop.value.step == 7
     saved = load_checkpoint(tmp_path / "checkpoint-last.pt")
     assert saved["selection"]["step"] in (0, 3, 6)
-    resumed_field = _field(study, seed=123)
+    resumed_field = _field(nerf_study, seed=123)
     resumed = fit(
-        resumed_field, study, config, resume=tmp_path / "checkpoint-last.pt", out_dir=tmp_path
+        resumed_field, nerf_study, config, resume=tmp_path / "checkpoint-last.pt", out_dir=tmp_path
     )
     assert resumed.losses == straight.losses
     assert resumed.selected_step == straight.selected_step
@@ -257,14 +238,14 @@ def test_cohort_training_refuses_held_out_selection() -> None:
         CohortConfig(train=TrainConfig(select="best_holdout"))
 
 
-def test_cli_records_the_choice_and_names_a_bad_value(study, tmp_path) -> None:
+def test_cli_records_the_choice_and_names_a_bad_value(nerf_study, tmp_path) -> None:
     from typer.testing import CliRunner
 
     from cli.main import app
     from recon.io import read_result, write_study
 
-    study_path = tmp_path / "study.h5"
-    write_study(study_path, study)
+    study_path = tmp_path / "nerf_study.h5"
+    write_study(study_path, nerf_study)
     toml = tmp_path / "tiny.toml"
     toml.write_text(
         'select = "best_holdout"\nval_every = 2\ncheckpoint_every = 0\npreview_every = 0\n'

@@ -13,7 +13,6 @@ import torch
 
 from recon.cohort.training import CohortConfig
 from recon.nerf.anatomy_field import AnatomyFeatureConfig, AnatomyFeatures
-from recon.nerf.field import FieldConfig
 from recon.nerf.organ_field import (
     NORMALISE_SAMPLE,
     OrganAnchor,
@@ -26,11 +25,8 @@ from recon.nerf.organ_field import (
 )
 from recon.training.runtime import voxel_points
 from spectproj import ImageGrid
+from tests.test_cohort_organ_code import FIELD
 
-FIELD = FieldConfig(
-    encoding="hashgrid", latent_dim=4, hash_levels=4, hash_log2_size=10, hash_base_resolution=4,
-    hash_finest_resolution=32, hash_mlp_width=16,
-)  # fmt: skip
 GRID = ImageGrid(shape=(30, 40, 50), spacing_mm=(4.0, 4.0, 4.0))
 #: Entries per component of the big anchor: three large ones and a small one (taken whole).
 SIZES = (30000, 20000, 300, 9700)
