@@ -173,9 +173,9 @@ def test_a_starting_state_better_than_training_is_kept(nerf_study) -> None:
     given = {k: v.detach().clone() for k, v in _field(nerf_study).state_dict().items()}
     result = fit(field, nerf_study, bad)
     logged = [r["val_deviance"] for r in result.history if not math.isnan(r["val_deviance"])]
-    if min(logged) < first.val_deviance:
-        pytest.skip("training improved on the start at this rate")
-    assert result.selected_step == 0
+    # measured: 951 at the start, 1234 at every validation after it
+    assert min(logged) > 1.2 * first.val_deviance, (first.val_deviance, logged)
+    assert result.selected_step == 0 and result.val_deviance == first.val_deviance
     for name, value in result.representation.state_dict().items():
         if name in given and name != "scale":
             assert torch.equal(value, given[name]), name
