@@ -558,7 +558,7 @@ def block(record: dict[str, Any]) -> str:
         if select == "best_holdout":
             organ += (
                 f"; its prior fits return their state with the lowest held-out deviance "
-                f"({s['fit_holdout']:.0%} of the pixels held out, validated every "
+                f"({s['fit_holdout'] * 100:.0f} % of the pixels held out, validated every "
                 f"{s['fit_val_every']} steps and at the start)"
             )
         elif select != "last":
