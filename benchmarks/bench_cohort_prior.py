@@ -96,6 +96,7 @@ from recon.anatomy import OrgansConfig, reconstruct_organs  # noqa: E402
 from recon.anatomy.organ_fit import mbq_per_unit_ml  # noqa: E402
 from recon.cohort import CohortConfig, Manifest, fit_with_prior, train_cohort  # noqa: E402
 from recon.cohort.manifest import ManifestEntry  # noqa: E402
+from recon.cohort.model import load_cohort_model  # noqa: E402
 from recon.data.phantoms import FIRST_LESION_LABEL  # noqa: E402
 from recon.data.phantoms.population import (  # noqa: E402
     PopulationConfig,
@@ -236,11 +237,37 @@ def single_nerf(study: Study, train: TrainConfig) -> Result:
     return Result(np.asarray(volume, dtype=np.float32), study.grid, "anatomy-nerf")
 
 
-def prior_fit(study: Study, model: Path, train: TrainConfig, fine_tune: bool) -> tuple[Result, Any]:
-    """The prior fit's volume as a `Result`, and its field."""
-    outcome = fit_with_prior(study, model, fine_tune=fine_tune, config=train)
+def prior_fit(
+    study: Study, model: Path, train: TrainConfig, fine_tune: bool, exact: bool = False
+) -> tuple[Result, Any]:
+    """The prior fit's volume as a `Result`, and the fit (`PriorFitResult`). ``exact``: the
+    residual anchor's normalisation on every voxel (``normalise_sample = None``, the reference
+    of the sampled one the cohort was trained with)."""
+    loaded = load_cohort_model(model)
+    organ = loaded.model.organ_code
+    if exact and organ is not None:
+        loaded.model.organ_code = dataclasses.replace(organ, normalise_sample=None)
+    outcome = fit_with_prior(study, loaded, fine_tune=fine_tune, config=train)
     volume = sample_on_grid(outcome.representation, study.grid)
-    return Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf"), outcome.representation
+    result = Result(np.asarray(volume, dtype=np.float32), study.grid, "nerf")
+    return result, outcome
+
+
+def prior_settings(args: argparse.Namespace, select: str) -> TrainConfig:
+    """The prior fits' settings with ``select``: ``"best_holdout"`` holds out
+    ``--fit-holdout`` of the pixels to choose the state on, ``"last"`` holds out none."""
+    holdout = args.fit_holdout if select == "best_holdout" else 0.0
+    return dataclasses.replace(
+        train_settings(args, args.fit_steps), select=select, holdout_fraction=holdout,
+        val_every=args.fit_val_every if select == "best_holdout" else 0,
+    )  # fmt: skip
+
+
+def normalise_error(field: OrganAnchoredField) -> float:
+    """Largest |total / code's total − 1| (%) over the field's components: what the normalised
+    modulation (sampled or exact) fails to preserve."""
+    acts, code = field.component_activities(), field.code_activities()
+    return max(abs(acts[n] / code[n] - 1.0) * 100.0 for n in code if code[n] > 0)
 
 
 def code_table(study: Study, field: OrganAnchoredField, organs: Result) -> Result:
@@ -271,10 +298,14 @@ def code_table(study: Study, field: OrganAnchoredField, organs: Result) -> Resul
 
 def evaluate(
     study: Study, lesions: dict[str, tuple[float, ...]], models: dict[str, dict[int, Path]],
-    args: argparse.Namespace,
-) -> dict[str, Score]:  # fmt: skip
+    args: argparse.Namespace, exact_check: bool = False,
+) -> tuple[dict[str, Score], dict[str, float]]:  # fmt: skip
+    """Scores of every method on ``study``, and the normalisation error (%, `normalise_error`)
+    of each residual-anchor fit. ``exact_check``: also the first residual-anchor code fit with
+    the exact normalisation (row ``…, exact normalisation``: its time is the reference)."""
     train = train_settings(args, args.fit_steps)
     scores: dict[str, Score] = {}
+    norm: dict[str, float] = {}
 
     def timed(name: str, run: Any, table: bool = False) -> None:
         t0 = time.perf_counter()
@@ -291,25 +322,40 @@ def evaluate(
     scores[RESIDUAL_VOLUME] = score_voxels(study, organs, lesions)  # the residual anchor
     scores["organs + residual"].seconds = scores[RESIDUAL_VOLUME].seconds = seconds
     timed(QPLANAR, lambda: reconstruct_organs(study, config=OrgansConfig(residual=False)).result)
-    for kind, by_size in models.items():
-        for n, model in by_size.items():
-            for label, tune in zip(KINDS[kind], (False, True), strict=True):
-                t0 = time.perf_counter()
-                result, field = prior_fit(study, model, train, tune)
-                name = f"{label}, N={n}"
-                scores[name] = score_voxels(study, result, lesions)
-                scores[name].seconds = time.perf_counter() - t0
-                if kind == "residual anchor":  # also its own table, like organs + residual
-                    table = code_table(study, field, organs)
-                    scores[f"{label}, table, N={n}"] = score_table(study, table, lesions)
-                    scores[f"{label}, table, N={n}"].seconds = scores[name].seconds
-    return scores
+    runs = [
+        (kind, n, model, label, tune, select, False)
+        for kind, by_size in models.items()
+        for n, model in by_size.items()
+        for select in args.selects
+        for label, tune in zip(KINDS[kind], (False, True), strict=True)
+    ]
+    if exact_check and "residual anchor" in models:
+        n, model = min(models["residual anchor"].items())
+        label = KINDS["residual anchor"][0]
+        runs.append(("residual anchor", n, model, label, False, args.selects[0], True))
+    for kind, n, model, label, tune, select, exact in runs:
+        t0 = time.perf_counter()
+        result, outcome = prior_fit(study, model, prior_settings(args, select), tune, exact)
+        field = outcome.representation
+        tag = "" if len(args.selects) == 1 else f" [{select}]"
+        tag += ", exact normalisation" if exact else ""
+        name = f"{label}{tag}, N={n}"
+        scores[name] = score_voxels(study, result, lesions)
+        scores[name].seconds = time.perf_counter() - t0
+        if kind == "residual anchor":  # also its own table, like organs + residual
+            table = code_table(study, field, organs)
+            scores[f"{label}{tag}, table, N={n}"] = score_table(study, table, lesions)
+            scores[f"{label}{tag}, table, N={n}"].seconds = scores[name].seconds
+            norm[name] = normalise_error(field)
+        steps = outcome.prior["selected_steps"]
+        norm[f"selected steps: {name}"] = steps["fine-tune" if tune else "code"]
+    return scores, norm
 
 
 def _evaluate_file(
     path: Path, sample: PopulationSample | None, models: dict[str, dict[int, Path]],
     args: argparse.Namespace,
-) -> dict[str, Score]:  # fmt: skip
+) -> tuple[dict[str, Score], dict[str, float]]:  # fmt: skip
     """`evaluate` of a population member's file (in a worker process)."""
     torch.set_num_threads(1)
     study = read_study(path)
@@ -318,10 +364,12 @@ def _evaluate_file(
 
 def _evaluate_patient15(
     models: dict[str, dict[int, Path]], args: argparse.Namespace
-) -> dict[str, Score] | None:
+) -> tuple[dict[str, Score], dict[str, float]] | None:
     torch.set_num_threads(1)
     study = patient15(args)
-    return None if study is None else evaluate(study, lesion_centres(study, None), models, args)
+    if study is None:
+        return None
+    return evaluate(study, lesion_centres(study, None), models, args, exact_check=args.exact_check)
 
 
 def cohort_config(args: argparse.Namespace, kind: str, n: int) -> CohortConfig:
@@ -339,6 +387,7 @@ def cohort_config(args: argparse.Namespace, kind: str, n: int) -> CohortConfig:
         organ_residual=args.anchor_head if residual else not args.no_organ_residual,
         organ_anchor="residual" if residual else "organs",
         organ_normalise=residual and args.anchor_normalise,
+        organ_normalise_sample=args.normalise_sample or None,
     )  # fmt: skip
 
 
@@ -499,8 +548,21 @@ def block(record: dict[str, Any]) -> str:
         organ = f", organ code B = {s['organ_bound']} {head}"
     if "residual anchor" in s.get("kinds", ()):
         head = "with the residual head" if s["anchor_head"] else "no residual head"
-        norm = "normalised per component" if s["anchor_normalise"] else "not normalised"
+        norm = "not normalised"
+        if s["anchor_normalise"]:
+            sample = s.get("normalise_sample")  # records of before: exact
+            on = f"on {sample} voxels of each" if sample else "on every voxel"
+            norm = f"normalised per component (means {on})"
         organ += f", residual anchor B = {s['anchor_bound']} {norm}, {head}"
+        select = s.get("select", "last")
+        if select == "best_holdout":
+            organ += (
+                f"; its prior fits return their state with the lowest held-out deviance "
+                f"({s['fit_holdout'] * 100:.0f} % of the pixels held out, validated every "
+                f"{s['fit_val_every']} steps and at the start)"
+            )
+        elif select != "last":
+            organ += f"; its prior fits with select = {select}"
     text = (
         f"Measured by `benchmarks/bench_cohort_prior.py` on {record['date']} ({s['n_test']} "
         f"held-out anatomies at {s['size']}³; cohorts of {', '.join(map(str, s['train_sizes']))} "
@@ -514,8 +576,23 @@ def block(record: dict[str, Any]) -> str:
     )
     if record.get("patient15"):
         text += f"\nPatient 15 (never in training):\n\n{table(record['patient15'])}\n"
+    elif record.get("scored") == "validation":
+        text += "\nPatient 15: not evaluated (a validation run).\n"
     else:
         text += "\nPatient 15: skipped (no /work/shared/data on this machine).\n"
+    errors = record.get("normalise_error_pct")
+    if errors and (errors.get("held_out_max") or errors.get("patient15")):
+        held = list(errors.get("held_out_max", {}).values())
+        p15 = errors.get("patient15") or {}
+        text += (
+            "\nNormalisation error of the residual-anchor fits, the largest |component total / "
+            "its code's − 1| over the components (`component_activities` against "
+            "`code_activities`): "
+            + (f"held-out anatomies up to {max(held):.3f} %" if held else "")
+            + ("; patient 15 " + ", ".join(f"{v:.3f} % ({m})" for m, v in p15.items())
+               if p15 else "")
+            + ".\n"
+        )  # fmt: skip
     rows = record.get("throughput") or []
     if rows:
         text += (
@@ -539,8 +616,9 @@ def reused_note(record: dict[str, Any]) -> str:
         return ""
     labels = ", ".join(f"{KINDS[k][0]} / + fine-tune" for k in reused["kinds"])
     what = " and the throughput" if reused["throughput"] else ""
+    commit = f", commit {reused['commit']}" if reused.get("commit") else ""
     return (
-        f"The rows {labels}{what} are taken from the record of {reused['date']} (same "
+        f"The rows {labels}{what} are taken from the record of {reused['date']}{commit} (same "
         "settings, same test members; not rerun); every other row, the references included, "
         "was measured in this run.\n\n"
     )
@@ -571,6 +649,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--anchor-normalise", action=argparse.BooleanOptionalAction, default=True,
         help="residual anchor: the modulation keeps every component's total",
     )  # fmt: skip
+    p.add_argument(
+        "--normalise-sample", type=int, default=4096,
+        help="residual anchor: voxels per component of the normalising means (0: all, exact)",
+    )  # fmt: skip
+    p.add_argument(
+        "--select", default="last",
+        help="prior fits: the state returned, last or best_holdout (comma list: rows of each)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fit-holdout", type=float, default=0.1,
+        help="prior fits with best_holdout: the fraction of pixels held out to choose on",
+    )  # fmt: skip
+    p.add_argument(
+        "--fit-val-every", type=int, default=10,
+        help="prior fits with best_holdout: validate (a candidate state) every so many steps",
+    )  # fmt: skip
+    p.add_argument(
+        "--exact-check", action=argparse.BooleanOptionalAction, default=True,
+        help="patient 15: also the first residual-anchor code fit with the exact normalisation",
+    )  # fmt: skip
     p.add_argument("--no-single-nerf", action="store_true", help="skip that reference")
     p.add_argument(
         "--reuse", type=Path, default=None,
@@ -588,6 +686,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.train_sizes = sorted(int(v) for v in str(args.train_sizes).split(","))
     args.kinds = [k.strip() for k in str(args.kinds).split(",") if k.strip()]
+    args.selects = [v.strip() for v in str(args.select).split(",") if v.strip()]
+    bad = sorted(set(args.selects) - {"last", "best_holdout"}) or not args.selects
+    if bad:
+        p.error(f"--select: expected last and/or best_holdout, got {args.select!r}")
     unknown = sorted(set(args.kinds) - set(KINDS))
     if unknown:
         p.error(f"--kinds: unknown {unknown}; known: {sorted(KINDS)}")
@@ -623,12 +725,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if not (args.no_patient15 or args.val_only):
             p15_job = pool.submit(_evaluate_patient15, models, args)
         held = []
+        norm_errors: dict[str, list[float]] = {}
+        selected: dict[str, list[float]] = {}
         for path, job in zip(scored, jobs, strict=True):
-            held.append(job.result())
+            scores, norm = job.result()
+            held.append(scores)
+            for m, v in norm.items():
+                if m.startswith("selected steps: "):
+                    selected.setdefault(m.removeprefix("selected steps: "), []).append(v)
+                else:
+                    norm_errors.setdefault(m, []).append(v)
             print(f"  {path.stem}: " + "; ".join(
                 f"{m} {np.mean(np.abs(list(s.organ_errors.values()))):.1f} %"
                 for m, s in held[-1].items()), flush=True)  # fmt: skip
-        p15_scores = None if p15_job is None else p15_job.result()
+        p15_out = None if p15_job is None else p15_job.result()
+        p15_scores, p15_all = (None, {}) if p15_out is None else p15_out
+        p15_norm = {m: v for m, v in p15_all.items() if not m.startswith("selected steps: ")}
+        p15_selected = {
+            m.removeprefix("selected steps: "): v
+            for m, v in p15_all.items()
+            if m.startswith("selected steps: ")
+        }
         p15_summary = None if p15_scores is None else summarise([p15_scores])
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "from_json", "write_docs")}
     record = {
@@ -642,6 +759,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for sc in held
         ],
         "patient15": p15_summary,
+        "normalise_error_pct": {
+            "held_out_max": {m: max(v) for m, v in norm_errors.items()},
+            "patient15": p15_norm,
+        },
+        "selected_steps": {"held_out": selected, "patient15": p15_selected},
         "cohorts": cohort_info,
         "throughput": rates,
         "torch_threads": torch.get_num_threads(),

@@ -266,6 +266,7 @@ def test_prior_code_fit_on_a_held_out_phantom_lowers_the_deviance_and_is_recorde
         "residual": True,
         "anchor": "organs",
         "normalise": False,
+        "normalise_sample": 4096,
     }
     assert coded.prior["code_steps"] == 4 and coded.prior["fine_tune_steps"] == 0
     tuned = fit_with_prior(

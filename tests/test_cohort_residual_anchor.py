@@ -217,6 +217,7 @@ def test_prior_fit_records_the_anchor_and_the_result_rebuilds_it(cohort, trained
         "residual": False,
         "anchor": "residual",
         "normalise": True,
+        "normalise_sample": 4096,
     }
     field = outcome.representation
     assert isinstance(field, OrganAnchoredField) and isinstance(field.anchor, ResidualAnchor)
@@ -230,6 +231,15 @@ def test_prior_fit_records_the_anchor_and_the_result_rebuilds_it(cohort, trained
     with torch.no_grad():
         assert torch.equal(sample_on_grid(back, study.grid), sample_on_grid(field, study.grid))
     assert back.component_activities() == field.component_activities()
+    # held-out selection in both phases: each returns its start or a validated state
+    chosen = dataclasses.replace(config, steps=4, select="best_holdout", val_every=1)
+    picked = fit_with_prior(study, trained["model"], fine_tune=True, config=chosen)
+    code, tune = picked.prior["selected_steps"]["code"], picked.prior["selected_steps"]["fine-tune"]
+    assert code in (0, 1, 2) and tune in (2, 3, 4) and picked.selected_step == tune
+    rows = [r for r in picked.history if not math.isnan(r["val_deviance"])]
+    best = min(r["val_deviance"] for r in rows if r["step"] > 2)
+    assert picked.val_deviance <= best
+    assert to_result(picked, study).parameters["selected_step"] == tune
 
 
 def test_settings_and_old_files() -> None:
@@ -273,4 +283,8 @@ def test_cli_names_a_bad_anchor(cohort, tmp_path) -> None:
             "--organ-anchor", "qplanar"]  # fmt: skip
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 2 and "--organ-anchor" in done.output
+    assert "Traceback" not in done.output and not (tmp_path / "m.pt").exists()
+    args[-2:] = ["--organ-normalise", "--organ-normalise-sample", "-1"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2 and "--organ-normalise-sample" in done.output
     assert "Traceback" not in done.output and not (tmp_path / "m.pt").exists()

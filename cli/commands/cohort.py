@@ -246,6 +246,16 @@ def train_cohort(
             "segment and source (every one keeps the total its code gives it).",
         ),
     ] = False,
+    organ_normalise_sample: Annotated[
+        int,
+        typer.Option(
+            "--organ-normalise-sample",
+            min=0,
+            help="With --organ-normalise: estimate each segment's and source's mean modulation "
+            "on this many of its voxels (a fixed, seeded subsample; 0: on all of them, exact "
+            "but one network pass over the whole anatomy per step).",
+        ),
+    ] = 4096,  # recon.nerf.organ_field.NORMALISE_SAMPLE (tested equal)
     force: ForceOption = False,
 ) -> None:
     """Train one latent-conditioned NeRF on a cohort of studies (one code per study).
@@ -290,6 +300,7 @@ def train_cohort(
         studies_per_step=studies_per_step, group_steps=group_steps,
         anatomy=anatomy or organ_code, organ_code=organ_code, organ_bound=organ_bound,
         organ_anchor=organ_anchor.value, organ_normalise=organ_normalise,
+        organ_normalise_sample=organ_normalise_sample or None,
     )  # fmt: skip
     folder = out_dir if out_dir is not None else output.with_name(output.stem + "_cohort")
 
@@ -327,8 +338,11 @@ def train_cohort(
     ]
     if organ_code:
         fit = "organ fit" if organ_anchor == OrganAnchorChoice.ORGANS else "organs + residual fit"
-        rows.insert(2, ("organ code", f"B = {organ_bound:g}, from each study's {fit}"
-                        + (", normalised per segment" if organ_normalise else "")))  # fmt: skip
+        norm = ""
+        if organ_normalise:
+            on = f"{organ_normalise_sample} voxels" if organ_normalise_sample else "all voxels"
+            norm = f", normalised per segment (means on {on} of each)"
+        rows.insert(2, ("organ code", f"B = {organ_bound:g}, from each study's {fit}{norm}"))
     if math.isfinite(result.samples_per_s):
         rows.append(("throughput", f"{result.samples_per_s:.4g} lines/s"))
     if result.losses:

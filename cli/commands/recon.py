@@ -369,8 +369,11 @@ def nerf(
     per_step = "whole views" if p["render"] == "views" else f"{config.rays_per_step} rays"
     physics = "study μ" if study.mu_per_mm is not None else "no μ (no attenuation)"
     physics += ", background" if study.background is not None else ", no background"
+    done = f"{p['steps_done']} × {per_step}"
+    if p["config"].get("select") == "best_holdout":
+        done += f"; kept the state of step {p['selected_step']} (lowest held-out deviance)"
     rows += [
-        ("steps", f"{p['steps_done']} × {per_step}"),
+        ("steps", done),
         ("model", physics),
         ("collimator", str(p["collimator"])),
         ("support", str(p["support_note"])),

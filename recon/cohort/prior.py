@@ -11,6 +11,11 @@ study with the single-study trainer `recon.nerf.training.fit`:
    log-concentrations of its compartments (the network is frozen);
 2. **fine-tune** (optional): then every weight is trained, at a lower learning rate.
 
+With ``config.select = "best_holdout"`` each phase returns its state with the lowest held-out
+deviance, its starting state included (`recon.training.loop`): the code fit can return the
+prior's own start (the mean code on the study's anchor), the fine-tune the code fit's result, so
+neither phase returns what the held-out pixels say is worse than where it began.
+
 The step budget ``config.steps`` is shared: without fine-tuning every step fits z; with it the
 first ``steps − round(fine_tune_fraction · steps)`` fit z and the rest fine-tune. The result is a
 `PriorFitResult` (a `recon.nerf.training.FitResult`), so `recon.nerf.export.to_result` and
@@ -61,7 +66,9 @@ class PriorFitResult(FitResult):
     steps), ``steps_done`` and ``elapsed_s`` are totals. ``prior`` holds ``model`` (the cohort
     file), ``model_step``, ``code_steps``, ``fine_tune_steps``, ``fine_tune_lr``,
     ``n_training_studies``, ``anatomy_conditioned``, ``organ_code`` (the organ code's settings,
-    ``None`` without) and ``cohort_used_3d_supervision``, for the result's parameters.
+    ``None`` without), ``cohort_used_3d_supervision`` and ``selected_steps`` (the step each
+    phase's returned state is from, counted over both phases; `recon.nerf.config.TrainConfig`
+    ``select``), for the result's parameters.
     """
 
     prior: dict[str, Any] = field(default_factory=dict)
@@ -262,10 +269,18 @@ def _combine(
         losses += list(second.losses)
         elapsed += second.elapsed_s
         steps = offset + second.steps_done
+    selected = last.selected_step
+    if second is not None and selected is not None:
+        selected += n_code if first is None else first.steps_done
+    prior["selected_steps"] = {
+        "code": None if first is None else first.selected_step,
+        "fine-tune": None if second is None else selected,
+    }
     values = {f.name: getattr(last, f.name) for f in dataclasses.fields(FitResult)}
     values.update(
-        config=config, history=history, losses=losses, steps_done=steps, elapsed_s=elapsed
-    )
+        config=config, history=history, losses=losses, steps_done=steps, elapsed_s=elapsed,
+        selected_step=selected,
+    )  # fmt: skip
     return PriorFitResult(**values, prior=prior)
 
 

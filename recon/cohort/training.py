@@ -92,7 +92,7 @@ from recon.nerf.anatomy_field import AnatomyFeatureConfig
 from recon.nerf.checkpoint import LAST_CHECKPOINT, grid_to_dict, load_checkpoint
 from recon.nerf.config import REGULARISERS, TrainConfig
 from recon.nerf.export import sample_on_grid
-from recon.nerf.organ_field import OrganCodeConfig
+from recon.nerf.organ_field import NORMALISE_SAMPLE, OrganCodeConfig
 from recon.nerf.training import fit
 from recon.training import runtime, terms
 from recon.training.loop import Trainer, require_same
@@ -198,6 +198,11 @@ class CohortConfig:
         With ``organ_code``: divide the modulation by its anchor-weighted mean over each
         component, so the network only redistributes activity within a component and the
         components' totals are the code's (`recon.nerf.organ_field.anchor_log_concentration`).
+    organ_normalise_sample:
+        With ``organ_normalise``: estimate each component's mean modulation on a fixed, seeded
+        subsample of at most this many of its voxels (`recon.nerf.organ_field.OrganCodeConfig`
+        ``normalise_sample``), or ``None``: on all of them (exact, one network pass over the
+        whole anatomy per study and step).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
@@ -218,6 +223,7 @@ class CohortConfig:
     organ_residual: bool = True
     organ_anchor: str = "organs"
     organ_normalise: bool = False
+    organ_normalise_sample: int | None = NORMALISE_SAMPLE
 
     def __post_init__(self) -> None:
         t = self.train
@@ -227,6 +233,11 @@ class CohortConfig:
             raise ValueError(
                 f"cohort training uses the adam optimizer (train.optimizer), got {t.optimizer!r}: "
                 "every step draws a new batch, which L-BFGS's line search cannot follow"
+            )
+        if t.select != "last":
+            raise ValueError(
+                "cohort training keeps its last state: train.select must be 'last', got "
+                f"{t.select!r} (held-out selection is for single-study and prior fits)"
             )
         if t.field.latent_dim < 1:
             raise ValueError("cohort training needs latent codes: field latent_dim must be >= 1")
@@ -296,7 +307,7 @@ class CohortConfig:
     def _organ_config(self) -> OrganCodeConfig:
         return OrganCodeConfig(
             bound=self.organ_bound, residual=self.organ_residual, anchor=self.organ_anchor,
-            normalise=self.organ_normalise,
+            normalise=self.organ_normalise, normalise_sample=self.organ_normalise_sample,
         )  # fmt: skip
 
 

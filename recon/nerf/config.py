@@ -31,13 +31,23 @@ from typing import Any
 
 from recon.nerf.field import FieldConfig
 
-__all__ = ["AMP_MODES", "LR_SCHEDULES", "OPTIMIZERS", "REGULARISERS", "RENDER_MODES", "TrainConfig"]
+__all__ = [
+    "AMP_MODES",
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "REGULARISERS",
+    "RENDER_MODES",
+    "SELECT_MODES",
+    "TrainConfig",
+]
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZERS = ("adam", "lbfgs")
 AMP_MODES = ("off", "bf16", "fp16")
 #: How a training step renders the data (see `TrainConfig.render`).
 RENDER_MODES = ("auto", "lines", "views")
+#: Which state a fit returns (see `TrainConfig.select`).
+SELECT_MODES = ("last", "best_holdout")
 #: The regulariser weights, in the order they appear in logs.
 REGULARISERS = ("latent_l2", "ct_smoothness", "tv_ray", "tv_3d", "l1_activity")
 
@@ -101,6 +111,13 @@ class TrainConfig:
         ``torch.use_deterministic_algorithms(True)`` during the fit (restored afterwards).
     holdout_fraction:
         Fraction of each view's pixels held out for validation (fixed by ``seed``), in [0, 1).
+    select:
+        The state a fit returns: ``"last"`` (default: the last step's) or ``"best_holdout"``: of
+        the state at the start (the representation as given, e.g. a prior's anchor, or at a
+        resume) and at every validation, the one with the lowest held-out deviance (ties: the
+        earliest); the trainer keeps a copy of it (also in checkpoints, so a resume continues
+        the choice) and restores it at the end. Needs ``holdout_fraction`` > 0; single-study
+        fits only (cohort training scores no held-out pixels of its own).
     val_every, log_every, preview_every, checkpoint_every:
         Intervals in steps (0 = never; validation, logging and a checkpoint also happen at the
         last step). Previews and checkpoints need an output folder.
@@ -137,6 +154,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     holdout_fraction: float = 0.2
+    select: str = "last"
     val_every: int = 100
     log_every: int = 10
     preview_every: int = 0
@@ -188,6 +206,12 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("amp", self.amp, AMP_MODES)
         _choice("render", self.render, RENDER_MODES)
+        _choice("select", self.select, SELECT_MODES)
+        if self.select == "best_holdout" and self.holdout_fraction == 0:
+            raise ValueError(
+                "select 'best_holdout' needs held-out pixels to score: holdout_fraction must be "
+                f"> 0, got {self.holdout_fraction!r}"
+            )
         for name in ("jitter", "deterministic", "cpu_bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -171,6 +171,7 @@ def to_result(
         "amp": fit_result.amp,
         "used_3d_supervision": bool(fit_result.used_3d_supervision),
         "steps_done": fit_result.steps_done,
+        "selected_step": fit_result.selected_step,
         "val_deviance": fit_result.val_deviance,
         "val_psnr_db": fit_result.val_psnr,
         "elapsed_s": fit_result.elapsed_s,

@@ -29,8 +29,13 @@ sources (per unit activity), each source a component with a log-amplitude of its
 ``M_i = Σ_v U_i(v) m(v) / Σ_v U_i(v)`` the anchor-weighted mean of the modulation
 ``m = exp(B·tanh(n₀))`` over the voxels of component ``i`` (`anchor_log_concentration`, one
 network pass over the anchor's voxels). The network then only redistributes activity within a
-component: each component's total over the voxel centres is exactly its code's,
-``exp(ℓ_i) · Σ_v U_i(v)`` (`OrganAnchoredField.component_activities`).
+component: each component's total over the voxel centres is its code's,
+``exp(ℓ_i) · Σ_v U_i(v)`` (`OrganAnchoredField.component_activities`). ``normalise_sample``
+estimates each ``M_i`` on a fixed, seeded, systematic subsample of at most that many of the
+component's voxels (per component, a smaller one whole: `_GridAnchor.normalising_entries`),
+so a step's extra network pass no longer grows with the anatomy; the totals are then the code's
+up to that estimate's error (``M_i / M̂_i − 1``, a fraction of a percent at 4096 voxels,
+`docs/cohorts.md`); ``None`` is the exact reference (every voxel).
 
 With a zero network output and ``B = 0`` (or without the residual) the field's volume *is* the
 anchor's volume (the organ fit's, or the organs + residual result's) at the voxel centres. The same
@@ -70,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANCHORS",
     "CONCENTRATION_FLOOR",
+    "NORMALISE_SAMPLE",
     "RESIDUAL_OFFSET",
     "Anchor",
     "OrganAnchor",
@@ -99,6 +105,13 @@ ANCHORS = ("organs", "residual")
 #: highest concentration (its log-concentration must be finite).
 CONCENTRATION_FLOOR = 1e-3
 
+#: Voxels per component the normalising means are estimated on by default
+#: (`OrganCodeConfig.normalise_sample`).
+NORMALISE_SAMPLE = 4096
+
+#: Seed of the fixed subsample of each component's voxels (`_GridAnchor.normalising_entries`).
+NORMALISE_SEED = 20261207
+
 
 @dataclass(frozen=True)
 class OrganCodeConfig:
@@ -121,12 +134,18 @@ class OrganCodeConfig:
         so the network only redistributes activity within a component and every component's
         total is its code's. Files of before these two settings read as ``"organs"`` and
         ``False``, what they were trained with.
+    normalise_sample:
+        With ``normalise``: estimate each component's mean modulation on a fixed, seeded
+        subsample of at most this many of its voxels (``>= 1``; a smaller component whole), or
+        ``None``: on every voxel (the exact reference; what files of before this setting read
+        as). The totals are then the code's up to that estimate's error.
     """
 
     bound: float = 0.7
     residual: bool = True
     anchor: str = "organs"
     normalise: bool = False
+    normalise_sample: int | None = NORMALISE_SAMPLE
 
     def __post_init__(self) -> None:
         b = self.bound
@@ -138,6 +157,9 @@ class OrganCodeConfig:
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {list(ANCHORS)}, got {self.anchor!r}")
+        n = self.normalise_sample
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"normalise_sample must be an integer >= 1 or None, got {n!r}")
 
     @property
     def outputs(self) -> int:
@@ -150,11 +172,13 @@ class OrganCodeConfig:
             "residual": self.residual,
             "anchor": self.anchor,
             "normalise": self.normalise,
+            "normalise_sample": self.normalise_sample,
         }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> OrganCodeConfig:
-        return cls(**_known(cls, values, "organ code"))
+        """Undo `to_dict`; a file of before ``normalise_sample`` reads as ``None`` (exact)."""
+        return cls(**{"normalise_sample": None, **_known(cls, values, "organ code")})
 
 
 @dataclass(frozen=True)
@@ -217,6 +241,42 @@ class _GridAnchor(nn.Module):
 
     def volume(self, log_concentration: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def normalising_entries(self, per_component: int) -> torch.Tensor:
+        """``[S]`` sorted indices into `entries`: of each component, every entry when it has at
+        most ``per_component``, else a systematic sample of ``per_component`` of them in the
+        order of their voxels (every ``n/per_component``-th from a random start, so the sample
+        is spread over the component's extent like a regular sub-grid; each entry is drawn
+        with probability ``per_component/n``). The starts come from a generator seeded with
+        `NORMALISE_SEED`: the same sample at every call and after a ``load_state_dict`` of the
+        same entries. Cached per ``per_component``."""
+        voxel, component, _ = self.entries()
+        cache: dict[int, torch.Tensor] = self.__dict__.setdefault("_sample_cache", {})
+        if per_component not in cache:
+            comp = component.cpu()
+            key = comp * math.prod(self.grid.shape) + voxel.cpu()
+            order = torch.argsort(key)  # by component, then voxel
+            counts = torch.bincount(comp).tolist() if comp.numel() else []
+            g = torch.Generator().manual_seed(NORMALISE_SEED)
+            parts, start = [], 0
+            for n in counts:
+                idx = order[start : start + n]
+                start += n
+                if n > per_component:
+                    u = float(torch.rand((), generator=g, dtype=torch.float64))
+                    steps = torch.arange(per_component, dtype=torch.float64)
+                    idx = idx[((steps + u) * (n / per_component)).long()]
+                parts.append(idx)
+            keep = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+            cache[per_component] = torch.sort(keep).values
+        return cache[per_component].to(component.device)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        self.__dict__.pop("_sample_cache", None)  # new entries: a new sample
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, points_mm: torch.Tensor, log_concentration: torch.Tensor) -> torch.Tensor:
         """Anchor ``[...]`` at points ``[..., 3]`` (x, y, z mm), trilinear, zero beyond the grid."""
@@ -429,11 +489,16 @@ def anchor_log_concentration(
     ``config.normalise`` `normalised_log_concentration` of the modulation
     ``B · tanh(raw(p)₀)`` at the voxels of the anchor's entries (one network pass over them).
 
-    ``raw``: points ``[N, 3]`` → the network's outputs ``[N, outputs]``."""
+    ``raw``: points ``[N, 3]`` → the network's outputs ``[N, outputs]``. With
+    ``config.normalise_sample`` the means are estimated on the anchor's fixed subsample
+    (`_GridAnchor.normalising_entries`), the pass runs over those voxels only."""
     if not config.normalise:
         return log_concentration
-    _, component, value = anchor.entries()
-    log_mod = entry_log_modulation(anchor, raw, config.bound)
+    voxel, component, value = anchor.entries()
+    if config.normalise_sample is not None:
+        keep = anchor.normalising_entries(config.normalise_sample)
+        voxel, component, value = voxel[keep], component[keep], value[keep]
+    log_mod = entry_log_modulation(anchor, raw, config.bound, voxel=voxel)
     return normalised_log_concentration(log_concentration, component, value, log_mod)
 
 
@@ -442,10 +507,14 @@ def entry_log_modulation(
     raw: Callable[[torch.Tensor], torch.Tensor],
     bound: float,
     dtype: torch.dtype = torch.float32,
+    *,
+    voxel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[E]`` the modulation's log, ``B · tanh(raw(p)₀)``, at the voxel of each of the anchor's
-    entries (`OrganAnchor.entries`), in ``dtype``: one network pass over the distinct voxels."""
-    voxel, _, _ = anchor.entries()
+    entries (`OrganAnchor.entries`; or at ``voxel`` ``[E]``, flat voxel indices), in ``dtype``:
+    one network pass over the distinct voxels."""
+    if voxel is None:
+        voxel, _, _ = anchor.entries()
     unique, inverse = torch.unique(voxel, return_inverse=True)
     points = voxel_points(anchor.grid, unique)
     return (bound * torch.tanh(raw(points)[..., 0].to(dtype)))[inverse]
@@ -569,7 +638,8 @@ class OrganAnchoredField(AnatomyNetworkField):
         """Each component's activity (activity unit · mL; MBq = × 1e-6 for Bq/mL), by name:
         ``Σ_v exp(ℓ'_i) · U_i(v) · m(v) · voxel mL`` over the voxel centres, with the current
         modulation ``m`` and the anchor's log-concentrations ``ℓ'`` (`anchor_log_concentration`).
-        With ``normalise`` it is exactly the code's ``exp(ℓ_i) · Σ_v U_i(v) · voxel mL``: the
+        With ``normalise`` it is the code's ``exp(ℓ_i) · Σ_v U_i(v) · voxel mL`` (`code_activities`;
+        exactly with ``normalise_sample = None``, else up to the sampled mean's error): the
         field's organ (and source) table. The residual head's activity is in no component."""
         _, component, value = self.anchor.entries()
         organ = self.config.organ
@@ -577,9 +647,28 @@ class OrganAnchoredField(AnatomyNetworkField):
             log_mod = entry_log_modulation(self.anchor, self.network.raw, organ.bound, torch.double)
             log_c: torch.Tensor = self.log_concentration
             if organ.normalise:
-                log_c = normalised_log_concentration(log_c, component, value, log_mod.float())
+                keep = (
+                    slice(None)
+                    if organ.normalise_sample is None
+                    else self.anchor.normalising_entries(organ.normalise_sample)
+                )
+                log_c = normalised_log_concentration(
+                    log_c, component[keep], value[keep], log_mod[keep].float()
+                )
             parts = torch.exp(log_c.double())[component] * value.double() * torch.exp(log_mod)
             totals = parts.new_zeros(len(self.config.compartments)).index_add(0, component, parts)
+        voxel_ml = self.grid.voxel_volume_mm3 * 1e-3
+        return dict(zip(self.config.compartments, (totals * voxel_ml).tolist(), strict=True))
+
+    def code_activities(self) -> dict[str, float]:
+        """Each component's activity by its code alone, ``exp(ℓ_i) · Σ_v U_i(v) · voxel mL``
+        (activity unit · mL), by name: what `component_activities` preserves under the
+        normalised modulation (their ratio − 1 is the normalisation's error)."""
+        _, component, value = self.anchor.entries()
+        with torch.no_grad():
+            sums = value.double().new_zeros(len(self.config.compartments))
+            sums = sums.index_add(0, component, value.double())
+            totals = torch.exp(self.log_concentration.detach().double()) * sums
         voxel_ml = self.grid.voxel_volume_mm3 * 1e-3
         return dict(zip(self.config.compartments, (totals * voxel_ml).tolist(), strict=True))
 

@@ -119,7 +119,11 @@ class FitResult:
     used_3d_supervision:
         Whether an activity volume supervised the fit (``l1_activity`` > 0).
     val_deviance, val_psnr:
-        The last validation (mean deviance per held-out pixel, PSNR in dB); NaN if none.
+        The validation of the returned state (mean deviance per held-out pixel, PSNR in dB):
+        the last one, or with ``config.select = "best_holdout"`` the kept state's; NaN if none.
+    selected_step:
+        The step whose state the representation holds: ``steps_done`` with ``select = "last"``,
+        with ``"best_holdout"`` the kept one (0: the state it started from).
     elapsed_s:
         Training time (s), including time before a resume.
     checkpoint:
@@ -164,6 +168,7 @@ class FitResult:
     collimator: str = "not modelled"
     collimator_response: CollimatorResponse | None = None
     support: str | None = None
+    selected_step: int | None = None
 
     @property
     def physics(self) -> dict[str, Any]:
@@ -541,6 +546,7 @@ class _StudyObjective:
             collimator=self.physics.note,
             collimator_response=self.physics.response,
             support=support_note,
+            selected_step=trainer.selected_step,
         )
 
 

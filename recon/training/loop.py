@@ -12,6 +12,13 @@ rank. A ``KeyboardInterrupt`` inside a step (one process) abandons it: the objec
 state goes back to the end of the last completed step, whose checkpoint is written, so a resume
 continues exactly. A second signal interrupts at once and writes nothing (it may come in the
 middle of the update). A non-finite loss or gradient raises `TrainingDiverged`, writing nothing.
+
+Model selection (``TrainConfig.select = "best_holdout"``): the state at the start of a run (step
+0, or the step a resume starts from when its checkpoint holds no choice yet) and the state at
+each validation are candidates; the trainer keeps a copy of the one with the lowest held-out
+deviance (``val_deviance``, ties: the earliest) and loads it into the model when the run ends.
+Checkpoints hold the last step's state (to continue training) and the kept one (``selection``),
+so a resume continues the same choice.
 """
 
 from __future__ import annotations
@@ -201,6 +208,14 @@ class Trainer:
         self.steps_run = 0
         self.outermost = True
         self.run_time_s = 0.0
+        self.select = config.select == "best_holdout"
+        if self.select and "val_deviance" not in objective.columns:
+            raise ValueError(
+                "select 'best_holdout' needs an objective that scores held-out pixels "
+                "(val_deviance): single-study fits only, not cohort training"
+            )
+        #: With ``select``: the kept state, ``{"step", "val_deviance", "val_psnr", "model"}``.
+        self.best: dict[str, Any] | None = None
 
     def autocast(self) -> Any:
         """The AMP context of this run (a null context when AMP is off)."""
@@ -226,6 +241,43 @@ class Trainer:
         for name in latest:
             logged = (row.get(name, math.nan) for row in reversed(self.history))
             latest[name] = next((v for v in logged if not math.isnan(v)), latest[name])
+        kept = payload.get("selection")
+        self.best = None
+        if self.select and kept is not None:
+            model = {k: v.to(self.dev) for k, v in kept["model"].items()}
+            self.best = {**kept, "model": model}
+
+    # -- model selection ---------------------------------------------------------------------
+    @property
+    def selected_step(self) -> int:
+        """The step whose state the model holds after `run`: the kept one with ``select``, else
+        the last."""
+        return self.step if self.best is None else int(self.best["step"])
+
+    def _consider(self, step: int, values: Mapping[str, float]) -> None:
+        """With ``select``: keep the model's state if its held-out deviance is the lowest yet."""
+        deviance = float(values.get("val_deviance", math.nan))
+        if not self.select or math.isnan(deviance):
+            return
+        if self.best is not None and not deviance < self.best["val_deviance"]:
+            return
+        state = self.objective.model.state_dict()
+        self.best = {
+            "step": int(step),
+            "val_deviance": deviance,
+            "val_psnr": float(values.get("val_psnr", math.nan)),
+            "model": {k: v.detach().clone() for k, v in state.items()},
+        }
+
+    def _restore_selected(self) -> None:
+        """Load the kept state into the model (and its validation into ``objective.latest``)."""
+        if self.best is None or self.best["step"] == self.step:
+            return
+        self.objective.model.load_state_dict(self.best["model"])
+        latest = self.objective.latest
+        for name in ("val_deviance", "val_psnr"):
+            if name in latest:
+                latest[name] = float(self.best[name])
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, callback: Callback | None = None) -> None:
@@ -235,6 +287,8 @@ class Trainer:
         first = self.step
         self.last_row = (self.step, self.elapsed())
         with deterministic(c.deterministic), runtime.stop_signals() as self.outermost:
+            if self.select and self.best is None:  # the starting state is a candidate
+                self._consider(self.step, self.objective.validate())
             rng_done = self.objective.rng_state()
             try:
                 while self.step < c.steps:
@@ -256,6 +310,7 @@ class Trainer:
         if self.out_dir is not None and self.checkpoint_step != self.step:
             self.write_checkpoint()
             self.write_logs()
+        self._restore_selected()  # after the last checkpoint, which holds the last state
 
     def _interrupt(self, cause: KeyboardInterrupt | None) -> None:
         path = None
@@ -325,6 +380,8 @@ class Trainer:
         last = step == c.steps
         validated = due(step, c.val_every) or last
         val = obj.validate() if validated else {}
+        if validated:
+            self._consider(step, val)
         if due(step, c.log_every) or validated:
             now = self.elapsed()
             done, before = step - self.last_row[0], now - self.last_row[1]
@@ -372,6 +429,9 @@ class Trainer:
             "losses": list(self.losses),
             "elapsed_s": self.elapsed(),
         }
+        if self.best is not None:
+            model = {k: v.detach().cpu() for k, v in self.best["model"].items()}
+            payload["selection"] = {**self.best, "model": model}
         if with_optimizer:
             payload["optimizer"] = to_cpu(self.optimizer.state_dict())
             payload["scaler"] = self.scaler.state_dict() if self.scaler.is_enabled() else {}
