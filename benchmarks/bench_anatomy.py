@@ -6,6 +6,7 @@ Usage (from the repository root)::
                                                  [--nerf-steps N] [--write-docs]
                                                  [--results FILE] [--reuse METHOD ...]
                                                  [--population N] [--population-only]
+                                                 [--fine-size N] [--fine-only]
 
 Each case is a Lu-177 DOTATATE torso (`recon.data.phantoms.simulate_variant`) simulated on a grid
 twice
@@ -32,6 +33,10 @@ hand. Every full run keeps the per-case scores in ``--results``
 (``benchmarks/results/anatomy.json``); ``--reuse METHOD`` takes a method that did not change
 from there instead of running it again (the NeRF takes most of the time), and the table names
 the run each reused row comes from.
+
+The fine-grid section (``--fine-size N``, default 128; ``--fine-only`` runs nothing else) runs
+the organ fit and organs + residual on the same five cases at N³ (3.125 mm voxels at 128³):
+a method's scales must not be tied to one voxel size.
 
 The population section (``--population N``, default 6; ``--population-only`` runs nothing else)
 runs the organ fit and organs + residual on N anatomies drawn from the phantom population
@@ -473,10 +478,21 @@ def main() -> None:
         f"population (seed {POPULATION_SEED}; 0: none)",
     )
     parser.add_argument("--population-only", action="store_true", help="only the population table")
+    parser.add_argument(
+        "--fine-size",
+        type=int,
+        default=128,
+        metavar="N",
+        help="also run the organ fit and organs + residual on the five cases at N³ (0: no)",
+    )
+    parser.add_argument("--fine-only", action="store_true", help="only the fine-grid table")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    if args.population_only:
-        write_population(args)
+    if args.population_only or args.fine_only:
+        if args.fine_only:
+            write_fine(args)
+        if args.population_only:
+            write_population(args)
         return
     cases = CASES[:2] if args.quick else CASES
     nerf_steps = 0 if args.quick else args.nerf_steps
@@ -527,7 +543,63 @@ def main() -> None:
         write_docs({"anatomy": block}, DOCS)
         print(f"wrote the tables into {DOCS}")
     if not args.quick:
+        write_fine(args)
         write_population(args)
+
+
+def fine_grid(size: int) -> str:
+    """The organ fit and organs + residual on the five cases at ``size``³ (markdown table)."""
+    lines = [
+        "| case | method | liver | spleen | kidney L | kidney R | lesions (≥ 5 mL) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    organ: dict[str, list[float]] = {"organ fit": [], "organs + residual": []}
+    lesion: list[float] = []
+    for name, overrides in CASES:
+        study, variant = case_study(size, dict(overrides))
+        lesions = large_lesions(variant)
+        for method, config in (("organ fit", OrgansConfig(residual=False)),
+                               ("organs + residual", OrgansConfig())):  # fmt: skip
+            score = score_table(study, reconstruct_organs(study, config=config).result, lesions)
+            e = score.organ_errors
+            organ[method] += [abs(v) for v in e.values()]
+            if method == "organs + residual":
+                lesion += [abs(v) for v in score.lesion_errors.values()]
+                text = ", ".join(
+                    f"{n.removeprefix('lesion_')} {v:+.0f} %"
+                    + ("" if score.lesions_found[n] else " (not found)")
+                    for n, v in score.lesion_errors.items()
+                )
+                lines.append(
+                    f"| {name} | {method} | {e['liver']:+.1f} % | {e['spleen']:+.1f} % | "
+                    f"{e['kidney_left']:+.1f} % | {e['kidney_right']:+.1f} % | {text} |"
+                )
+        print(f"  {name} at {size}³: done", flush=True)
+    fit, both = organ["organ fit"], organ["organs + residual"]
+    summary = (
+        f"Over the five cases: organ fit {np.mean(fit):.1f} % mean / {np.max(fit):.1f} % largest "
+        f"organ error; organs + residual {np.mean(both):.1f} % / {np.max(both):.1f} %, lesions "
+        f"{np.mean(lesion):.0f} % mean, {sum(v <= 30.0 for v in lesion)}/{len(lesion)} within "
+        "±30 %."
+    )
+    return summary + "\n\n" + "\n".join(lines)
+
+
+def write_fine(args: argparse.Namespace) -> None:
+    """The fine-grid table: printed, and with ``--write-docs`` put into docs/anatomy.md."""
+    if args.fine_size <= 0:
+        return
+    t_start = time.perf_counter()
+    table = fine_grid(args.fine_size)
+    block = (
+        f"Measured by `benchmarks/bench_anatomy.py` on {time.strftime('%Y-%m-%d')} (the five "
+        f"cases at {args.fine_size}³, {time.perf_counter() - t_start:.0f} s in all on this "
+        f"machine's 2 CPU cores).\n\n{table}\n"
+    )
+    print("\n" + block)
+    if args.write_docs:
+        write_docs({"anatomy-fine": block}, DOCS)
+        print(f"wrote the fine-grid table into {DOCS}")
 
 
 def write_population(args: argparse.Namespace) -> None:

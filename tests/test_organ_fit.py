@@ -25,6 +25,7 @@ from recon.anatomy.quantify import quantify, rows_to_csv
 from recon.anatomy.reconstruct import LESION_CONTRAST, SPILL_MARGIN_VOXELS, _host
 from recon.anatomy.residual import BOUNDARY_PRIOR_SD, MAX_BOUNDARY_VOX, MODULATION_PRIOR_SD
 from recon.anatomy.sources import (
+    START_SIGMA_MM,
     _ml_activity,
     conjugate_activity,
     find_sources,
@@ -45,12 +46,13 @@ def _slab_study(
     point_activity: float = 0.0,
     collimator: bool = True,
     counts_scale: float = 1.0,
+    spacing_mm: float = 8.0,
 ) -> tuple[Study, np.ndarray]:
     """A box body (water) with two organ blocks, AP/PA, noise-free expected counts.
 
     Returns the study (anatomy = the two blocks and the body) and the true activity volume.
     """
-    grid = ImageGrid((n, n, n), (8.0, 8.0, 8.0))
+    grid = ImageGrid((n, n, n), (spacing_mm,) * 3)
     body = np.zeros(grid.shape, dtype=bool)
     body[2:-2, 3:-3, 2:-2] = True
     labels = np.zeros(grid.shape, dtype=np.int32)
@@ -356,6 +358,26 @@ def test_find_sources_puts_a_point_source_at_its_depth() -> None:
     assert abs(cy - y) <= study.grid.spacing_mm[1] + 1e-6  # depth: within one voxel
     assert opposed_pair((0.0, 90.0, 180.0)) == (0, 2)
     assert opposed_pair((0.0, 90.0)) is None
+
+
+@pytest.mark.parametrize(("spacing_mm", "width_mm"), [(8.0, 12.0), (3.125, START_SIGMA_MM)])
+def test_source_scales_are_in_mm_on_fine_grids(spacing_mm: float, width_mm: float) -> None:
+    """A new source starts `START_SIGMA_MM` wide (1.5 voxels on grids coarser than 6.25 mm), and
+    its activity parameter's unit is the same number of mL on any finer grid."""
+    truth = {"front": 0.0, "back": 0.0, "background": 100.0}
+    study, _ = _slab_study(truth, point=(7, 10, 5), point_activity=4e4, spacing_mm=spacing_mm)
+    body = study.anatomy.body  # type: ignore[union-attr] - the test body exists
+    anatomy = Anatomy(body.astype(np.int32), {1: "body"}, body)
+    comp = compartments_from_anatomy(anatomy, background_regions=0)
+    organ_fit = fit_organs(study, comp, collimator=study.collimator_response())
+    found = find_sources(
+        study, organ_fit.expected, body, collimator=study.collimator_response(), threshold=3.0
+    )
+    assert found and all(s.sigma_mm == pytest.approx(width_mm) for s in found)
+    model = OrganResidualModel(study.grid, comp, organ_fit.concentrations, found, body)
+    voxel_ml = max(spacing_mm**3 * 1e-3, 6.25**3 * 1e-3)
+    level = float(np.max(organ_fit.concentrations))
+    assert float(model.a_unit) == pytest.approx(level * 100.0 * voxel_ml, rel=1e-6)
 
 
 def test_depth_search_moves_a_source_to_the_depth_of_the_counts() -> None:

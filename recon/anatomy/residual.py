@@ -50,6 +50,7 @@ __all__ = [
     "MAX_SHIFT_VOX",
     "MAX_SOURCE_SIGMA_MM",
     "MODULATION_GRID",
+    "SOURCE_UNIT_VOXEL_ML",
     "OrganResidualModel",
     "ResidualSource",
 ]

@@ -27,7 +27,11 @@ from recon.io.study import Study
 from spectproj import CollimatorResponse
 
 __all__ = [
+    "DEPTH_PATCH_MM",
     "DEPTH_SEARCH_MARGIN",
+    "SEARCH_SMOOTHING_MM",
+    "SOURCE_SEPARATION_MM",
+    "START_SIGMA_MM",
     "conjugate_activity",
     "find_sources",
     "opposed_pair",
