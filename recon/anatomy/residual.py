@@ -411,7 +411,8 @@ class OrganResidualModel(nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """The model's prior (added to the data term by `fit`): L1 on the source activities
-        (in units of the data's activity level × 100 voxels), and Gaussian priors on the
+        (in units of the data's activity level × 100 voxels, `SOURCE_UNIT_VOXEL_ML` on finer
+        grids), and Gaussian priors on the
         log-modulation nodes (sd `MODULATION_PRIOR_SD`) and the boundary offsets (sd
         `BOUNDARY_PRIOR_SD`), as negative log-likelihoods divided by ``data_counts``."""
         l1 = self.source_activities().sum() / self.a_unit

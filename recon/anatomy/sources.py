@@ -97,7 +97,8 @@ def find_sources(
     sigma_mm:
         Starting width of each source (default `START_SIGMA_MM`, at least 1.5 voxels).
     exclude:
-        Sources already in the model: new ones within 3 voxels of them (in-plane) are skipped.
+        Sources already in the model: new ones within `SOURCE_SEPARATION_MM` of them across the
+        rays (at least 3 voxels) are skipped.
 
     Returns
     -------
