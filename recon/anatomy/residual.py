@@ -411,10 +411,10 @@ class OrganResidualModel(nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """The model's prior (added to the data term by `fit`): L1 on the source activities
-        (in units of the data's activity level × 100 voxels, `SOURCE_UNIT_VOXEL_ML` on finer
-        grids), and Gaussian priors on the
-        log-modulation nodes (sd `MODULATION_PRIOR_SD`) and the boundary offsets (sd
-        `BOUNDARY_PRIOR_SD`), as negative log-likelihoods divided by ``data_counts``."""
+        (in units of the data's activity level × 100 voxels, voxels of `SOURCE_UNIT_VOXEL_ML` on
+        finer grids), and Gaussian priors on the log-modulation nodes (sd
+        `MODULATION_PRIOR_SD`) and the boundary offsets (sd `BOUNDARY_PRIOR_SD`), as negative
+        log-likelihoods divided by ``data_counts``."""
         l1 = self.source_activities().sum() / self.a_unit
         gaussian = 0.5 * (
             ((self.log_modulations() / MODULATION_PRIOR_SD) ** 2).sum()
