@@ -93,7 +93,8 @@ def find_sources(
         At most this many sources, strongest first.
     threshold:
         Minimum significance: the smoothed excess of both views over the square root of their
-        smoothed expectation (in standard deviations of Poisson noise).
+        smoothed expectation (in standard deviations of the Poisson noise of one pixel of
+        6.25 mm; on finer grids scaled so that the same excess per mm² scores the same).
     sigma_mm:
         Starting width of each source (default `START_SIGMA_MM`, at least 1.5 voxels).
     exclude:
@@ -143,7 +144,10 @@ def find_sources(
     separation = max(3, round(SOURCE_SEPARATION_MM / voxel_mm))
     smooth = [_smooth(e, smoothing) for e in excess]
     noise = torch.sqrt(_smooth(level[0] + level[1], smoothing).clamp_min(1.0))
-    score = torch.where(sup, (smooth[0] + smooth[1]) / noise, -math.inf)
+    # The same excess per mm² of detector must score the same on any grid: a pixel's counts
+    # scale with its area, so e/√level falls as the voxel side; the kernel's side in voxels
+    # (`smoothing`) makes up for it (1 at the 6.25 mm voxels the threshold was chosen at).
+    score = torch.where(sup, smoothing * (smooth[0] + smooth[1]) / noise, -math.inf)
     ray_axis = _ray_axis(geometry.angles_deg[pair[0]])
     peaks = _peaks(score.amax(dim=ray_axis).numpy(), threshold, radius=separation)
     width = max(1.5 * voxel_mm, START_SIGMA_MM) if sigma_mm is None else float(sigma_mm)
