@@ -54,6 +54,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -586,38 +587,40 @@ def fine_grid(size: int) -> str:
 
 
 def write_fine(args: argparse.Namespace) -> None:
-    """The fine-grid table: printed, and with ``--write-docs`` put into docs/anatomy.md."""
-    if args.fine_size <= 0:
-        return
-    t_start = time.perf_counter()
-    table = fine_grid(args.fine_size)
-    block = (
-        f"Measured by `benchmarks/bench_anatomy.py` on {time.strftime('%Y-%m-%d')} (the five "
-        f"cases at {args.fine_size}³, {time.perf_counter() - t_start:.0f} s in all on this "
-        f"machine's 2 CPU cores).\n\n{table}\n"
-    )
-    print("\n" + block)
-    if args.write_docs:
-        write_docs({"anatomy-fine": block}, DOCS)
-        print(f"wrote the fine-grid table into {DOCS}")
+    """The fine-grid table (``--fine-size``)."""
+    if args.fine_size > 0:
+        what = f"the five cases at {args.fine_size}³"
+        write_section(args, "anatomy-fine", what, lambda: fine_grid(args.fine_size))
 
 
 def write_population(args: argparse.Namespace) -> None:
-    """The population table: printed, and with ``--write-docs`` put into docs/anatomy.md."""
-    if args.population <= 0:
-        return
+    """The population table (``--population``)."""
+    if args.population > 0:
+        what = (
+            f"{args.population} members of the population for seed {POPULATION_SEED} at "
+            f"{args.size}³"
+        )
+        write_section(
+            args, "anatomy-population", what, lambda: population(args.size, args.population)
+        )
+
+
+def write_section(
+    args: argparse.Namespace, name: str, what: str, tables: Callable[[], str]
+) -> None:
+    """Measure a section's tables, print them, and with ``--write-docs`` put them into block
+    ``name`` of docs/anatomy.md."""
     t_start = time.perf_counter()
-    tables = population(args.size, args.population)
+    body = tables()
     block = (
-        f"Measured by `benchmarks/bench_anatomy.py` on {time.strftime('%Y-%m-%d')} "
-        f"({args.population} members of the population for seed {POPULATION_SEED} at "
-        f"{args.size}³, {time.perf_counter() - t_start:.0f} s in all on this machine's 2 CPU "
-        f"cores).\n\n{tables}\n"
+        f"Measured by `benchmarks/bench_anatomy.py` on {time.strftime('%Y-%m-%d')} ({what}, "
+        f"{time.perf_counter() - t_start:.0f} s in all on this machine's 2 CPU cores).\n\n"
+        f"{body}\n"
     )
     print("\n" + block)
     if args.write_docs:
-        write_docs({"anatomy-population": block}, DOCS)
-        print(f"wrote the population table into {DOCS}")
+        write_docs({name: block}, DOCS)
+        print(f"wrote block {name} into {DOCS}")
 
 
 if __name__ == "__main__":

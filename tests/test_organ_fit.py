@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -339,11 +340,13 @@ def test_background_follows_the_tissue_fraction() -> None:
     assert np.allclose(comp.masks()[1, 0, 0], [0.0, fraction[0, 0, 1], fraction[0, 0, 2], 0.0])
 
 
-def test_find_sources_puts_a_point_source_at_its_depth() -> None:
-    """The AP/PA count ratio gives the depth of a compact source (docs/anatomy.md)."""
+def _point_in_body(
+    point: tuple[int, int, int], spacing_mm: float = 8.0
+) -> tuple[Study, Any, Any, tuple[ResidualSource, ...]]:
+    """A point source in a uniform body: the study, its one compartment, the organ fit and the
+    sources `find_sources` starts from."""
     truth = {"front": 0.0, "back": 0.0, "background": 100.0}
-    point = (7, 10, 5)  # z, y, x voxel: posterior, off-centre
-    study, _ = _slab_study(truth, point=point, point_activity=4e4)
+    study, _ = _slab_study(truth, point=point, point_activity=4e4, spacing_mm=spacing_mm)
     body = study.anatomy.body  # type: ignore[union-attr] - the test body exists
     anatomy = Anatomy(body.astype(np.int32), {1: "body"}, body)
     comp = compartments_from_anatomy(anatomy, background_regions=0)
@@ -351,6 +354,13 @@ def test_find_sources_puts_a_point_source_at_its_depth() -> None:
     found = find_sources(
         study, organ_fit.expected, body, collimator=study.collimator_response(), threshold=3.0
     )
+    return study, comp, organ_fit, found
+
+
+def test_find_sources_puts_a_point_source_at_its_depth() -> None:
+    """The AP/PA count ratio gives the depth of a compact source (docs/anatomy.md)."""
+    point = (7, 10, 5)  # z, y, x voxel: posterior, off-centre
+    study, _, _, found = _point_in_body(point)
     assert len(found) >= 1
     z, y, x = (float(study.grid.centres_mm(a)[i]) for a, i in enumerate(point))
     cx, cy, cz = found[0].centre_mm
@@ -364,16 +374,9 @@ def test_find_sources_puts_a_point_source_at_its_depth() -> None:
 def test_source_scales_are_in_mm_on_fine_grids(spacing_mm: float, width_mm: float) -> None:
     """A new source starts `START_SIGMA_MM` wide (1.5 voxels on grids coarser than 6.25 mm), and
     its activity parameter's unit is the same number of mL on any finer grid."""
-    truth = {"front": 0.0, "back": 0.0, "background": 100.0}
-    study, _ = _slab_study(truth, point=(7, 10, 5), point_activity=4e4, spacing_mm=spacing_mm)
-    body = study.anatomy.body  # type: ignore[union-attr] - the test body exists
-    anatomy = Anatomy(body.astype(np.int32), {1: "body"}, body)
-    comp = compartments_from_anatomy(anatomy, background_regions=0)
-    organ_fit = fit_organs(study, comp, collimator=study.collimator_response())
-    found = find_sources(
-        study, organ_fit.expected, body, collimator=study.collimator_response(), threshold=3.0
-    )
+    study, comp, organ_fit, found = _point_in_body((7, 10, 5), spacing_mm)
     assert found and all(s.sigma_mm == pytest.approx(width_mm) for s in found)
+    body = study.anatomy.body  # type: ignore[union-attr] - the test body exists
     model = OrganResidualModel(study.grid, comp, organ_fit.concentrations, found, body)
     voxel_ml = max(spacing_mm**3 * 1e-3, 6.25**3 * 1e-3)
     level = float(np.max(organ_fit.concentrations))
