@@ -197,15 +197,15 @@ def score_table(
 
 
 def all_lesions(study: Study) -> dict[str, tuple[float, float, float]]:
-    """Every lesion of the phantom (any size): name → centre of mass (x, y, z) mm."""
+    """Every lesion of the phantom (any size) that holds a voxel of the study's labels: name →
+    centre of mass (x, y, z) mm."""
     labels = np.asarray(study.labels)
     centres = [np.asarray(study.grid.centres_mm(a)) for a in range(3)]
     out = {}
     for value, name in study.label_names.items():
-        if str(name).startswith("lesion"):
-            z, y, x = (
-                float(centres[a][idx].mean()) for a, idx in enumerate(np.nonzero(labels == value))
-            )
+        where = np.nonzero(labels == value)
+        if str(name).startswith("lesion") and where[0].size:
+            z, y, x = (float(centres[a][idx].mean()) for a, idx in enumerate(where))
             out[str(name)] = (x, y, z)
     return out
 
