@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from recon.anatomy import OrgansConfig, reconstruct_organs
 from recon.anatomy.quantify import quantify, structure_truth_mbq
+from recon.anatomy.reconstruct import COARSE_VOXEL_MM
 from recon.data.phantoms import PhantomVariant, TorsoPhantom, simulate_variant
 from recon.io import read_result, read_study, write_study
 from tests.helpers import assert_ok, assert_one_line_error, invoke
@@ -124,6 +127,23 @@ def test_quantify_takes_each_structures_exact_truth(study_file: Path, results) -
     broken = dataclasses.replace(study, provenance={**study.provenance, "truth_activity_mbq": "["})
     with pytest.raises(ValueError, match="truth_activity_mbq"):
         quantify(broken, [organs])
+
+
+def test_residual_sources_on_a_coarse_grid_warn(study_file: Path, tmp_path: Path) -> None:
+    """Voxels coarser than `COARSE_VOXEL_MM` (this study: 400/24 = 16.7 mm): organs + residual
+    warns that its lesions are not to be trusted; the organ fit alone does not."""
+    study = read_study(study_file)
+    assert max(study.grid.spacing_mm) > COARSE_VOXEL_MM
+    with pytest.warns(UserWarning, match=r"voxels of 16\.7 mm"):
+        reconstruct_organs(study, config=OrgansConfig(steps=1, rounds=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reconstruct_organs(study, config=OrgansConfig(residual=False))
+    # The command prints it as one line after the table.
+    run = invoke("recon", "organs", study_file, "-o", tmp_path / "o.h5", "--steps", "1")
+    assert_ok(run)
+    lines = [ln for ln in run.output.splitlines() if "voxels of 16.7 mm" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
 
 
 def test_organ_commands_refuse_bad_input_in_one_line(folder: Path, study_file: Path) -> None:

@@ -6,6 +6,7 @@ Each parses its options, calls one library function (`recon.anatomy.reconstruct_
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -81,16 +82,20 @@ def organs(
         max_sources=max_sources,
         steps=steps,
     )
-    outcome = reconstruct_organs(
-        study,
-        anatomy=anatomy,
-        support=None if support is None else support.value,
-        config=config,
-        use_collimator=not no_collimator,
-        study_file=str(study_file),
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = reconstruct_organs(
+            study,
+            anatomy=anatomy,
+            support=None if support is None else support.value,
+            config=config,
+            use_collimator=not no_collimator,
+            study_file=str(study_file),
+        )
     write_result(output, outcome.result, overwrite=force)
     _print_quantities(study, [outcome.result], [outcome.result.method])
+    for warning in caught:
+        typer.echo(f"warning: {warning.message}", err=True)
     typer.echo(f"wrote {output}")
 
 

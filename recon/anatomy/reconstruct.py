@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,10 @@ from recon.io.hdf5 import software_version
 from recon.io.study import Anatomy, Result, Study
 
 __all__ = ["OrgansConfig", "OrgansOutcome", "reconstruct_conjugate", "reconstruct_organs"]
+
+#: Voxel size (mm) above which residual sources are not to be trusted: measured well at 3.125 and
+#: 6.25 mm voxels, with lesion errors of +100 % and more at 12.5 and 16.7 mm (docs/anatomy.md).
+COARSE_VOXEL_MM = 8.0
 
 #: A residual source whose peak concentration is below this multiple of the concentration of the
 #: compartment it lies in is counted in that compartment (uneven uptake, not a lesion).
@@ -199,6 +204,12 @@ def reconstruct_organs(
     ------
     ValueError
         No anatomy (neither in the study nor given), an anatomy on another grid.
+
+    Warns
+    -----
+    UserWarning
+        Residual sources on voxels coarser than `COARSE_VOXEL_MM`: their activities are not to be
+        trusted there (docs/anatomy.md, Limits).
     """
     from recon.reconstruct import resolve_collimator
     from recon.support import resolve_support
@@ -230,6 +241,14 @@ def reconstruct_organs(
     )
     model = None
     history: dict[str, np.ndarray] = {}
+    voxel_mm = max(study.grid.spacing_mm)
+    if config.residual and voxel_mm > COARSE_VOXEL_MM:
+        warnings.warn(
+            f"voxels of {voxel_mm:.1f} mm: the residual sources' (lesions') activities were "
+            "within ±30 % on voxels of 6.25 mm and finer, but +100 % and more at 12.5 mm; use "
+            f"voxels of {COARSE_VOXEL_MM:g} mm or finer for lesions (docs/anatomy.md, Limits)",
+            stacklevel=2,
+        )
     if config.residual:
         model, history = _train_residual(study, organ_fit, mask, config, device, callback)
     table = _table(study, compartments, organ_fit, model, collimator, device)
