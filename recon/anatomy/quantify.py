@@ -113,6 +113,12 @@ def quantify(
     voxel_ml = study.grid.voxel_volume_mm3 * 1e-3
     lesions = _truth_lesions(study)
     exact = structure_truth_mbq(study)
+
+    def truth_of(name: str, mask: np.ndarray) -> float:
+        return exact[name] if name in exact else _truth_in(study, mask, voxel_ml)
+
+    region_truth = {r: truth_of(r, regions == v) for v, r in region_names.items()}
+    lesion_truth = {name: truth_of(name, mask) for name, (mask, _, _) in lesions.items()}
     rows: list[QuantRow] = []
     for name, result in zip(names, results, strict=True):
         if tuple(result.grid.shape) != tuple(study.grid.shape) or result.grid != study.grid:
@@ -131,7 +137,7 @@ def quantify(
             else:
                 mbq = float(activity[mask].sum()) * voxel_ml * to_mbq
                 sd = math.nan
-            truth = exact.get(region, _truth_in(study, mask, voxel_ml))
+            truth = region_truth[region]
             rows.append(
                 QuantRow(
                     method=name,
@@ -166,7 +172,7 @@ def quantify(
         sources = result.parameters.get("sources") or []
         matched: set[int] = set()
         for lesion_name, (mask, centre, radius) in lesions.items():
-            truth = exact.get(lesion_name, _truth_in(study, mask, voxel_ml))
+            truth = lesion_truth[lesion_name]
             if isinstance(sources, list) and sources:
                 j = _match(sources, centre, radius + max(study.grid.spacing_mm))
                 found = j is not None

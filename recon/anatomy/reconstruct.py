@@ -47,7 +47,13 @@ from recon.anatomy.organ_fit import (
     study_projector,
 )
 from recon.anatomy.residual import OrganResidualModel, ResidualSource
-from recon.anatomy.sources import conjugate_activity, find_sources, opposed_pair, search_depths
+from recon.anatomy.sources import (
+    conjugate_activity,
+    find_sources,
+    nearest_voxel,
+    opposed_pair,
+    search_depths,
+)
 from recon.io.hdf5 import software_version
 from recon.io.study import Anatomy, Result, Study
 
@@ -241,15 +247,16 @@ def reconstruct_organs(
     )
     model = None
     history: dict[str, np.ndarray] = {}
-    voxel_mm = max(study.grid.spacing_mm)
-    if config.residual and voxel_mm > COARSE_VOXEL_MM:
-        warnings.warn(
-            f"voxels of {voxel_mm:.1f} mm: the residual sources' (lesions') activities were "
-            "within ±30 % on voxels of 6.25 mm and finer, but +100 % and more at 12.5 mm; use "
-            f"voxels of {COARSE_VOXEL_MM:g} mm or finer for lesions (docs/anatomy.md, Limits)",
-            stacklevel=2,
-        )
     if config.residual:
+        voxel_mm = max(study.grid.spacing_mm)
+        if voxel_mm > COARSE_VOXEL_MM:
+            warnings.warn(
+                f"voxels of {voxel_mm:.1f} mm: the residual sources' (lesions') activities were "
+                "within ±30 % on voxels of 6.25 mm and finer, but +100 % and more at 12.5 mm; "
+                f"use voxels of {COARSE_VOXEL_MM:g} mm or finer for lesions (docs/anatomy.md, "
+                "Limits)",
+                stacklevel=2,
+            )
         model, history = _train_residual(study, organ_fit, mask, config, device, callback)
     table = _table(study, compartments, organ_fit, model, collimator, device)
     if model is None:
@@ -521,7 +528,7 @@ def _table(
             source_activity, source_sd = conjugate_activity(views, rest, unit, pair)
         source_activities.append(source_activity)
         peak = source_activity * float(source_parts[j].max())  # activity unit (per mL)
-        voxel = _nearest_voxel(study, s.centre_mm)
+        voxel = nearest_voxel(study, s.centre_mm)
         inside = int(compartments.index[voxel])
         host, contrast = _host(inside, voxel, peak, c, distances)
         row: dict[str, Any] = {
@@ -599,16 +606,6 @@ def _host(
         if level > 0 and peak / level < best_contrast:
             best, best_contrast = i, peak / level
     return best, best_contrast
-
-
-def _nearest_voxel(study: Study, centre_xyz: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Index ``(z, y, x)`` of the voxel nearest to a point (x, y, z mm), clipped to the grid."""
-    grid = study.grid
-    index = []
-    for axis, value in ((0, centre_xyz[2]), (1, centre_xyz[1]), (2, centre_xyz[0])):
-        centres = np.asarray(grid.centres_mm(axis))
-        index.append(int(np.argmin(np.abs(centres - value))))
-    return index[0], index[1], index[2]
 
 
 def _source_unit_volumes(model: OrganResidualModel) -> torch.Tensor:

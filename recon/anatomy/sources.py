@@ -142,6 +142,7 @@ def find_sources(
     voxel_mm = min(grid.spacing_mm)
     smoothing = max(1.0, SEARCH_SMOOTHING_MM / voxel_mm)
     separation = max(3, round(SOURCE_SEPARATION_MM / voxel_mm))
+    patch_radius = max(2, round(DEPTH_PATCH_MM / voxel_mm))
     smooth = [_smooth(e, smoothing) for e in excess]
     noise = torch.sqrt(_smooth(level[0] + level[1], smoothing).clamp_min(1.0))
     # The same excess per mm² of detector must score the same on any grid: a pixel's counts
@@ -165,8 +166,7 @@ def find_sources(
             continue
         # The patch: the pixels of each view that see the columns around the peak.
         columns_patch = torch.zeros(grid.shape, dtype=torch.float64)
-        radius = max(2, round(DEPTH_PATCH_MM / voxel_mm))
-        columns_patch[_patch_index(peak, ray_axis, radius=radius)] = 1.0
+        columns_patch[_patch_index(peak, ray_axis, radius=patch_radius)] = 1.0
         seen = plain(columns_patch) > 0  # [V, rows, bins]
         indicator = torch.zeros((2, *shape), dtype=torch.float64)
         for k, v in enumerate(pair):
@@ -359,14 +359,20 @@ class _DepthProfile:
 
 def _column(study: Study, centre_xyz: torch.Tensor, ray_axis: int) -> Index:
     """The line of voxels along ``ray_axis`` through the voxel nearest to a point (x, y, z mm)."""
-    index: list[int | slice] = []
-    for axis in range(3):
-        if axis == ray_axis:
-            index.append(slice(None))
-            continue
-        centres = study.grid.centres_mm(axis).detach().cpu()
-        index.append(int(torch.argmin((centres - float(centre_xyz[2 - axis])).abs())))
-    return tuple(index)
+    x, y, z = (float(c) for c in centre_xyz)
+    voxel = nearest_voxel(study, (x, y, z))
+    in_plane = [v for axis, v in enumerate(voxel) if axis != ray_axis]
+    return _ray((in_plane[0], in_plane[1]), ray_axis)
+
+
+def nearest_voxel(study: Study, centre_xyz: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Index ``(z, y, x)`` of the voxel nearest to a point (x, y, z mm), clipped to the grid."""
+    grid = study.grid
+    index = []
+    for axis, value in ((0, centre_xyz[2]), (1, centre_xyz[1]), (2, centre_xyz[0])):
+        centres = np.asarray(grid.centres_mm(axis))
+        index.append(int(np.argmin(np.abs(centres - value))))
+    return index[0], index[1], index[2]
 
 
 def _objective(y: torch.Tensor, rest: torch.Tensor, unit: torch.Tensor, activity: float) -> float:
