@@ -697,8 +697,7 @@ def write_stress(args: argparse.Namespace) -> None:
     """The stress table (``--stress``)."""
     if args.stress:
         what = (
-            f"{len(STRESS)} conditions, {len(STRESS_ERRORS)} cases each, seeds from "
-            f"{STRESS_SEED}"
+            f"{len(STRESS)} conditions, {len(STRESS_ERRORS)} cases each, seeds from {STRESS_SEED}"
         )
         write_section(args, "anatomy-stress", what, stress)
 

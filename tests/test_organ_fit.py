@@ -19,13 +19,13 @@ from recon.anatomy import (
     compartments_from_anatomy,
     fit_organs,
     reconstruct_organs,
+    sources,
 )
 from recon.anatomy.compartments import tissue_fraction
 from recon.anatomy.organ_fit import fisher_information, fit_organ_coefficients
 from recon.anatomy.quantify import quantify, rows_to_csv
 from recon.anatomy.reconstruct import LESION_CONTRAST, SPILL_MARGIN_VOXELS, _host
 from recon.anatomy.residual import BOUNDARY_PRIOR_SD, MAX_BOUNDARY_VOX, MODULATION_PRIOR_SD
-from recon.anatomy import sources
 from recon.anatomy.sources import (
     MODEL_ERROR,
     START_SIGMA_MM,
