@@ -19,7 +19,6 @@ from recon.anatomy import (
     compartments_from_anatomy,
     fit_organs,
     reconstruct_organs,
-    sources,
 )
 from recon.anatomy.compartments import tissue_fraction
 from recon.anatomy.organ_fit import fisher_information, fit_organ_coefficients
@@ -27,7 +26,6 @@ from recon.anatomy.quantify import quantify, rows_to_csv
 from recon.anatomy.reconstruct import LESION_CONTRAST, SPILL_MARGIN_VOXELS, _host
 from recon.anatomy.residual import BOUNDARY_PRIOR_SD, MAX_BOUNDARY_VOX, MODULATION_PRIOR_SD
 from recon.anatomy.sources import (
-    MODEL_ERROR,
     START_SIGMA_MM,
     _ml_activity,
     conjugate_activity,
@@ -383,28 +381,6 @@ def test_source_scales_are_in_mm_on_fine_grids(spacing_mm: float, width_mm: floa
     voxel_ml = max(spacing_mm**3 * 1e-3, 6.25**3 * 1e-3)
     level = float(np.max(organ_fit.concentrations))
     assert float(model.a_unit) == pytest.approx(level * 100.0 * voxel_ml, rel=1e-6)
-
-
-def test_source_search_allows_for_a_per_cent_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At high counts a model 1 % short of the counts everywhere (less than `MODEL_ERROR`) is
-    no lesion, though Poisson noise alone would call it one; a compact source still is."""
-    assert MODEL_ERROR > 0.01
-    truth = {"front": 100.0, "back": 100.0, "background": 100.0}  # a uniform body
-    point = (7, 10, 5)  # z, y, x voxel
-    kwargs: dict[str, Any] = {"counts_scale": 100.0}  # up to about 5e5 counts per pixel
-    study, _ = _slab_study(truth, point=point, point_activity=4e4, **kwargs)
-    plain, _ = _slab_study(truth, **kwargs)
-    assert float(plain.projections.max()) > 4e5
-    expected = np.asarray(plain.projections, dtype=np.float64) / 1.01  # 1 % short
-    body = study.anatomy.body  # type: ignore[union-attr] - the test body exists
-    collimator = study.collimator_response()
-    found = find_sources(study, expected, body, collimator=collimator)
-    assert len(found) == 1  # the point, in its pixel
-    x, z = (float(study.grid.centres_mm(a)[point[a]]) for a in (2, 0))
-    assert (found[0].centre_mm[0], found[0].centre_mm[2]) == pytest.approx((x, z), abs=1e-6)
-    assert find_sources(plain, expected, body, collimator=collimator) == ()
-    monkeypatch.setattr(sources, "MODEL_ERROR", 0.0)  # Poisson noise only: the misfit is "lesions"
-    assert len(find_sources(plain, expected, body, collimator=collimator)) > 0
 
 
 def test_depth_search_moves_a_source_to_the_depth_of_the_counts() -> None:

@@ -29,7 +29,6 @@ from spectproj import CollimatorResponse
 __all__ = [
     "DEPTH_PATCH_MM",
     "DEPTH_SEARCH_MARGIN",
-    "MODEL_ERROR",
     "SEARCH_SMOOTHING_MM",
     "SOURCE_SEPARATION_MM",
     "START_SIGMA_MM",
@@ -51,15 +50,6 @@ SEARCH_SMOOTHING_MM = 6.25
 SOURCE_SEPARATION_MM = 18.75
 DEPTH_PATCH_MM = 12.5
 START_SIGMA_MM = 9.375
-
-#: Relative error of a model's expected counts that the source search allows for besides the
-#: Poisson noise: the noise of the significance score is √(m + (MODEL_ERROR · m)²) for m
-#: expected counts in a 6.25 mm pixel. A model of organs with smooth uptake misses the uneven
-#: uptake by a few per cent of the counts; at 1e7 counts per view and more that misfit alone is
-#: many Poisson standard deviations, and without the floor it seeded false lesions (22 on eight
-#: development cases at 1e7 counts per view, 33 at 3e7; 3 and 2 with it). Chosen on those cases
-#: (seeds 31–42, at 5e5, 2e6, 1e7 and 3e7 counts per view).
-MODEL_ERROR = 0.015
 
 #: The depth search first tries at most this many depths along a source's ray (every voxel on
 #: small grids, every few on large ones), then every voxel around the best.
@@ -102,10 +92,9 @@ def find_sources(
     max_sources:
         At most this many sources, strongest first.
     threshold:
-        Minimum significance: the smoothed excess of both views over their noise, the square
-        root of their smoothed expectation with the floor `MODEL_ERROR` (in standard deviations
-        of the noise of one pixel of 6.25 mm; on finer grids scaled so that the same excess per
-        mm² scores the same).
+        Minimum significance: the smoothed excess of both views over the square root of their
+        smoothed expectation (in standard deviations of the Poisson noise of one pixel of
+        6.25 mm; on finer grids scaled so that the same excess per mm² scores the same).
     sigma_mm:
         Starting width of each source (default `START_SIGMA_MM`, at least 1.5 voxels).
     exclude:
@@ -155,10 +144,7 @@ def find_sources(
     separation = max(3, round(SOURCE_SEPARATION_MM / voxel_mm))
     patch_radius = max(2, round(DEPTH_PATCH_MM / voxel_mm))
     smooth = [_smooth(e, smoothing) for e in excess]
-    both = _smooth(level[0] + level[1], smoothing).clamp_min(1.0)
-    # The model-error floor on the counts of a 6.25 mm pixel (`smoothing`² pixels of a finer
-    # grid; one pixel of a coarser one), so that it too scores the same on any fine grid.
-    noise = torch.sqrt(both + (MODEL_ERROR * smoothing * both) ** 2)
+    noise = torch.sqrt(_smooth(level[0] + level[1], smoothing).clamp_min(1.0))
     # The same excess per mm² of detector must score the same on any grid: a pixel's counts
     # scale with its area, so e/√level falls as the voxel side; the kernel's side in voxels
     # (`smoothing`) makes up for it (1 at the 6.25 mm voxels the threshold was chosen at).
