@@ -16,6 +16,7 @@ from recon.anatomy.quantify import quantify, structure_truth_mbq
 from recon.anatomy.reconstruct import COARSE_VOXEL_MM
 from recon.data.phantoms import PhantomVariant, TorsoPhantom, simulate_variant
 from recon.io import read_result, read_study, write_study
+from recon.io.segmentation_threshold import THRESHOLD_CLASSES, anatomy_from_threshold
 from tests.helpers import assert_ok, assert_one_line_error, invoke
 
 
@@ -143,6 +144,30 @@ def test_residual_sources_on_a_coarse_grid_warn(study_file: Path, tmp_path: Path
     run = invoke("recon", "organs", study_file, "-o", tmp_path / "o.h5", "--steps", "1")
     assert_ok(run)
     lines = [ln for ln in run.output.splitlines() if "voxels of 16.7 mm" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
+
+
+def test_an_anatomy_without_organs_warns(study_file: Path, tmp_path: Path) -> None:
+    """A CT-threshold anatomy (lungs, bone, gas, body) holds no organ: the organ fit and organs +
+    residual say so, and the command prints it as one line; an organ segmentation does not."""
+    study = read_study(study_file)
+    thresholded = dataclasses.replace(study, anatomy=anatomy_from_threshold(study))
+    assert set(thresholded.anatomy.names.values()) <= set(THRESHOLD_CLASSES)  # type: ignore[union-attr]
+    with pytest.warns(UserWarning, match="no organ segments") as caught:
+        reconstruct_organs(thresholded, config=OrgansConfig(residual=False))
+    assert "residual sources" not in str(caught[0].message)
+    with warnings.catch_warnings(record=True) as both:  # this 24³ grid is coarse too
+        warnings.simplefilter("always")
+        reconstruct_organs(thresholded, config=OrgansConfig(steps=1, rounds=1))
+    assert any("and to residual sources reported as lesions" in str(w.message) for w in both)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reconstruct_organs(study, config=OrgansConfig(residual=False))  # liver, spleen, ...
+    path = tmp_path / "thresholded.h5"
+    write_study(path, thresholded)
+    run = invoke("recon", "organs", path, "-o", tmp_path / "o.h5", "--steps", "1")
+    assert_ok(run)
+    lines = [ln for ln in run.output.splitlines() if "no organ segments" in ln]
     assert len(lines) == 1 and lines[0].startswith("warning: ")
 
 

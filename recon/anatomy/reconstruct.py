@@ -55,6 +55,7 @@ from recon.anatomy.sources import (
     search_depths,
 )
 from recon.io.hdf5 import software_version
+from recon.io.segmentation_threshold import THRESHOLD_CLASSES
 from recon.io.study import Anatomy, Result, Study
 
 __all__ = ["OrgansConfig", "OrgansOutcome", "reconstruct_conjugate", "reconstruct_organs"]
@@ -215,7 +216,9 @@ def reconstruct_organs(
     -----
     UserWarning
         Residual sources on voxels coarser than `COARSE_VOXEL_MM`: their activities are not to be
-        trusted there (docs/anatomy.md, Limits).
+        trusted there (docs/anatomy.md, Limits). An anatomy without organ segments (only the
+        classes of a CT threshold, `recon.io.segmentation_threshold.THRESHOLD_CLASSES`): no
+        organ activity can come out of it.
     """
     from recon.reconstruct import resolve_collimator
     from recon.support import resolve_support
@@ -232,6 +235,14 @@ def reconstruct_organs(
         raise ValueError(
             f"the anatomy has shape {list(anatomy.shape)}, the study grid "
             f"{list(study.grid.shape)}; resample it onto the study grid first"
+        )
+    if set(anatomy.names.values()) <= set(THRESHOLD_CLASSES):
+        warnings.warn(
+            f"the anatomy has no organ segments, only {sorted(anatomy.names.values())} (what a CT "
+            "threshold gives): the organs' activity goes to the background"
+            + (" and to residual sources reported as lesions" if config.residual else "")
+            + "; give an organ segmentation (e.g. TotalSegmentator's) for organ activities",
+            stacklevel=2,
         )
     with_anatomy = dataclasses.replace(study, anatomy=anatomy)
     mask, support_note = resolve_support(with_anatomy, support)

@@ -27,6 +27,7 @@ __all__ = [
     "BODY_HU",
     "BONE_HU",
     "GAS_HU",
+    "THRESHOLD_CLASSES",
     "anatomy_from_threshold",
     "body_from_threshold",
     "threshold_classes",
@@ -38,6 +39,8 @@ GAS_HU = -950.0
 """Air inside the body at or below this CT number (HU) is gas, above it (up to BODY_HU) lung."""
 BONE_HU = 200.0
 """Bone at or above this CT number (HU)."""
+THRESHOLD_CLASSES = ("lungs", "bone", "gas")
+"""The classes a threshold gives besides the body: no organ among them."""
 
 
 def _values_and_thresholds(study: Study) -> tuple[np.ndarray, dict[str, float], str] | None:
@@ -94,6 +97,7 @@ def threshold_classes(study: Study) -> tuple[dict[str, np.ndarray], np.ndarray, 
         "bone": body & (volume >= t["bone"]),
         "gas": body & (volume <= t["gas"]),
     }
+    assert tuple(classes) == THRESHOLD_CLASSES
     return classes, body, what
 
 
