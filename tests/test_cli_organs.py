@@ -130,6 +130,33 @@ def test_quantify_takes_each_structures_exact_truth(study_file: Path, results) -
         quantify(broken, [organs])
 
 
+def test_a_lesion_the_anatomy_segments_is_its_segments_row(study_file: Path) -> None:
+    """A lesion the segmentation contains (here under another name) is a segment: its row has
+    the lesion's exact truth, and it gets no "not found" lesion row; unsegmented lesions do."""
+    study = read_study(study_file)
+    anatomy = study.anatomy
+    assert anatomy is not None and study.labels is not None
+    exact = structure_truth_mbq(study)
+    lesion = "lesion_liver_30mm"
+    value = next(v for v, n in study.label_names.items() if n == lesion)
+    labels = np.asarray(anatomy.labels).copy()
+    labels[np.asarray(study.labels) == value] = 99
+    names = {**anatomy.names, 99: "tumour 1"}
+    segmented = dataclasses.replace(
+        study, anatomy=dataclasses.replace(anatomy, labels=labels, names=names)
+    )
+    fit = reconstruct_organs(segmented, config=OrgansConfig(residual=False)).result
+    rows = quantify(segmented, [fit])
+    tumour = next(r for r in rows if r.region == "tumour 1")
+    assert tumour.kind == "organ" and tumour.truth_mbq == pytest.approx(exact[lesion], rel=1e-12)
+    assert not any(r.region == lesion for r in rows)
+    others = {r.region for r in rows if r.kind == "lesion"}
+    assert others and lesion not in others  # the other lesions keep their rows
+    # A segment that holds a lesion among much else (the liver) is not that lesion.
+    liver = next(r for r in quantify(study, [fit]) if r.region == "liver")
+    assert liver.truth_mbq == pytest.approx(exact["liver"], rel=1e-12)
+
+
 def test_residual_sources_on_a_coarse_grid_warn(study_file: Path, tmp_path: Path) -> None:
     """Voxels coarser than `COARSE_VOXEL_MM` (this study: 400/24 = 16.7 mm): organs + residual
     warns that its lesions are not to be trusted; the organ fit alone does not."""

@@ -12,7 +12,9 @@ Regions are the study's anatomy segments (or, for a phantom without an anatomy, 
 When the study holds a truth (phantoms), each row also gets the truth and the relative error;
 truth lesions (labels named ``lesion*``) get rows of their own: for a voxel result the activity
 inside the lesion's mask, for a residual model the source matched to the lesion (its centre
-within the lesion's radius plus one voxel), marked not found otherwise.
+within the lesion's radius plus one voxel), marked not found otherwise. A lesion that the
+anatomy itself segments (a segment that is mostly the lesion, and holds most of it) is that
+segment's row, with the lesion's truth, and gets no row of its own.
 No truth is needed: on a patient study the table has the estimates only.
 
 **Which truth.** A region's truth is the activity of the structure of that name when the study
@@ -117,8 +119,13 @@ def quantify(
     def truth_of(name: str, mask: np.ndarray) -> float:
         return exact[name] if name in exact else _truth_in(study, mask, voxel_ml)
 
-    region_truth = {r: truth_of(r, regions == v) for v, r in region_names.items()}
     lesion_truth = {name: truth_of(name, mask) for name, (mask, _, _) in lesions.items()}
+    segmented = _segmented_lesions(regions, region_names, lesions)  # region → lesion
+    region_truth = {
+        r: lesion_truth[segmented[r]] if r in segmented else truth_of(r, regions == v)
+        for v, r in region_names.items()
+    }
+    lesions = {n: v for n, v in lesions.items() if n not in segmented.values()}
     rows: list[QuantRow] = []
     for name, result in zip(names, results, strict=True):
         if tuple(result.grid.shape) != tuple(study.grid.shape) or result.grid != study.grid:
@@ -248,6 +255,25 @@ def _regions(study: Study) -> tuple[np.ndarray, dict[int, str]]:
         "the study has no anatomy (segmentation) and no labels: nothing to quantify; add an "
         "anatomy with 'spect convert anatomy'"
     )
+
+
+def _segmented_lesions(
+    regions: np.ndarray,
+    region_names: dict[int, str],
+    lesions: dict[str, tuple[np.ndarray, np.ndarray, float]],
+) -> dict[str, str]:
+    """Region name → truth lesion name, for each region that is mostly one truth lesion and holds
+    most of it (more than half of each's voxels in common): the anatomy segments that lesion."""
+    out = {}
+    for value, region in region_names.items():
+        mask = regions == value
+        size = int(mask.sum())
+        for lesion, (lesion_mask, _, _) in lesions.items():
+            common = int((mask & lesion_mask).sum())
+            if 2 * common > size and 2 * common > int(lesion_mask.sum()):
+                out[region] = lesion
+                break
+    return out
 
 
 def _truth_lesions(study: Study) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:

@@ -214,7 +214,9 @@ def simulate_acquisition(
         ``projections`` ``[V, rows, bins]`` counts (float32); ``background`` ``[V, rows, bins]``
         expected scatter counts (``None`` without scatter); the acquisition facts; ``mu_per_mm``,
         ``truth_activity`` (Bq/mL), ``labels`` and ``label_names`` from the phantom; and the
-        provenance (seed, phantom configuration, count scale, software).
+        provenance (seed, phantom configuration, count scale, software, and when the phantom
+        has them its structures' exact activities ``truth_activity_mbq``: JSON, name → MBq,
+        summed over the sub-voxels, which a label's voxels do not hold exactly).
 
     Raises
     ------
@@ -325,6 +327,10 @@ def simulate_acquisition(
         "phantom": json.dumps(phantom.config.to_dict()) if phantom.config is not None else "custom",
         "phantom_energy_keV": repr(energy),
     }
+    if phantom.activities_mbq:  # each structure's exact activity (`structure_truth_mbq` reads it)
+        provenance["truth_activity_mbq"] = json.dumps(
+            {phantom.label_names[v]: mbq for v, mbq in sorted(phantom.activities_mbq.items())}
+        )
     return Study(
         projections=counts.to(torch.float32).numpy(),
         acquisition=acquisition,

@@ -715,12 +715,8 @@ def simulate_variant(
             "simulation_supersample": str(s_fine),
             "study_supersample": str(oversample * s_fine),
             "anatomy_source": anatomy.source,
-            "truth_activity_mbq": json.dumps(
-                {
-                    fine_phantom.label_names[v]: mbq
-                    for v, mbq in sorted(fine_phantom.activities_mbq.items())
-                }
-            ),
+            # "truth_activity_mbq" comes with simulate_acquisition's provenance: the fine
+            # phantom's structures, summed over their sub-voxels.
         }
     )
     return replace(
