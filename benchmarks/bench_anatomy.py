@@ -109,6 +109,11 @@ STRESS_ERRORS: tuple[dict[str, object], ...] = (
     {"seg_erode_vox": 1},
 )
 STRESS_SEED = 101
+#: The methods of the fine-grid, population and stress sections.
+ORGAN_METHODS: tuple[tuple[str, OrgansConfig], ...] = (
+    ("organ fit", OrgansConfig(residual=False)),
+    ("organs + residual", OrgansConfig()),
+)
 #: A lesion is visible against its host when its concentration is at least this multiple of the
 #: host's (`recon.anatomy.reconstruct.LESION_CONTRAST`: below, its counts belong to the organ).
 VISIBLE_CONTRAST = LESION_CONTRAST
@@ -438,17 +443,27 @@ def population_case(index: int, size: int) -> tuple[Study, dict[str, tuple[float
     return study, centres, contrast
 
 
+def lesion_columns(scored: list[tuple[Score, dict[str, float]]]) -> str:
+    """The lesion columns of a method over cases (each its `Score` and its lesions' contrasts):
+    visible lesions within ±30 %, found, their mean |error|, other sources (markdown cells)."""
+    visible = [(s, n) for s, c in scored for n in s.lesion_errors if c[n] >= VISIBLE_CONTRAST]
+    errors = [abs(s.lesion_errors[n]) for s, n in visible]
+    found = sum(bool(s.lesions_found[n]) for s, n in visible)
+    others = sum(s.other_sources or 0 for s, _ in scored)
+    mean_err = f"{np.mean(errors):.0f} %" if errors else "–"
+    return (
+        f"{sum(e <= 30.0 for e in errors)}/{len(errors)} | {found}/{len(errors)} | {mean_err} "
+        f"| {others}"
+    )
+
+
 def population(size: int, members: int) -> str:
     """The organ fit and organs + residual on ``members`` population anatomies: summary and
     per-member tables (markdown)."""
-    rows: dict[str, list[tuple[Score, dict[str, float]]]] = {
-        "organ fit": [],
-        "organs + residual": [],
-    }
+    rows: dict[str, list[tuple[Score, dict[str, float]]]] = {m: [] for m, _ in ORGAN_METHODS}
     for index in range(members):
         study, lesions, contrast = population_case(index, size)
-        for method, config in (("organ fit", OrgansConfig(residual=False)),
-                               ("organs + residual", OrgansConfig())):  # fmt: skip
+        for method, config in ORGAN_METHODS:
             t0 = time.perf_counter()
             score = score_table(study, reconstruct_organs(study, config=config).result, lesions)
             score.seconds = time.perf_counter() - t0
@@ -462,15 +477,9 @@ def population(size: int, members: int) -> str:
     ]
     for method, scored in rows.items():
         organ = [abs(v) for s, _ in scored for v in s.organ_errors.values()]
-        visible = [(s, n) for s, c in scored for n in s.lesion_errors if c[n] >= VISIBLE_CONTRAST]
-        errors = [abs(s.lesion_errors[n]) for s, n in visible]
-        found = sum(bool(s.lesions_found[n]) for s, n in visible)
-        others = sum(s.other_sources or 0 for s, _ in scored)
-        mean_err = f"{np.mean(errors):.0f} %" if errors else "–"
         lines.append(
             f"| {method} | {np.mean(organ):.1f} % | {np.max(organ):.1f} % "
-            f"| {sum(e <= 30.0 for e in errors)}/{len(errors)} | {found}/{len(errors)} "
-            f"| {mean_err} | {others} |"
+            f"| {lesion_columns(scored)} |"
         )
     detail = [
         "| member | liver | spleen | kidney L | kidney R | lesions (≥ 5 mL): error, contrast |",
@@ -606,13 +615,12 @@ def fine_grid(size: int) -> str:
         "| case | method | liver | spleen | kidney L | kidney R | lesions (≥ 5 mL) |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    organ: dict[str, list[float]] = {"organ fit": [], "organs + residual": []}
+    organ: dict[str, list[float]] = {m: [] for m, _ in ORGAN_METHODS}
     lesion: list[float] = []
     for name, overrides in CASES:
         study, variant = case_study(size, dict(overrides))
         lesions = large_lesions(variant)
-        for method, config in (("organ fit", OrgansConfig(residual=False)),
-                               ("organs + residual", OrgansConfig())):  # fmt: skip
+        for method, config in ORGAN_METHODS:
             score = score_table(study, reconstruct_organs(study, config=config).result, lesions)
             e = score.organ_errors
             organ[method] += [abs(v) for v in e.values()]
@@ -664,27 +672,19 @@ def stress() -> str:
     ]
     seed = STRESS_SEED
     for name, settings, overrides in STRESS:
-        organ: dict[str, list[float]] = {"organ fit": [], "organs + residual": []}
-        errors, found, others = [], 0, 0
+        scored: dict[str, list[tuple[Score, dict[str, float]]]] = {m: [] for m, _ in ORGAN_METHODS}
         for errors_kind in STRESS_ERRORS:
             study, lesions, contrast = stress_case(settings, {**errors_kind, **overrides}, seed)
             seed += 1
-            for method, config in (("organ fit", OrgansConfig(residual=False)),
-                                   ("organs + residual", OrgansConfig())):  # fmt: skip
+            for method, config in ORGAN_METHODS:
                 result = reconstruct_organs(study, config=config).result
-                score = score_table(study, result, lesions)
-                organ[method] += [abs(v) for v in score.organ_errors.values()]
-            # the lesions of organs + residual (the last method; the organ fit finds none)
-            visible = [n for n in lesions if contrast[n] >= VISIBLE_CONTRAST]
-            errors += [abs(score.lesion_errors[n]) for n in visible]
-            found += sum(bool(score.lesions_found[n]) for n in visible)
-            others += score.other_sources or 0
-        fit, both = organ["organ fit"], organ["organs + residual"]
-        mean_err = f"{np.mean(errors):.0f} %" if errors else "–"
+                scored[method].append((score_table(study, result, lesions), contrast))
+        fit, both = (
+            [abs(v) for s, _ in scored[m] for v in s.organ_errors.values()] for m in scored
+        )
         lines.append(
             f"| {name} | {np.mean(fit):.1f} % / {np.max(fit):.1f} % | {np.mean(both):.1f} % / "
-            f"{np.max(both):.1f} % | {sum(e <= 30.0 for e in errors)}/{len(errors)} "
-            f"| {found}/{len(errors)} | {mean_err} | {others} |"
+            f"{np.max(both):.1f} % | {lesion_columns(scored['organs + residual'])} |"
         )
         print(f"  {name}: done", flush=True)
     return "\n".join(lines)

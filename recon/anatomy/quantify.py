@@ -264,15 +264,15 @@ def _segmented_lesions(
 ) -> dict[str, str]:
     """Region name → truth lesion name, for each region that is mostly one truth lesion and holds
     most of it (more than half of each's voxels in common): the anatomy segments that lesion."""
+    values, counts = np.unique(regions, return_counts=True)
+    sizes = dict(zip(values.tolist(), counts.tolist(), strict=True))
     out = {}
-    for value, region in region_names.items():
-        mask = regions == value
-        size = int(mask.sum())
-        for lesion, (lesion_mask, _, _) in lesions.items():
-            common = int((mask & lesion_mask).sum())
-            if 2 * common > size and 2 * common > int(lesion_mask.sum()):
-                out[region] = lesion
-                break
+    for lesion, (lesion_mask, _, _) in lesions.items():
+        # Only the region holding most of the lesion can qualify.
+        under, common = np.unique(regions[lesion_mask], return_counts=True)
+        value, shared = int(under[np.argmax(common)]), int(common.max())
+        if value in region_names and 2 * shared > sizes[value] and 2 * shared > common.sum():
+            out[region_names[value]] = lesion
     return out
 
 
