@@ -64,6 +64,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,6 +154,10 @@ class Score:
     depth_errors_mm: dict[str, float] = field(default_factory=dict)
     other_sources: int | None = None
     seconds: float = math.nan
+    #: |error| / the table's sd (its total, and its count part only), per organ and per found
+    #: lesion: how many sds off the method was by its own account.
+    organ_z: dict[str, tuple[float, float]] = field(default_factory=dict)
+    lesion_z: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def case_study(size: int, overrides: dict[str, object]) -> tuple[Study, PhantomVariant]:
@@ -219,6 +224,7 @@ def score_table(
     score = Score()
     for organ in ORGANS:
         score.organ_errors[organ] = 100.0 * (table[organ]["activity_mbq"] / truth[organ] - 1.0)
+        score.organ_z[organ] = z_scores(table[organ], truth[organ])
     dz, _, dx = study.grid.spacing_mm
 
     def in_plane(source: dict[str, object], x: float, z: float) -> float:
@@ -234,6 +240,7 @@ def score_table(
         score.lesions_found[name] = best is not None
         if best is not None:
             score.depth_errors_mm[name] = float(best["centre_mm"][1]) - y  # type: ignore[index]
+            score.lesion_z[name] = z_scores(best, truth[name])
     every = list(all_lesions(study).values())
     score.other_sources = sum(
         1
@@ -241,6 +248,36 @@ def score_table(
         if not any(in_plane(s, x, z) <= 2.0 for x, _, z in every)
     )
     return score
+
+
+def z_scores(row: dict[str, Any], truth_mbq: float) -> tuple[float, float]:
+    """|activity − truth| of a table row in units of its sd: the total, and the count part."""
+    miss = abs(float(row["activity_mbq"]) - truth_mbq)
+    total, counts = float(row["activity_sd_mbq"]), float(row["activity_sd_counts_mbq"])
+    return miss / total if total > 0 else math.inf, miss / counts if counts > 0 else math.inf
+
+
+def coverage_cells(scored: list[tuple[Score, dict[str, float]]]) -> str:
+    """How often the truth lies within the method's reported sd over cases (markdown cells):
+    organs within 1 sd, within 2 sd, within 2 count sds; the same for the found lesions."""
+
+    def cells(z: list[tuple[float, float]]) -> str:
+        if not z:
+            return "– | – | –"
+        n = len(z)
+        one, two = (sum(t <= k for t, _ in z) for k in (1.0, 2.0))
+        counts = sum(c <= 2.0 for _, c in z)
+        return f"{one}/{n} | {two}/{n} | {counts}/{n}"
+
+    organs = [z for s, _ in scored for z in s.organ_z.values()]
+    lesions = [z for s, _ in scored for z in s.lesion_z.values()]
+    return f"{cells(organs)} | {cells(lesions)}"
+
+
+COVERAGE_HEADER = (
+    "organs within 1 sd | within 2 sd | within 2 count sds | lesions within 1 sd | within 2 sd "
+    "| within 2 count sds |"
+)
 
 
 def all_lesions(study: Study) -> dict[str, tuple[float, float, float]]:
@@ -500,7 +537,20 @@ def population(size: int, members: int) -> str:
             f"| {index} | {e['liver']:+.1f} % | {e['spleen']:+.1f} % | {e['kidney_left']:+.1f} % "
             f"| {e['kidney_right']:+.1f} % | {lesions} |"
         )
-    return "\n".join(lines) + "\n\nOrgans + residual per member:\n\n" + "\n".join(detail)
+    coverage = [
+        "The truth within each method's sd (count and model parts) and within its count part:",
+        "",
+        f"| method | {COVERAGE_HEADER}",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {method} | {coverage_cells(scored)} |" for method, scored in rows.items()),
+    ]
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + "\n".join(coverage)
+        + "\n\nOrgans + residual per member:\n\n"
+        + "\n".join(detail)
+    )
 
 
 def main() -> None:
@@ -670,6 +720,15 @@ def stress() -> str:
         r"| found | their mean \|error\| | other sources (false lesions) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    coverage = [
+        "Organs + residual: the truth within the table's sd (its count and model parts, "
+        "`recon.anatomy.uncertainty`) and within its count part alone:",
+        "",
+        f"| condition | {COVERAGE_HEADER}",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    every: list[tuple[Score, dict[str, float]]] = []
+    every_fit: list[tuple[Score, dict[str, float]]] = []
     seed = STRESS_SEED
     for name, settings, overrides in STRESS:
         scored: dict[str, list[tuple[Score, dict[str, float]]]] = {m: [] for m, _ in ORGAN_METHODS}
@@ -686,8 +745,14 @@ def stress() -> str:
             f"| {name} | {np.mean(fit):.1f} % / {np.max(fit):.1f} % | {np.mean(both):.1f} % / "
             f"{np.max(both):.1f} % | {lesion_columns(scored['organs + residual'])} |"
         )
+        residual = scored["organs + residual"]
+        coverage.append(f"| {name} | {coverage_cells(residual)} |")
+        every.extend(residual)
+        every_fit.extend(scored["organ fit"])
         print(f"  {name}: done", flush=True)
-    return "\n".join(lines)
+    coverage.append(f"| **all conditions** | {coverage_cells(every)} |")
+    coverage.append(f"| all conditions, organ fit | {coverage_cells(every_fit)} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(coverage)
 
 
 def write_stress(args: argparse.Namespace) -> None:

@@ -66,15 +66,22 @@ def test_recon_organs_writes_the_table_and_its_settings(study_file: Path, result
     assert {r["name"] for r in conjugate.parameters["organ_table"]} >= {"liver", "spleen"}
 
 
-def test_quantify_prints_and_writes_csv_and_json(folder: Path, study_file: Path, results) -> None:
+def test_quantify_prints_and_writes_csv_and_json(
+    folder: Path, study_file: Path, results, monkeypatch: pytest.MonkeyPatch
+) -> None:
     csv_path, json_path = folder / "table.csv", folder / "table.json"
     files = [results[n] for n in ("organs", "qplanar", "conjugate")]
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal
     run = invoke("quantify", study_file, *files, "--csv", csv_path, "--json", json_path)
     assert_ok(run)
-    out = " ".join(run.stdout.split())
-    assert "liver" in out and "organs+residual" in out and "conjugate-view" in out
     with csv_path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    # Every method and region is printed whole on its row (never cut, wrapped or elided).
+    printed = [line.split("│") for line in run.stdout.splitlines() if line.startswith("│")]
+    cells = {(cell[1].strip(), cell[2].strip()) for cell in printed}
+    assert len(printed) == len(rows) and "…" not in run.stdout
+    assert {(r["method"], r["region"]) for r in rows if r["kind"] != "lesion"} <= cells
+    assert any(r["kind"] == "lesion" for r in rows)
     liver = [r for r in rows if r["region"] == "liver"]
     assert {r["method"] for r in liver} == {"organs+residual", "organs", "conjugate-view"}
     assert all(float(r["activity_mbq"]) > 0 for r in liver)

@@ -33,6 +33,12 @@ from recon.anatomy.sources import (
     opposed_pair,
     search_depths,
 )
+from recon.anatomy.uncertainty import (
+    ORGAN_FIT_MODEL_ERROR,
+    RESIDUAL_MODEL_ERROR,
+    ModelError,
+    combined_sd,
+)
 from recon.io import Acquisition, Anatomy, Result, Study
 from spectproj import CollimatorResponse, ImageGrid, ParallelGeometry, SPECTProjector
 
@@ -504,11 +510,68 @@ def test_organs_plus_residual_finds_an_unsegmented_lesion() -> None:
     # The organ fit spreads the lesion over the background; the residual model does not.
     assert background_error(both) < 0.5 * background_error(organ_only)
     assert both.result.method == "organs+residual" and organ_only.result.method == "organs"
+    # The lesion's sd: its two-view count spread and the method's 12 % model sd, in quadrature.
+    lesion_row = near[0]
+    assert lesion_row["activity_sd_model_mbq"] == pytest.approx(
+        RESIDUAL_MODEL_ERROR.lesion * lesion_row["activity_mbq"], rel=1e-12
+    )
+    assert lesion_row["activity_sd_mbq"] == pytest.approx(
+        math.hypot(lesion_row["activity_sd_counts_mbq"], lesion_row["activity_sd_model_mbq"]),
+        rel=1e-12,
+    )
     assert "MEGP" in str(both.result.parameters["collimator"])
     assert both.result.activity.shape == activity.shape
 
 
 # -- the table -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("organ", -0.01, r"ModelError.organ must lie in \[0, 1\), got -0.01"),
+        ("lesion", 1.0, r"ModelError.lesion must lie in \[0, 1\), got 1.0"),
+        ("organ", math.nan, r"ModelError.organ must lie in \[0, 1\), got nan"),
+        ("lesion", "0.1", "ModelError.lesion must be a number, got '0.1'"),
+        ("organ", True, "ModelError.organ must be a number, got True"),
+    ],
+)
+def test_model_error_refuses_bad_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelError(**{field: value})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model_error must be a ModelError or None"):
+        OrgansConfig(model_error=0.03)  # type: ignore[arg-type]
+
+
+def test_combined_sd_adds_the_model_part_in_quadrature() -> None:
+    assert combined_sd(3.0, 40.0, 0.1) == (5.0, 4.0)  # 3-4-5
+    assert combined_sd(3.0, -40.0, 0.1) == (5.0, 4.0)
+    assert combined_sd(2.0, 40.0, 0.0) == (2.0, 0.0)
+
+
+def test_the_table_adds_each_methods_model_error_to_the_cramer_rao_sd() -> None:
+    study, _ = _slab_study({"front": 4000.0, "back": 1000.0, "background": 100.0})
+    tables = {}
+    for label, config, relative in (
+        ("measured", OrgansConfig(residual=False), ORGAN_FIT_MODEL_ERROR.organ),
+        ("own", OrgansConfig(residual=False, model_error=ModelError(organ=0.05)), 0.05),
+        ("counts", OrgansConfig(residual=False, model_error=ModelError()), 0.0),
+    ):
+        outcome = reconstruct_organs(study, config=config)
+        counts_sd = {e.name: e.activity_sd_mbq for e in outcome.organ_fit.estimates}
+        tables[label] = {r["name"]: r for r in outcome.result.parameters["organ_table"]}  # type: ignore[union-attr]
+        for name, row in tables[label].items():
+            expected_model = 0.0 if row["background"] else relative * row["activity_mbq"]
+            assert row["activity_sd_counts_mbq"] == pytest.approx(counts_sd[name], rel=1e-12)
+            assert row["activity_sd_model_mbq"] == pytest.approx(expected_model, rel=1e-12)
+            total = math.hypot(counts_sd[name], expected_model)
+            assert row["activity_sd_mbq"] == pytest.approx(total, rel=1e-12)
+            relative_sd = row["concentration_sd"] / row["concentration"]
+            assert relative_sd == pytest.approx(total / row["activity_mbq"], rel=1e-6)
+    # Counts only, the table is the Cramér–Rao bound; the measured model sd dominates it here.
+    front = tables["counts"]["front"]
+    assert front["activity_sd_mbq"] == front["activity_sd_counts_mbq"] > 0
+    assert tables["measured"]["front"]["activity_sd_mbq"] > 10 * front["activity_sd_mbq"]
 
 
 def test_quantify_uses_each_methods_definition_and_the_truth() -> None:
@@ -524,12 +587,21 @@ def test_quantify_uses_each_methods_definition_and_the_truth() -> None:
     assert by[("mlem", "front")].error_percent == pytest.approx(0.0, abs=1e-4)
     assert math.isnan(by[("mlem", "front")].activity_sd_mbq)
     assert by[("organs", "front")].activity_mbq == pytest.approx(front_true, rel=1e-4)
-    assert by[("organs", "front")].activity_sd_mbq > 0
+    front = by[("organs", "front")]
+    own = next(r for r in organs.parameters["organ_table"] if r["name"] == "front")  # type: ignore[union-attr]
+    assert (front.activity_sd_mbq, front.activity_sd_counts_mbq) == (
+        own["activity_sd_mbq"],
+        own["activity_sd_counts_mbq"],
+    )
+    assert 0 < front.activity_sd_counts_mbq < front.activity_sd_mbq
+    assert math.isnan(by[("mlem", "front")].activity_sd_counts_mbq)
     assert by[("organs", "background")].kind == "background"
     total = sum(r.percent_of_total for r in rows if r.method == "mlem" and r.kind == "organ")
     assert 0 < total < 100
     csv = rows_to_csv(rows).splitlines()
-    assert csv[0].startswith("method,region,kind,activity_mbq")
+    assert csv[0].startswith(
+        "method,region,kind,activity_mbq,activity_sd_mbq,activity_sd_counts_mbq"
+    )
     assert len(csv) == len(rows) + 1
     with pytest.raises(ValueError, match="names has 1 entries for 2 results"):
         quantify(study, [exact, organs], ["one"])

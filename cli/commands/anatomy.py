@@ -224,6 +224,7 @@ def _print_quantities(study: Study, results: list[Result], names: list[str]) -> 
 
 def _print_rows(rows: list) -> None:  # QuantRow, imported lazily
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     has_truth = any(r.truth_mbq == r.truth_mbq for r in rows)  # not NaN
@@ -234,9 +235,7 @@ def _print_rows(rows: list) -> None:  # QuantRow, imported lazily
         table.add_column("truth MBq", justify="right")
         table.add_column("error", justify="right")
     for r in rows:
-        region = r.region if r.kind != "lesion" else f"{r.region} (lesion)"
-        if r.kind == "lesion" and r.found is False:
-            region += " not found"
+        region = r.region + (" not found" if r.kind == "lesion" and r.found is False else "")
         cells = [
             r.method,
             region,
@@ -248,7 +247,11 @@ def _print_rows(rows: list) -> None:  # QuantRow, imported lazily
         if has_truth:
             cells += [_num(r.truth_mbq), _pct(r.error_percent)]
         table.add_row(*cells)
-    Console(width=max(100, 0)).print(table)
+    # As wide as the table needs (names and numbers are never cut): a terminal narrower than
+    # that wraps the lines rather than losing a region's name or a digit.
+    console = Console()
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    Console(width=max(console.width, natural)).print(table)
 
 
 def _num(value: float, spec: str = ".4g") -> str:

@@ -225,7 +225,7 @@ def _demo_group(ctx: typer.Context) -> None:
 
 def demo_dicom(
     folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to write.")],
-    size: Annotated[int, typer.Option("--size", min=8, max=256, help="Voxels per axis.")] = 32,
+    size: Annotated[int, typer.Option("--size", min=8, max=256, help="Voxels per axis.")] = 64,
     duration_s: Annotated[
         float, typer.Option("--duration-s", callback=positive, help="Time per view (s).")
     ] = 900.0,
@@ -270,9 +270,11 @@ def demo_dicom(
         ),
         ("true sensitivity", f"{written.sensitivity_cps_per_mbq:g} cps/MBq"),
     ]
-    total = sum(v for k, v in written.organ_mbq.items())
+    total = sum(written.organ_mbq.values())
     rows.append(("true activity", f"{total:.4g} MBq in the phantom"))
     print_rows(f"Patient DICOM folder {folder}", rows)
+    truth = [(name, f"{mbq:.4g} MBq") for name, mbq in written.organ_mbq.items()]
+    print_rows("True activity of each structure", truth)
 
 
 demo_app.command("dicom", help=help_text(demo_dicom))(demo_dicom)

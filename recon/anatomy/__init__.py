@@ -12,6 +12,8 @@ sources
     Residual sources seeded where counts stay unexplained, at the depth the AP/PA ratio gives.
 reconstruct
     `reconstruct_organs`: the whole method on a study, as a `recon.io.Result`.
+uncertainty
+    The sd of a table row: count statistics and the method's measured model error.
 quantify
     The organ and lesion table of any results of a study.
 """
@@ -20,9 +22,11 @@ from recon.anatomy.compartments import Compartments, compartments_from_anatomy
 from recon.anatomy.organ_fit import OrganFit, OrganFitConfig, fit_organs
 from recon.anatomy.reconstruct import OrgansConfig, OrgansOutcome, reconstruct_organs
 from recon.anatomy.residual import OrganResidualModel, ResidualSource
+from recon.anatomy.uncertainty import ModelError
 
 __all__ = [
     "Compartments",
+    "ModelError",
     "OrganFit",
     "OrganFitConfig",
     "OrganResidualModel",

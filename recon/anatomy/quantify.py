@@ -4,7 +4,8 @@ One definition for every method, so the columns compare:
 
 - a method that fits compartments (``organs``, ``organs+residual``, ``conjugate-view``) reports
   its own per-segment table (stored in the result's parameters as ``organ_table``), with its
-  Cramér–Rao standard deviation where it has one, and its residual sources (``sources``);
+  standard deviation where it has one (counts and model, `recon.anatomy.uncertainty`), and its
+  residual sources (``sources``);
 - any other result (MLEM, NeRF, ...) is summed over each segment of the study's anatomy (the
   activity inside the segment's mask); it has no uncertainty.
 
@@ -44,8 +45,9 @@ __all__ = ["QuantRow", "quantify", "rows_to_csv", "structure_truth_mbq"]
 
 #: Columns of the CSV table, in order.
 COLUMNS = (
-    "method", "region", "kind", "activity_mbq", "activity_sd_mbq", "concentration_bq_per_ml",
-    "percent_of_total", "volume_ml", "truth_mbq", "error_percent", "found",
+    "method", "region", "kind", "activity_mbq", "activity_sd_mbq", "activity_sd_counts_mbq",
+    "concentration_bq_per_ml", "percent_of_total", "volume_ml", "truth_mbq", "error_percent",
+    "found",
 )  # fmt: skip
 
 
@@ -59,7 +61,9 @@ class QuantRow:
     region: segment, background region, source or lesion name.
     kind: ``"organ"``, ``"background"``, ``"source"`` or ``"lesion"``.
     activity_mbq: estimated activity (MBq).
-    activity_sd_mbq: its standard deviation (NaN when the method gives none).
+    activity_sd_mbq: its standard deviation (NaN when the method gives none): count statistics
+        and the method's model error (`recon.anatomy.uncertainty`).
+    activity_sd_counts_mbq: its count part alone (NaN when the method gives none).
     concentration_bq_per_ml: mean concentration over the region (NaN for sources).
     percent_of_total: share of the result's total activity (%).
     volume_ml: the region's volume (mL; NaN for sources).
@@ -73,6 +77,7 @@ class QuantRow:
     kind: str
     activity_mbq: float
     activity_sd_mbq: float = math.nan
+    activity_sd_counts_mbq: float = math.nan
     concentration_bq_per_ml: float = math.nan
     percent_of_total: float = math.nan
     volume_ml: float = math.nan
@@ -140,10 +145,10 @@ def quantify(
             own = _own_row(table, region) if isinstance(table, list) else None
             if own is not None:
                 mbq = float(own["activity_mbq"])
-                sd = float(own.get("activity_sd_mbq") or math.nan)
+                sd = _sd(own)
             else:
                 mbq = float(activity[mask].sum()) * voxel_ml * to_mbq
-                sd = math.nan
+                sd = (math.nan, math.nan)
             truth = region_truth[region]
             rows.append(
                 QuantRow(
@@ -151,7 +156,8 @@ def quantify(
                     region=region,
                     kind="organ",
                     activity_mbq=mbq,
-                    activity_sd_mbq=sd,
+                    activity_sd_mbq=sd[0],
+                    activity_sd_counts_mbq=sd[1],
                     concentration_bq_per_ml=mbq * 1e6 / volume if volume else math.nan,
                     percent_of_total=100.0 * mbq / total if total else math.nan,
                     volume_ml=volume,
@@ -169,7 +175,8 @@ def quantify(
                             region=str(own["name"]),
                             kind="background",
                             activity_mbq=mbq,
-                            activity_sd_mbq=float(own.get("activity_sd_mbq") or math.nan),
+                            activity_sd_mbq=_sd(own)[0],
+                            activity_sd_counts_mbq=_sd(own)[1],
                             concentration_bq_per_ml=float(own["concentration"])
                             * unit_to_bq_per_ml(result.activity_unit),
                             percent_of_total=100.0 * mbq / total if total else math.nan,
@@ -184,20 +191,22 @@ def quantify(
                 j = _match(sources, centre, radius + max(study.grid.spacing_mm))
                 found = j is not None
                 mbq = float(sources[j]["activity_mbq"]) if j is not None else 0.0
-                sd = float(sources[j].get("activity_sd_mbq") or math.nan) if j is not None else 0.0
+                sd = _sd(sources[j]) if j is not None else (0.0, 0.0)
                 if j is not None:
                     matched.add(j)
             elif "organ_table" in result.parameters:
-                found, mbq, sd = False, 0.0, math.nan
+                found, mbq, sd = False, 0.0, (math.nan, math.nan)
             else:
-                found, mbq, sd = None, float(activity[mask].sum()) * voxel_ml * to_mbq, math.nan
+                found, mbq = None, float(activity[mask].sum()) * voxel_ml * to_mbq
+                sd = (math.nan, math.nan)
             rows.append(
                 QuantRow(
                     method=name,
                     region=lesion_name,
                     kind="lesion",
                     activity_mbq=mbq,
-                    activity_sd_mbq=sd,
+                    activity_sd_mbq=sd[0],
+                    activity_sd_counts_mbq=sd[1],
                     percent_of_total=100.0 * mbq / total if total else math.nan,
                     volume_ml=float(mask.sum()) * voxel_ml,
                     truth_mbq=truth,
@@ -215,11 +224,19 @@ def quantify(
                     region=str(source.get("name", f"source_{j + 1}")),
                     kind="source",
                     activity_mbq=mbq,
-                    activity_sd_mbq=float(source.get("activity_sd_mbq") or math.nan),
+                    activity_sd_mbq=_sd(source)[0],
+                    activity_sd_counts_mbq=_sd(source)[1],
                     percent_of_total=100.0 * mbq / total if total else math.nan,
                 )
             )
     return rows
+
+
+def _sd(row: dict[str, Any]) -> tuple[float, float]:
+    """A method's table row's sd and its count part (MBq; NaN where it has none; a row written
+    before the model part existed has only the count part)."""
+    total = float(row.get("activity_sd_mbq") or math.nan)
+    return total, float(row.get("activity_sd_counts_mbq", total) or math.nan)
 
 
 def rows_to_csv(rows: Sequence[QuantRow]) -> str:

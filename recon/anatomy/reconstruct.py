@@ -13,14 +13,16 @@
    first the organs alone (registration shift, boundary offset and uptake modulation of each
    segment), then, round by round, with residual sources seeded where counts stay unexplained
    (`recon.anatomy.sources.find_sources`);
-4. attach the per-compartment table with its Cramér–Rao uncertainties (and the sources found) to
-   the `Result`'s parameters under ``"organ_table"`` and ``"sources"``. Each source's activity
-   is measured by the geometric mean of its two views' excess
+4. attach the per-compartment table (and the sources found) to the `Result`'s parameters
+   under ``"organ_table"`` and ``"sources"``. Each source's activity is measured by the
+   geometric mean of its two views' excess
    (`recon.anatomy.sources.conjugate_activity`: independent of the depth the fit gave it). A
    source whose peak concentration is less than `LESION_CONTRAST` times that of the compartment
    it lies in, or of a segment within `SPILL_MARGIN_VOXELS` of it, is that compartment's uneven
    uptake or the part of it the segmentation misses: its activity is added to the compartment's
    (it is listed under ``"uptake_sources"``); the others are the lesions the anatomy misses.
+   Each sd is the count sd (Cramér–Rao) combined with the method's measured model sd
+   (`recon.anatomy.uncertainty`; `OrgansConfig.model_error`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ from recon.anatomy.sources import (
     nearest_voxel,
     opposed_pair,
     search_depths,
+)
+from recon.anatomy.uncertainty import (
+    ORGAN_FIT_MODEL_ERROR,
+    RESIDUAL_MODEL_ERROR,
+    ModelError,
+    combined_sd,
 )
 from recon.io.hdf5 import software_version
 from recon.io.segmentation_threshold import THRESHOLD_CLASSES
@@ -123,6 +131,11 @@ class OrgansConfig:
         Seed of the training (the fit itself is deterministic on the CPU).
     organ_fit:
         `OrganFitConfig` of the organ fit.
+    model_error:
+        The method's relative model sd, added to the count sd of every organ and lesion in the
+        table (`recon.anatomy.uncertainty`). ``None``: the value measured for the method
+        (`RESIDUAL_MODEL_ERROR`, or `ORGAN_FIT_MODEL_ERROR` with ``residual=False``);
+        ``ModelError()``: count statistics only.
     """
 
     background_regions: int = 1
@@ -140,6 +153,7 @@ class OrgansConfig:
     optimizer: str = "lbfgs"
     seed: int = 0
     organ_fit: OrganFitConfig = dataclasses.field(default_factory=OrganFitConfig)
+    model_error: ModelError | None = None
 
     def __post_init__(self) -> None:
         for name in ("background_regions", "max_sources", "rounds", "steps", "seed"):
@@ -154,6 +168,14 @@ class OrgansConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.model_error is not None and not isinstance(self.model_error, ModelError):
+            raise ValueError(f"model_error must be a ModelError or None, got {self.model_error!r}")
+
+    def method_model_error(self) -> ModelError:
+        """`model_error`, or the one measured for the method when it is ``None``."""
+        if self.model_error is not None:
+            return self.model_error
+        return RESIDUAL_MODEL_ERROR if self.residual else ORGAN_FIT_MODEL_ERROR
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only (for a result's parameters)."""
@@ -269,7 +291,9 @@ def reconstruct_organs(
                 stacklevel=2,
             )
         model, history = _train_residual(study, organ_fit, mask, config, device, callback)
-    table = _table(study, compartments, organ_fit, model, collimator, device)
+    table = _table(
+        study, compartments, organ_fit, model, collimator, device, config.method_model_error()
+    )
     if model is None:
         activity = organ_fit.activity_volume()
     else:  # the sources at the activities the table gives them
@@ -484,10 +508,15 @@ def _table(
     model: OrganResidualModel | None,
     collimator: Any,
     device: torch.device | str,
+    model_error: ModelError,
 ) -> dict[str, Any]:
-    """The per-compartment and per-source table, with Cramér–Rao standard deviations."""
+    """The per-compartment and per-source table; each sd is the count sd (Cramér–Rao, or a
+    source's two-view Poisson spread) combined with ``model_error`` (`with_model_error`)."""
     if model is None:
-        organs = [dataclasses.asdict(e) for e in organ_fit.estimates]
+        organs = [
+            with_model_error(dataclasses.asdict(e), 0.0 if e.background else model_error.organ)
+            for e in organ_fit.estimates
+        ]
         return {"organs": organs, "sources": [], "deviance_per_pixel": organ_fit.deviance_per_pixel}
     # Fisher information of the model's linear amplitudes (compartment concentrations with their
     # fitted shifts and modulations, source activities) at the fitted model.
@@ -571,7 +600,12 @@ def _table(
                 "at_bound": float(c[i]) <= 0,
             }
         )
-    sources = [row for row in lesions if "counted_in" not in row]
+    organs = [
+        with_model_error(row, 0.0 if row["background"] else model_error.organ) for row in organs
+    ]
+    sources = [
+        with_model_error(row, model_error.lesion) for row in lesions if "counted_in" not in row
+    ]
     merged = [row for row in lesions if "counted_in" in row]
     return {
         "organs": organs,
@@ -580,6 +614,21 @@ def _table(
         "deviance_per_pixel": deviance,
         "source_activities": source_activities,
     }
+
+
+def with_model_error(row: dict[str, Any], relative: float) -> dict[str, Any]:
+    """``row`` (a table row with ``activity_mbq`` and its count sd ``activity_sd_mbq``, and
+    maybe ``concentration``/``concentration_sd``) with the model sd ``relative · activity``
+    combined in (`recon.anatomy.uncertainty.combined_sd`); the count and model parts are kept
+    as ``activity_sd_counts_mbq`` and ``activity_sd_model_mbq``."""
+    counts_sd = float(row["activity_sd_mbq"])
+    total, model = combined_sd(counts_sd, float(row["activity_mbq"]), relative)
+    out = {**row, "activity_sd_mbq": total}
+    if "concentration_sd" in row:
+        out["concentration_sd"] = math.hypot(
+            float(row["concentration_sd"]), relative * abs(float(row["concentration"]))
+        )
+    return {**out, "activity_sd_counts_mbq": counts_sd, "activity_sd_model_mbq": model}
 
 
 def _segment_distances(study: Study, compartments: Compartments) -> dict[int, np.ndarray]:
