@@ -169,14 +169,15 @@ def quantify(
             for own in table:
                 if own.get("background"):
                     mbq = float(own["activity_mbq"])
+                    background_sd = _sd(own)
                     rows.append(
                         QuantRow(
                             method=name,
                             region=str(own["name"]),
                             kind="background",
                             activity_mbq=mbq,
-                            activity_sd_mbq=_sd(own)[0],
-                            activity_sd_counts_mbq=_sd(own)[1],
+                            activity_sd_mbq=background_sd[0],
+                            activity_sd_counts_mbq=background_sd[1],
                             concentration_bq_per_ml=float(own["concentration"])
                             * unit_to_bq_per_ml(result.activity_unit),
                             percent_of_total=100.0 * mbq / total if total else math.nan,
@@ -218,14 +219,15 @@ def quantify(
             if j in matched:
                 continue
             mbq = float(source["activity_mbq"])
+            source_sd = _sd(source)
             rows.append(
                 QuantRow(
                     method=name,
                     region=str(source.get("name", f"source_{j + 1}")),
                     kind="source",
                     activity_mbq=mbq,
-                    activity_sd_mbq=_sd(source)[0],
-                    activity_sd_counts_mbq=_sd(source)[1],
+                    activity_sd_mbq=source_sd[0],
+                    activity_sd_counts_mbq=source_sd[1],
                     percent_of_total=100.0 * mbq / total if total else math.nan,
                 )
             )
